@@ -1,0 +1,301 @@
+"""Numba CPU kernels: the same names and signatures as `reference`, parallel where it pays.
+
+Outputs first, then inputs, then scalars. `prange` always runs over an axis whose iterations
+write their own slice; cross-thread reductions go through per-chunk rows and a serial sum.
+Scalars are cast to the array dtype before the call so float32 stays float32 inside.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+name = "cpu"
+
+# No 'nnan'/'ninf': np.isnan must keep working. 'reassoc' lets reductions vectorise.
+FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+_CHUNK_ROWS = 2048  # rows per partial sum in the reductions
+
+
+def empty(shape, dtype):
+    return np.empty(shape, dtype=dtype)
+
+
+def zeros(shape, dtype):
+    return np.zeros(shape, dtype=dtype)
+
+
+def to_host(a):
+    return np.asarray(a)
+
+
+def from_host(a):
+    return np.ascontiguousarray(a)
+
+
+# ---------------------------------------------------------------- convolution gather/scatter
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _im2col(cols, x, kh, kw, stride, pad_top, pad_left, ho, wo):
+    """cols[(n,p,q), (i,j,c)] = xpad[n, stride*p+i, stride*q+j, c]."""
+    n, h, w, c = x.shape
+    for r in prange(n * ho):
+        b = r // ho
+        p = r - b * ho
+        for q in range(wo):
+            row = r * wo + q
+            for i in range(kh):
+                hh = p * stride + i - pad_top
+                for j in range(kw):
+                    ww = q * stride + j - pad_left
+                    base = (i * kw + j) * c
+                    if hh >= 0 and hh < h and ww >= 0 and ww < w:
+                        for ch in range(c):
+                            cols[row, base + ch] = x[b, hh, ww, ch]
+                    else:
+                        for ch in range(c):
+                            cols[row, base + ch] = 0
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo):
+    """x[n,h,w,c] = sum of the cols entries that im2col copied from (h, w): a gather, no races."""
+    n, h, w, c = x.shape
+    for r in prange(n * h):
+        b = r // h
+        hh = r - b * h
+        for ww in range(w):
+            for ch in range(c):
+                x[b, hh, ww, ch] = 0
+            for i in range(kh):
+                t = hh + pad_top - i
+                if t < 0 or t % stride != 0:
+                    continue
+                p = t // stride
+                if p >= ho:
+                    continue
+                for j in range(kw):
+                    u = ww + pad_left - j
+                    if u < 0 or u % stride != 0:
+                        continue
+                    q = u // stride
+                    if q >= wo:
+                        continue
+                    row = (b * ho + p) * wo + q
+                    base = (i * kw + j) * c
+                    for ch in range(c):
+                        x[b, hh, ww, ch] += cols[row, base + ch]
+
+
+def _same_out(h, w, stride):
+    return -(-h // stride), -(-w // stride)
+
+
+def im2col(cols, x, kh, kw, stride, pad_top, pad_left):
+    """cols[(n,p,q), (i,j,c)] = xpad[n, stride*p+i, stride*q+j, c]; cols is (N*Ho*Wo, KH*KW*C)."""
+    ho, wo = _same_out(x.shape[1], x.shape[2], stride)
+    _im2col(cols, x, kh, kw, stride, pad_top, pad_left, ho, wo)
+
+
+def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
+    """x[n,h,w,c] = sum over (p,q,i,j) with stride*p+i-pad_top = h, stride*q+j-pad_left = w of cols."""
+    ho, wo = _same_out(x.shape[1], x.shape[2], stride)
+    _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo)
+
+
+def gemm(out, a, b, trans_a=False, trans_b=False, accumulate=False):
+    """out (+)= op(a) @ op(b): one BLAS call, BLAS threads on all cores (never inside prange)."""
+    a = a.T if trans_a else a
+    b = b.T if trans_b else b
+    if accumulate:
+        out += a @ b
+    else:
+        np.matmul(a, b, out=out)
+
+
+# ---------------------------------------------------------------- per-channel reductions
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _col_sums(part, a, chunk):
+    """part[k, c] = sum of a[m, c] over rows m of chunk k."""
+    m, c = a.shape
+    for k in prange(part.shape[0]):
+        for ch in range(c):
+            part[k, ch] = 0
+        for r in range(k * chunk, min(m, (k + 1) * chunk)):
+            for ch in range(c):
+                part[k, ch] += a[r, ch]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _centered_sq_sums(part, a, mean, chunk):
+    """part[k, c] = sum of (a[m, c] - mean[c])^2 over rows m of chunk k."""
+    m, c = a.shape
+    for k in prange(part.shape[0]):
+        for ch in range(c):
+            part[k, ch] = 0
+        for r in range(k * chunk, min(m, (k + 1) * chunk)):
+            for ch in range(c):
+                d = a[r, ch] - mean[ch]
+                part[k, ch] += d * d
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _bn_grad_sums(part1, part2, dy, x, mean, chunk):
+    """part1[k,c] = sum dy; part2[k,c] = sum dy * (x - mean), over rows of chunk k."""
+    m, c = dy.shape
+    for k in prange(part1.shape[0]):
+        for ch in range(c):
+            part1[k, ch] = 0
+            part2[k, ch] = 0
+        for r in range(k * chunk, min(m, (k + 1) * chunk)):
+            for ch in range(c):
+                g = dy[r, ch]
+                part1[k, ch] += g
+                part2[k, ch] += g * (x[r, ch] - mean[ch])
+
+
+def _partials(a):
+    chunks = max(1, -(-a.shape[0] // _CHUNK_ROWS))
+    return np.empty((chunks, a.shape[1]), dtype=a.dtype), -(-a.shape[0] // chunks)
+
+
+def sum_rows(out, a):
+    """out[c] = sum_m a[m, c]."""
+    part, chunk = _partials(a)
+    _col_sums(part, a, chunk)
+    out[...] = part.sum(axis=0)
+
+
+def bn_stats(mean, var, x):
+    """mean[c] = mean_m x[m,c]; var[c] = mean_m (x[m,c] - mean[c])^2 (biased, two passes)."""
+    part, chunk = _partials(x)
+    inv_m = x.dtype.type(1.0 / x.shape[0])
+    _col_sums(part, x, chunk)
+    mean[...] = part.sum(axis=0) * inv_m
+    _centered_sq_sums(part, x, mean, chunk)
+    var[...] = part.sum(axis=0) * inv_m
+
+
+# ---------------------------------------------------------------- per-channel affine maps
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _affine(y, x, scale, shift):
+    """y[m, c] = x[m, c] * scale[c] + shift[c]."""
+    m, c = x.shape
+    for r in prange(m):
+        for ch in range(c):
+            y[r, ch] = x[r, ch] * scale[ch] + shift[ch]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _affine2(dx, dy, x, a, b, shift):
+    """dx[m, c] = a[c] * dy[m, c] + b[c] * x[m, c] + shift[c]."""
+    m, c = x.shape
+    for r in prange(m):
+        for ch in range(c):
+            dx[r, ch] = a[ch] * dy[r, ch] + b[ch] * x[r, ch] + shift[ch]
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _bias_relu(y, b):
+    """y[m, c] = max(y[m, c] + b[c], 0)."""
+    m, c = y.shape
+    for r in prange(m):
+        for ch in range(c):
+            v = y[r, ch] + b[ch]
+            y[r, ch] = v if v > 0 else 0
+
+
+def add_bias(y, b):
+    """y[m, c] += b[c]."""
+    ones = np.ones_like(b)
+    _affine(y, y, ones, b)
+
+
+def bias_relu(y, b):
+    """y[m, c] = max(y[m, c] + b[c], 0)."""
+    _bias_relu(y, b)
+
+
+def bn_forward(y, x, mean, invstd, gamma, beta):
+    """y = (x - mean) * invstd * gamma + beta, as one affine pass."""
+    scale = (invstd * gamma).astype(x.dtype)
+    _affine(y, x, scale, (beta - mean * scale).astype(x.dtype))
+
+
+def bn_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma):
+    """Batch-statistics backward: dx = gamma*invstd*(dy - mean(dy) - xhat*mean(dy*xhat))."""
+    part1, chunk = _partials(dy)
+    part2 = np.empty_like(part1)
+    _bn_grad_sums(part1, part2, dy, x, mean, chunk)
+    dbeta[...] = part1.sum(axis=0)
+    dgamma[...] = part2.sum(axis=0) * invstd
+    inv_m = x.dtype.type(1.0 / x.shape[0])
+    k = gamma * invstd
+    b = -k * invstd * dgamma * inv_m
+    _affine2(dx, dy, x, k.astype(x.dtype), b.astype(x.dtype), (-b * mean - k * dbeta * inv_m).astype(x.dtype))
+
+
+# ---------------------------------------------------------------- elementwise activations
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _leaky(y, x, alpha):
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v if v > 0 else v * alpha
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _leaky_back(dx, dy, x, alpha):
+    for i in prange(x.size):
+        dx[i] = dy[i] if x[i] > 0 else dy[i] * alpha
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sigmoid(y, x, one):
+    for i in prange(x.size):
+        v = x[i]
+        if v >= 0:
+            y[i] = one / (one + np.exp(-v))
+        else:
+            e = np.exp(v)
+            y[i] = e / (one + e)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sigmoid_back(dx, dy, y, one):
+    for i in prange(y.size):
+        dx[i] = dy[i] * y[i] * (one - y[i])
+
+
+def _flat(a):
+    return a.reshape(-1)
+
+
+def leaky_forward(y, x, alpha):
+    """y = x if x > 0 else alpha * x."""
+    _leaky(_flat(y), _flat(x), x.dtype.type(alpha))
+
+
+def leaky_backward(dx, dy, x, alpha):
+    """dx = dy if x > 0 else alpha * dy."""
+    _leaky_back(_flat(dx), _flat(dy), _flat(x), dy.dtype.type(alpha))
+
+
+def relu_forward(y, x):
+    """y = max(x, 0)."""
+    _leaky(_flat(y), _flat(x), x.dtype.type(0))
+
+
+def relu_backward(dx, dy, y):
+    """dx = dy * (y > 0)."""
+    _leaky_back(_flat(dx), _flat(dy), _flat(y), dy.dtype.type(0))
+
+
+def sigmoid_forward(y, x):
+    """y = 1 / (1 + exp(-x)), written to avoid overflow for large |x|."""
+    _sigmoid(_flat(y), _flat(x), x.dtype.type(1))
+
+
+def sigmoid_backward(dx, dy, y):
+    """dx = dy * y * (1 - y)."""
+    _sigmoid_back(_flat(dx), _flat(dy), _flat(y), y.dtype.type(1))

@@ -1,0 +1,134 @@
+"""Plain-NumPy reference of every kernel: slow, obvious, the oracle for tests and benches.
+
+Signature convention: outputs first, then inputs, then scalars; nothing is returned.
+Layout NHWC; 2-D arrays are (rows, channels) views of NHWC activations.
+"""
+
+import numpy as np
+
+name = "numpy"
+
+
+def empty(shape, dtype):
+    return np.empty(shape, dtype=dtype)
+
+
+def zeros(shape, dtype):
+    return np.zeros(shape, dtype=dtype)
+
+
+def to_host(a):
+    return np.asarray(a)
+
+
+def from_host(a):
+    return np.ascontiguousarray(a)
+
+
+def im2col(cols, x, kh, kw, stride, pad_top, pad_left):
+    """cols[(n,p,q), (i,j,c)] = xpad[n, stride*p+i, stride*q+j, c]; cols is (N*Ho*Wo, KH*KW*C)."""
+    n, h, w, c = x.shape
+    rows = cols.reshape(n, -1, kh, kw, c)
+    total_rows = rows.shape[1]
+    ho, wo = _out_hw(h, w, total_rows, kh, kw, stride, pad_top, pad_left)
+    xpad = np.zeros((n, pad_top + h + (ho - 1) * stride + kh, pad_left + w + (wo - 1) * stride + kw, c), x.dtype)
+    xpad[:, pad_top:pad_top + h, pad_left:pad_left + w] = x
+    out = cols.reshape(n, ho, wo, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, :, i, j, :] = xpad[:, i:i + stride * ho:stride, j:j + stride * wo:stride, :]
+
+
+def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
+    """x[n,h,w,c] = sum over (p,q,i,j) with stride*p+i-pad_top = h, stride*q+j-pad_left = w of cols."""
+    n, h, w, c = x.shape
+    ho, wo = _out_hw(h, w, cols.shape[0] // n, kh, kw, stride, pad_top, pad_left)
+    xpad = np.zeros((n, pad_top + h + (ho - 1) * stride + kh, pad_left + w + (wo - 1) * stride + kw, c), x.dtype)
+    src = cols.reshape(n, ho, wo, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):
+            xpad[:, i:i + stride * ho:stride, j:j + stride * wo:stride, :] += src[:, :, :, i, j, :]
+    x[...] = xpad[:, pad_top:pad_top + h, pad_left:pad_left + w]
+
+
+def _out_hw(h, w, rows_per_image, kh, kw, stride, pad_top, pad_left):
+    # 'same' geometry: Ho = ceil(H / stride); the row count must agree with it.
+    ho, wo = -(-h // stride), -(-w // stride)
+    if ho * wo != rows_per_image:
+        raise ValueError(f"im2col rows {rows_per_image} do not match output {ho}x{wo}")
+    return ho, wo
+
+
+def gemm(out, a, b, trans_a=False, trans_b=False, accumulate=False):
+    """out (+)= op(a) @ op(b), op = transpose when asked."""
+    r = (a.T if trans_a else a) @ (b.T if trans_b else b)
+    if accumulate:
+        out += r
+    else:
+        out[...] = r
+
+
+def add_bias(y, b):
+    """y[m, c] += b[c]."""
+    y += b
+
+
+def bias_relu(y, b):
+    """y[m, c] = max(y[m, c] + b[c], 0)."""
+    np.maximum(y + b, 0, out=y)
+
+
+def relu_backward(dx, dy, y):
+    """dx = dy * (y > 0)."""
+    dx[...] = dy * (y > 0)
+
+
+def sum_rows(out, a):
+    """out[c] = sum_m a[m, c]."""
+    out[...] = a.sum(axis=0)
+
+
+def bn_stats(mean, var, x):
+    """mean[c] = mean_m x[m,c]; var[c] = mean_m (x[m,c] - mean[c])^2 (biased)."""
+    mean[...] = x.mean(axis=0)
+    var[...] = ((x - mean) ** 2).mean(axis=0)
+
+
+def bn_forward(y, x, mean, invstd, gamma, beta):
+    """y = (x - mean) * invstd * gamma + beta."""
+    y[...] = (x - mean) * invstd * gamma + beta
+
+
+def bn_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma):
+    """Batch-statistics backward: dx = gamma*invstd*(dy - mean(dy) - xhat*mean(dy*xhat))."""
+    xhat = (x - mean) * invstd
+    dbeta[...] = dy.sum(axis=0)
+    dgamma[...] = (dy * xhat).sum(axis=0)
+    m = x.shape[0]
+    dx[...] = gamma * invstd * (dy - dbeta / m - xhat * dgamma / m)
+
+
+def leaky_forward(y, x, alpha):
+    """y = x if x > 0 else alpha * x."""
+    y[...] = np.where(x > 0, x, x * x.dtype.type(alpha))
+
+
+def leaky_backward(dx, dy, x, alpha):
+    """dx = dy if x > 0 else alpha * dy."""
+    dx[...] = np.where(x > 0, dy, dy * dy.dtype.type(alpha))
+
+
+def relu_forward(y, x):
+    """y = max(x, 0)."""
+    np.maximum(x, 0, out=y)
+
+
+def sigmoid_forward(y, x):
+    """y = 1 / (1 + exp(-x)), written to avoid overflow for large |x|."""
+    e = np.exp(-np.abs(x))
+    y[...] = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid_backward(dx, dy, y):
+    """dx = dy * y * (1 - y)."""
+    dx[...] = dy * y * (1 - y)

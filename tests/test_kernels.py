@@ -1,0 +1,176 @@
+"""Numba CPU kernels against the NumPy reference in float32, plus the layers' defining identities."""
+
+import numpy as np
+import pytest
+
+from scratchvae import kernels
+from scratchvae.kernels import cpu, reference
+from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, same_padding
+
+F32 = np.float32
+RTOL, ATOL = 1e-4, 1e-5
+GEOMS = [  # (batch, height, width, channels, kernel, stride)
+    (1, 5, 5, 1, 3, 1), (2, 6, 6, 3, 3, 2), (2, 7, 5, 4, 3, 2), (3, 8, 8, 2, 1, 1), (1, 9, 6, 3, 3, 2),
+]
+
+
+def both(fn_name, outs, *args):
+    """Run a kernel on both backends from the same inputs; return (reference outs, cpu outs)."""
+    ref = [o.copy() for o in outs]
+    fast = [o.copy() for o in outs]
+    getattr(reference, fn_name)(*ref, *args)
+    getattr(cpu, fn_name)(*fast, *args)
+    return ref, fast
+
+
+def assert_close(ref, fast):
+    for r, f in zip(ref, fast):
+        assert f.dtype == r.dtype == F32
+        np.testing.assert_allclose(f, r, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
+def test_im2col_col2im(rng, n, h, w, c, k, s):
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    cols = np.full((n * ho * wo, k * k * c), np.nan, F32)
+    assert_close(*both("im2col", [cols], x, k, k, s, pt, pl))
+    dcols = rng.standard_normal(cols.shape).astype(F32)
+    assert_close(*both("col2im", [np.full(x.shape, np.nan, F32)], dcols, k, k, s, pt, pl))
+
+
+@pytest.mark.parametrize("m,c", [(1, 1), (7, 3), (5000, 4), (64, 128)])
+def test_reductions_and_affine(rng, m, c):
+    x = (rng.standard_normal((m, c)) * 3 + 1).astype(F32)
+    dy = rng.standard_normal((m, c)).astype(F32)
+    vec = lambda: rng.uniform(0.5, 1.5, c).astype(F32)  # noqa: E731
+    mean, invstd, gamma, beta, b = vec(), vec(), vec(), vec(), vec()
+    assert_close(*both("sum_rows", [np.zeros(c, F32)], x))
+    assert_close(*both("bn_stats", [np.zeros(c, F32), np.zeros(c, F32)], x))
+    assert_close(*both("bn_forward", [np.zeros((m, c), F32)], x, mean, invstd, gamma, beta))
+    assert_close(*both("bn_backward", [np.zeros((m, c), F32), np.zeros(c, F32), np.zeros(c, F32)],
+                       dy, x, mean, invstd, gamma))
+    ref, fast = x.copy(), x.copy()
+    reference.add_bias(ref, b), cpu.add_bias(fast, b)
+    assert_close([ref], [fast])
+    ref, fast = x.copy(), x.copy()
+    reference.bias_relu(ref, b), cpu.bias_relu(fast, b)
+    assert_close([ref], [fast])
+
+
+@pytest.mark.parametrize("shape", [(2,), (3, 5), (2, 4, 4, 3), (70001,)])
+def test_elementwise(rng, shape):
+    x = (rng.standard_normal(shape) * 4).astype(F32)
+    x.reshape(-1)[0] = 90.0  # sigmoid must not overflow at either end
+    x.reshape(-1)[-1] = -90.0
+    dy = rng.standard_normal(shape).astype(F32)
+    out = lambda: np.zeros(shape, F32)  # noqa: E731
+    assert_close(*both("leaky_forward", [out()], x, 0.3))
+    assert_close(*both("leaky_backward", [out()], dy, x, 0.3))
+    assert_close(*both("relu_forward", [out()], x))
+    assert_close(*both("relu_backward", [out()], dy, x))
+    ref, fast = both("sigmoid_forward", [out()], x)
+    assert_close(ref, fast)
+    assert np.all(np.isfinite(fast[0])) and fast[0].reshape(-1)[0] == 1.0
+    assert_close(*both("sigmoid_backward", [out()], dy, ref[0]))
+
+
+@pytest.mark.parametrize("ta,tb,acc", [(False, False, False), (True, False, False), (False, True, True)])
+def test_gemm(rng, ta, tb, acc):
+    a = rng.standard_normal((6, 5) if ta else (5, 6)).astype(F32)
+    b = rng.standard_normal((4, 6) if tb else (6, 4)).astype(F32)
+    out = rng.standard_normal((5, 4)).astype(F32)
+    assert_close(*both("gemm", [out], a, b, ta, tb, acc))
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
+def test_layers_match_across_backends(rng, n, h, w, c, k, s):
+    """Whole Conv2D / Conv2DTranspose / BatchNorm forward+backward, float32, both backends."""
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    results = {}
+    for name in ("numpy", "cpu"):
+        with kernels.using(name):
+            out = []
+            for layer in (Conv2D(c, 3, k, s, activation="relu", rng=np.random.default_rng(0)),
+                          Conv2DTranspose(c, 3, k, s, rng=np.random.default_rng(0)), BatchNorm(c)):
+                y = layer.forward(x, True)
+                dy = np.random.default_rng(1).standard_normal(y.shape).astype(F32)
+                out += [y, layer.backward(dy), *layer.grads.values()]
+            results[name] = out
+    assert_close(results["numpy"], results["cpu"])
+
+
+def direct_conv_same(x, kernel, stride):
+    """Conv2D 'same' written from TensorFlow's definition, independent of im2col."""
+    n, h, w, c = x.shape
+    k = kernel.shape[0]
+    ho, pt = same_padding(h, k, stride)
+    wo, pl = same_padding(w, k, stride)
+    y = np.zeros((n, ho, wo, kernel.shape[3]))
+    for p in range(ho):
+        for q in range(wo):
+            for i in range(k):
+                for j in range(k):
+                    hh, ww = p * stride + i - pt, q * stride + j - pl
+                    if 0 <= hh < h and 0 <= ww < w:
+                        y[:, p, q, :] += x[:, hh, ww, :] @ kernel[i, j]
+    return y
+
+
+def test_same_padding_is_tensorflows():
+    # At stride 2 on even sizes TensorFlow pads 0 before and 1 after; on odd sizes 1 and 1.
+    assert same_padding(128, 3, 2) == (64, 0)
+    assert same_padding(7, 3, 2) == (4, 1)
+    assert same_padding(8, 3, 1) == (8, 1)
+    assert same_padding(6, 1, 2) == (3, 0)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
+def test_conv2d_matches_direct_definition(backend, rng, n, h, w, c, k, s):
+    x = rng.standard_normal((n, h, w, c))
+    layer = Conv2D(c, 4, k, s, dtype=np.float64, rng=rng)
+    np.testing.assert_allclose(layer.forward(x, False), direct_conv_same(x, layer.params["kernel"], s),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
+def test_transpose_is_adjoint_of_conv(backend, rng, n, h, w, c, k, s):
+    """sum(conv(x) * y) == sum(x * convT(y)) with the same kernel array and zero biases."""
+    o = 3
+    conv = Conv2D(c, o, k, s, dtype=np.float64, rng=rng)
+    convt = Conv2DTranspose(o, c, k, s, dtype=np.float64)
+    convt.params["kernel"][...] = conv.params["kernel"]  # (kh, kw, c, o) is convT's (kh, kw, out, in)
+    x = rng.standard_normal((n, h, w, c))
+    ho, wo = -(-h // s), -(-w // s)
+    if (ho * s, wo * s) != (h, w):
+        x = rng.standard_normal((n, ho * s, wo * s, c))  # convT's output size is input x stride
+    y = rng.standard_normal((n, ho, wo, o))
+    lhs = np.sum(conv.forward(x, False) * y)
+    rhs = np.sum(x * convt.forward(y, False))
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+def test_batchnorm_statistics_closed_form(backend, rng):
+    x = rng.standard_normal((4, 3, 3, 2)) * np.array([2.0, 0.5]) + np.array([1.0, -3.0])
+    layer = BatchNorm(2, momentum=0.9, epsilon=1e-3, dtype=np.float64)
+    layer.params["gamma"][...] = [2.0, 0.5]
+    layer.params["beta"][...] = [0.1, -0.2]
+    y = layer.forward(x, True)
+    flat = x.reshape(-1, 2)
+    mean, var = flat.mean(0), flat.var(0)
+    np.testing.assert_allclose(layer.state["moving_mean"], 0.9 * 0 + 0.1 * mean, rtol=1e-12)
+    np.testing.assert_allclose(layer.state["moving_variance"], 0.9 * 1 + 0.1 * var, rtol=1e-12)
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-3) * [2.0, 0.5] + [0.1, -0.2], rtol=1e-10)
+    y_inf = layer.forward(x, False)
+    mm, mv = 0.1 * mean, 0.9 + 0.1 * var
+    np.testing.assert_allclose(y_inf, (x - mm) / np.sqrt(mv + 1e-3) * [2.0, 0.5] + [0.1, -0.2], rtol=1e-10)
+
+
+def test_dispatch_switches_backend():
+    previous = kernels.active_name()
+    with kernels.using("numpy") as active:
+        assert active is reference and kernels.im2col is reference.im2col
+    assert kernels.active_name() == previous
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        kernels.use("tpu")

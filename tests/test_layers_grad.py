@@ -1,0 +1,76 @@
+"""Every layer's backward against central finite differences in float64."""
+
+import numpy as np
+import pytest
+
+from scratchvae.layers import (BatchNorm, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU, ReLU,
+                               Reshape, Sigmoid)
+from tests.gradcheck import check_layer
+
+F64 = np.float64
+CONV_CASES = [  # (batch, height, width, in_channels, filters, kernel, stride)
+    (1, 5, 5, 1, 2, 3, 1),
+    (2, 6, 6, 3, 4, 3, 2),
+    (2, 5, 7, 2, 3, 3, 2),
+    (3, 4, 4, 3, 1, 3, 1),
+    (1, 6, 5, 2, 2, 1, 2),
+    (2, 7, 6, 1, 3, 3, 2),
+]
+
+
+def away_from_zero(rng, shape, gap=1e-2):
+    # Kinks (ReLU, LeakyReLU) need inputs away from 0 for finite differences.
+    x = rng.standard_normal(shape)
+    return np.where(np.abs(x) < gap, np.sign(x + 1e-12) * gap * 2, x)
+
+
+@pytest.mark.parametrize("n,h,w,c,o,k,s", CONV_CASES)
+@pytest.mark.parametrize("activation", [None, "relu"])
+def test_conv2d(backend, rng, n, h, w, c, o, k, s, activation):
+    layer = Conv2D(c, o, kernel_size=k, strides=s, activation=activation, dtype=F64, rng=rng)
+    layer.params["bias"][...] = rng.standard_normal(o) * 0.1
+    check_layer(layer, rng.standard_normal((n, h, w, c)), rng)
+
+
+@pytest.mark.parametrize("n,h,w,c,o,k,s", CONV_CASES)
+def test_conv2d_transpose(backend, rng, n, h, w, c, o, k, s):
+    layer = Conv2DTranspose(c, o, kernel_size=k, strides=s, dtype=F64, rng=rng)
+    layer.params["bias"][...] = rng.standard_normal(o) * 0.1
+    check_layer(layer, rng.standard_normal((n, h, w, c)), rng)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (5, 4), (2, 3, 3, 2), (1, 4, 5, 3), (3, 5, 4, 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm(backend, rng, shape, training):
+    layer = BatchNorm(shape[-1], dtype=F64)
+    layer.params["gamma"][...] = rng.uniform(0.5, 1.5, shape[-1])
+    layer.params["beta"][...] = rng.standard_normal(shape[-1])
+    layer.state["moving_mean"][...] = rng.standard_normal(shape[-1])
+    layer.state["moving_variance"][...] = rng.uniform(0.5, 2.0, shape[-1])
+    check_layer(layer, rng.standard_normal(shape) * 2 + 0.5, rng, training=training)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (3, 2, 3, 4)])
+def test_activations(backend, rng, shape):
+    for layer in (LeakyReLU(0.3, dtype=F64), ReLU(dtype=F64), Sigmoid(dtype=F64)):
+        check_layer(layer, away_from_zero(rng, shape) * 3, rng)
+
+
+@pytest.mark.parametrize("n,fin,units", [(1, 3, 2), (4, 7, 5), (2, 1, 1)])
+def test_dense(backend, rng, n, fin, units):
+    layer = Dense(fin, units, dtype=F64, rng=rng)
+    layer.params["bias"][...] = rng.standard_normal(units)
+    check_layer(layer, rng.standard_normal((n, fin)), rng)
+
+
+def test_flatten_reshape_roundtrip(rng):
+    x = rng.standard_normal((2, 3, 4, 5))
+    flat, back = Flatten(dtype=F64), Reshape((3, 4, 5), dtype=F64)
+    y = flat.forward(x, True)
+    # Keras order: H, then W, then C (C fastest).
+    assert y.shape == (2, 60) and y[1, 5 * 1 + 2] == x[1, 0, 1, 2]
+    assert np.array_equal(back.forward(y, True), x)
+    g = rng.standard_normal((2, 3, 4, 5))
+    assert np.array_equal(flat.backward(back.backward(g)), g)
+    check_layer(Flatten(dtype=F64), x.copy(), rng)
+    check_layer(Reshape((5, 12), dtype=F64), y.copy(), rng)
