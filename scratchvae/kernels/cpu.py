@@ -299,3 +299,20 @@ def sigmoid_forward(y, x):
 def sigmoid_backward(dx, dy, y):
     """dx = dy * y * (1 - y)."""
     _sigmoid_back(_flat(dx), _flat(dy), _flat(y), y.dtype.type(1))
+
+
+# ---------------------------------------------------------------- optimizer
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _adam(p, m, v, g, alpha, one_minus_b1, one_minus_b2, epsilon, scale):
+    for i in prange(p.size):
+        gs = g[i] * scale
+        m[i] += (gs - m[i]) * one_minus_b1
+        v[i] += (gs * gs - v[i]) * one_minus_b2
+        p[i] -= alpha * m[i] / (np.sqrt(v[i]) + epsilon)
+
+
+def adam_update(p, m, v, g, alpha, beta_1, beta_2, epsilon, scale):
+    """g' = scale*g; m += (g'-m)(1-b1); v += (g'^2-v)(1-b2); p -= alpha*m/(sqrt(v)+eps)."""
+    t = p.dtype.type
+    _adam(p, m, v, g, t(alpha), t(1 - beta_1), t(1 - beta_2), t(epsilon), t(scale))

@@ -132,3 +132,12 @@ def sigmoid_forward(y, x):
 def sigmoid_backward(dx, dy, y):
     """dx = dy * y * (1 - y)."""
     dx[...] = dy * y * (1 - y)
+
+
+def adam_update(p, m, v, g, alpha, beta_1, beta_2, epsilon, scale):
+    """g' = scale*g; m += (g'-m)(1-b1); v += (g'^2-v)(1-b2); p -= alpha*m/(sqrt(v)+eps)."""
+    t = p.dtype.type
+    gs = g * t(scale)
+    m += (gs - m) * t(1 - beta_1)
+    v += (gs * gs - v) * t(1 - beta_2)
+    p -= t(alpha) * m / (np.sqrt(v) + t(epsilon))

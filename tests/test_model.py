@@ -1,0 +1,114 @@
+"""The VAE: parameter counts, whole-model gradient check, loss terms, save/load."""
+
+import numpy as np
+import pytest
+
+from scratchvae import checkpoint, losses
+from scratchvae.model import VAE, VAEConfig
+from tests.gradcheck import numeric_grad, rel_error
+
+TINY = VAEConfig(image_size=8, channels=3, filters=3, blocks=2, z_dim=3, beta=5.0)
+ZERO_GRAD = {"decoder.dense.bias", "decoder.conv_t_1.bias", "decoder.conv_t_2.bias"}
+
+
+def test_default_config_matches_the_seed():
+    vae = VAE()
+    assert vae.count_params("encoder") == (3_724_560, 1_024)
+    assert vae.count_params("decoder") == (2_257_795, 17_408)
+    assert sum(vae.count_params("encoder")) == 3_725_584
+    assert sum(vae.count_params("decoder")) == 2_275_203
+    text = vae.summary()
+    assert "Total params: 3,725,584" in text and "Total params: 2,275,203" in text
+    assert all(a.dtype == np.float32 for a in vae.params().values())
+
+
+def test_config_rejects_indivisible_size():
+    with pytest.raises(ValueError, match="not divisible by 2\\^blocks = 16"):
+        VAEConfig(image_size=100)
+
+
+def test_params_are_live_views():
+    vae = VAE(TINY)
+    p = vae.params()
+    p["decoder.conv_t_out.bias"][0] = 7.0
+    assert vae.decoder.layers[-2].params["bias"][0] == 7.0
+    assert set(p) == set(vae.grads())
+    assert "encoder.bn_1.moving_mean" in vae.state() and "encoder.conv_1.kernel" in p
+
+
+def test_whole_model_gradient_check(rng):
+    vae = VAE(TINY, seed=3, dtype=np.float64)
+    for name, a in vae.params().items():  # move away from zero-bias / unit-gamma symmetry
+        a += rng.standard_normal(a.shape) * 0.05
+    x = rng.uniform(0, 1, (3, 8, 8, 3))
+    eps = rng.standard_normal((3, TINY.z_dim))
+    vae.forward_backward(x, eps)
+    analytic = {k: g.copy() for k, g in vae.grads().items()}
+
+    def loss():
+        return vae.evaluate(x, eps, training=True)["total"]
+
+    for name, p in vae.params().items():
+        numeric = numeric_grad(loss, p)
+        if name in ZERO_GRAD:
+            # A bias right before a training-mode BatchNorm is cancelled by the mean subtraction.
+            assert np.max(np.abs(analytic[name])) < 1e-12 and np.max(np.abs(numeric)) < 1e-7, name
+            continue
+        err = rel_error(analytic[name], numeric)
+        assert err < 1e-6, f"{name}: relative error {err:.2e}"
+    assert ZERO_GRAD < set(vae.params())
+
+
+def test_loss_terms_closed_form(rng):
+    x = rng.uniform(0, 1, (2, 4, 4, 3))
+    x_hat = rng.uniform(0, 1, (2, 4, 4, 3))
+    mu = rng.standard_normal((2, 5))
+    lv = rng.standard_normal((2, 5))
+    t = losses.loss_terms(x, x_hat, mu, lv, 2000.0)
+    mse = np.mean((x - x_hat) ** 2)
+    kl = np.mean(-0.5 * np.sum(1 + lv - mu ** 2 - np.exp(lv), axis=1))
+    assert t["mse"] == pytest.approx(mse, rel=1e-12)
+    assert t["kl"] == pytest.approx(kl, rel=1e-12)
+    assert t["total"] == pytest.approx(2000 * mse + kl, rel=1e-12)
+    assert t["psnr"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-12)
+
+
+def test_logvar_clamp_keeps_everything_finite():
+    mu = np.zeros((2, 3), np.float32)
+    lv = np.array([[500.0, -500.0, 0.0], [88.0, 1e30, -1e30]], np.float32)
+    z, sigma = losses.reparameterize(mu, lv, np.ones_like(mu))
+    assert np.all(np.isfinite(z)) and np.isfinite(losses.kl_divergence(mu, lv))
+    d_mean, d_logvar = losses.latent_grads(np.ones_like(mu), mu, lv, np.ones_like(mu), sigma)
+    assert np.all(np.isfinite(d_logvar)) and d_logvar[0, 0] == 0.0 and d_logvar[0, 2] != 0.0
+
+
+def test_save_load_roundtrip(tmp_path, rng):
+    vae = VAE(TINY, seed=1)
+    x = rng.uniform(0, 1, (4, 8, 8, 3)).astype(np.float32)
+    vae.forward_backward(x, rng.standard_normal((4, 3)))  # moves BN statistics off their init
+    path = tmp_path / "c.npz"
+    vae.save(path, meta={"epoch": 2})
+    back, arrays, meta = VAE.load(path, with_extras=True)
+    assert back.config == TINY and meta["epoch"] == 2
+    for d1, d2 in ((vae.params(), back.params()), (vae.state(), back.state())):
+        assert d1.keys() == d2.keys()
+        for k in d1:
+            assert np.array_equal(d1[k], d2[k]), k
+    z = rng.standard_normal((2, 3)).astype(np.float32)
+    assert np.array_equal(vae.decode(z), back.decode(z))
+
+
+def test_load_rejects_wrong_shapes_and_pickles(tmp_path):
+    vae = VAE(TINY)
+    good = tmp_path / "good.npz"
+    vae.save(good)
+    arrays, meta = checkpoint.load(good)
+    arrays["param/encoder.conv_1.kernel"] = np.zeros((3, 3, 3, 4), np.float32)
+    bad = tmp_path / "bad.npz"
+    checkpoint.save(bad, arrays, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    with pytest.raises(checkpoint.CheckpointError, match="has shape"):
+        VAE.load(bad)
+    objects = tmp_path / "obj.npz"
+    np.savez(objects, __meta__=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load(objects)
