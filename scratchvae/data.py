@@ -1,0 +1,345 @@
+"""Image folders, zips and CelebA's layout turned into uint8 NHWC arrays, cached as .npy.
+
+Each image is decoded once with Pillow (to RGB, square crop, resize) and the result is
+memory-mapped on later runs; batches become float32 in [0, 1] only when they are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from scratchvae.errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CROPS = ("center", "squash")
+MAX_PIXELS = 64_000_000  # larger images are refused unread: a decompression bomb costs gigabytes
+FORMAT_VERSION = 1  # bump when decoding changes, so old caches are not reused
+CELEBA_DIR, CELEBA_ZIP = "img_align_celeba", "img_align_celeba.zip"
+CELEBA_PARTITION = "list_eval_partition.txt"
+_BLOCK = 512  # images decoded per batch of thread work; bounds the bytes held in memory
+
+
+class DataError(UserError):
+    """A problem with the user's data; str() is one line naming it and what to do."""
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # (N, S, S, 3) uint8, often a read-only memory map
+    names: list[str]  # path of each image inside the source, '/'-separated
+    partition: np.ndarray | None  # int8 per image: CelebA's 0 train, 1 val, 2 test
+    skipped: list[tuple[str, str]]  # (name, reason) of files that could not be used
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def load_images(source, image_size: int = 128, crop: str = "center", limit: int | None = None,
+                cache_dir=None, progress: bool = True) -> ImageSet:
+    """Decode every image of source (folder, .zip or CelebA's folder) to (N, S, S, 3) uint8, cached."""
+    if not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        raise DataError(f"image size {image_size!r} is not a positive whole number; pass e.g. 64 or 128")
+    if crop not in CROPS:
+        raise DataError(f"crop mode {crop!r} is not supported; use 'center' or 'squash'")
+    if limit is not None and (not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise DataError(f"limit {limit!r} is not a positive whole number; pass e.g. 1000 or leave it out")
+    src = _Source(Path(source))
+    names = src.names[:limit] if limit else src.names
+    key = hashlib.sha256(json.dumps(
+        [FORMAT_VERSION, str(src.path), src.fingerprint, int(image_size), crop, limit]).encode()).hexdigest()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    stem = cache / f"{_safe(src.path.name)}-{image_size}px-{crop}-{key[:16]}"
+    cached = _read_cache(stem)
+    if cached is not None:
+        return cached
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create cache folder {cache} ({e.strerror}); "
+                        f"pass cache_dir= a writable folder") from e
+    return _build(src, names, int(image_size), crop, stem, progress)
+
+
+def default_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/scratchvae, else ~/.cache/scratchvae."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "scratchvae"
+
+
+def split_indices(n: int, val_fraction: float = 0.05, batch_size: int = 64, seed: int = 0,
+                  partition: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted int64 (train, val) indices: CelebA's partition when it gives a batch of each, else a
+    seeded fixed fraction with at least one batch held out and one batch left to train on."""
+    if n < 2 * batch_size:
+        raise DataError(f"{n} images are too few to hold out a batch of {batch_size} and train on "
+                        f"another; need at least {2 * batch_size} images or a smaller batch size")
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"held-out fraction {val_fraction} is outside [0, 1); pass e.g. 0.05")
+    if partition is not None:
+        part = np.asarray(partition)
+        if part.shape != (n,):
+            raise DataError(f"partition has {part.size} entries for {n} images; pass one per image")
+        # CelebA's val set is held out; test stays untouched. Without val, hold out val+test.
+        val = np.flatnonzero(part == 1) if (part == 1).any() else np.flatnonzero(part != 0)
+        train = np.flatnonzero(part == 0)
+        if len(val) >= batch_size and len(train) >= batch_size:
+            return train.astype(np.int64), val.astype(np.int64)
+    n_val = min(max(batch_size, int(round(n * val_fraction))), n - batch_size)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]).astype(np.int64), np.sort(perm[:n_val]).astype(np.int64)
+
+
+def batch_to_float(batch_uint8: np.ndarray) -> np.ndarray:
+    """uint8 images to float32 in [0, 1]."""
+    return np.asarray(batch_uint8).astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+class _Source:
+    """The image files of a folder, a zip, or CelebA's folder, in sorted order, and a fingerprint."""
+
+    def __init__(self, path: Path):
+        path = path.expanduser().absolute()
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder; pass a folder of images, a .zip of "
+                            f"images, or CelebA's folder")
+        self.path, self.zip_path, self.root = path, None, None
+        stats = []
+        if path.is_dir():
+            if (path / CELEBA_DIR).is_dir():
+                self.root = path
+                files = _image_files(path / CELEBA_DIR)
+            elif (path / CELEBA_ZIP).is_file():
+                self.zip_path = path / CELEBA_ZIP
+            else:
+                self.root = path
+                files = _image_files(path)
+            if self.root is not None:
+                self.names = sorted(f.relative_to(path).as_posix() for f in files)
+                stats = [(n, *_stat(path / n)) for n in self.names]
+            partition_file = path / CELEBA_PARTITION
+        elif path.suffix.lower() == ".zip":
+            self.zip_path = path
+            partition_file = path.parent / CELEBA_PARTITION
+        else:
+            raise DataError(f"{path}: not a folder or a .zip; pass a folder of images, a .zip of "
+                            f"images, or CelebA's folder")
+        if self.zip_path is not None:
+            try:
+                with zipfile.ZipFile(self.zip_path) as zf:
+                    self.names = sorted(i.filename for i in zf.infolist()
+                                        if not i.is_dir() and _is_image_name(i.filename))
+            except (zipfile.BadZipFile, OSError) as e:
+                raise DataError(f"{self.zip_path}: cannot read the zip ({e}); download it again") from e
+            stats = [("zip", *_stat(self.zip_path))]
+        if not self.names:
+            raise DataError(f"{path}: no .jpg, .jpeg or .png images found (searched recursively); "
+                            f"point to the folder or zip that holds them")
+        self.partition_map = _read_partition(partition_file)
+        if self.partition_map is not None:
+            stats.append(("partition", *_stat(partition_file)))
+        self.fingerprint = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+
+    def partition(self, names: list[str]) -> np.ndarray | None:
+        """CelebA split per name (matched by file name; unlisted ones train), or None if none match."""
+        if self.partition_map is None:
+            return None
+        found = [self.partition_map.get(n.rsplit("/", 1)[-1]) for n in names]
+        if all(f is None for f in found):
+            return None
+        return np.array([0 if f is None else f for f in found], np.int8)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if _is_image_name(p.name) and p.is_file()]
+
+
+def _is_image_name(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return base.lower().endswith(IMAGE_SUFFIXES) and not base.startswith("._")  # macOS resource forks
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:40] or "images"
+
+
+def _cache_files(stem: Path) -> tuple[Path, Path]:
+    """The cached array and its JSON sidecar (the stem has no suffix of its own to replace)."""
+    return stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
+
+
+def _read_partition(path: Path) -> dict[str, int] | None:
+    """list_eval_partition.txt: lines of '000001.jpg 0' (0 train, 1 val, 2 test)."""
+    if not path.is_file():
+        return None
+    out = {}
+    for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        parts = line.replace(",", " ").split()
+        if not parts or (i == 1 and not parts[-1].isdigit()):
+            continue  # blank line, or a CSV-style header
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise DataError(f"{path}: line {i} is {line.strip()!r}, expected 'name.jpg 0|1|2'; fix or "
+                            f"remove the file")
+        out[parts[0]] = int(parts[1])
+    return out
+
+
+def _read_cache(stem: Path) -> ImageSet | None:
+    """The cached ImageSet, or None when it is missing or does not match its sidecar."""
+    npy, meta = _cache_files(stem)
+    if not (npy.is_file() and meta.is_file()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        images = np.load(npy, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if info.get("version") != FORMAT_VERSION or images.shape[0] != len(info["names"]):
+        return None
+    part = info["partition"]
+    return ImageSet(images, info["names"], None if part is None else np.array(part, np.int8),
+                    [tuple(s) for s in info["skipped"]])
+
+
+def _build(src: _Source, names: list[str], size: int, crop: str, stem: Path, progress: bool) -> ImageSet:
+    """Decode names into a temporary .npy, then rename it and its sidecar into place."""
+    npy, meta = _cache_files(stem)
+    tmp = stem.with_name(f"{stem.name}.{os.getpid()}.tmp.npy")
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(names), size, size, 3))
+    except OSError as e:
+        raise DataError(f"cannot write the image cache {tmp} ({e.strerror}); pass cache_dir= a "
+                        f"writable folder with room for {len(names) * size * size * 3:,} bytes") from e
+    kept, skipped = [], []
+    zf = zipfile.ZipFile(src.zip_path) if src.zip_path is not None else None
+    try:
+        # Filters are process-wide, so the worker threads see this one: Pillow's own bomb warning
+        # (for images past Image.MAX_IMAGE_PIXELS) becomes an exception that skips the file.
+        workers = max(1, min(8, os.cpu_count() or 1))
+        with warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool, \
+                tqdm(total=len(names), desc=f"decoding {src.path.name}", unit="img",
+                     disable=not progress) as bar:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            for start in range(0, len(names), _BLOCK):
+                block = names[start:start + _BLOCK]
+                # Zip members are read here, in order; Pillow decodes in threads (it drops the GIL).
+                datas = [_member(zf, n) for n in block] if zf else [src.root / n for n in block]
+                for name, (img, why) in zip(block, pool.map(lambda d: _decode(d, size, crop), datas)):
+                    if img is None:
+                        skipped.append((name, why))
+                    else:
+                        out[len(kept)] = img
+                        kept.append(name)
+                bar.update(len(block))
+        if not kept:
+            first = f"{skipped[0][0]}: {skipped[0][1]}"
+            raise DataError(f"{src.path}: none of the {len(names)} images could be read (first: {first}); "
+                            f"check the files")
+        out.flush()
+        del out
+        if len(kept) < len(names):
+            _shrink(tmp, len(kept))
+        os.replace(tmp, npy)
+    finally:
+        if zf:
+            zf.close()
+        if tmp.exists():
+            tmp.unlink()
+    partition = src.partition(kept)
+    info = {"version": FORMAT_VERSION, "source": str(src.path), "image_size": size, "crop": crop,
+            "count": len(kept), "names": kept, "skipped": skipped,
+            "partition": None if partition is None else partition.tolist()}
+    meta_tmp = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
+    meta_tmp.write_text(json.dumps(info))
+    os.replace(meta_tmp, meta)
+    return ImageSet(np.load(npy, mmap_mode="r", allow_pickle=False), kept, partition, skipped)
+
+
+def _shrink(path: Path, n: int) -> None:
+    """Keep the first n images of a .npy, in place of the file (skipped files left a tail unused)."""
+    full = np.load(path, mmap_mode="r")
+    small_path = path.with_name(path.name + ".small.npy")
+    small = np.lib.format.open_memmap(small_path, mode="w+", dtype=np.uint8, shape=(n, *full.shape[1:]))
+    for i in range(0, n, 4096):
+        j = min(n, i + 4096)
+        small[i:j] = full[i:j]
+    small.flush()
+    del small, full
+    os.replace(small_path, path)
+
+
+def _member(zf: zipfile.ZipFile, name: str) -> bytes | Exception:
+    """A zip member's bytes, or the error (a bad CRC, say) that skips just this file."""
+    try:
+        return zf.read(name)
+    except Exception as e:  # noqa: BLE001 - reported as the file's skip reason
+        return e
+
+
+def _decode(data, size: int, crop: str) -> tuple[np.ndarray | None, str]:
+    """One image (a path or bytes) to (size, size, 3) uint8, or (None, why it was skipped)."""
+    if isinstance(data, Exception):
+        return None, f"cannot read it from the zip ({type(data).__name__}: {data})"[:160]
+    if (len(data) if isinstance(data, bytes) else os.path.getsize(data)) == 0:
+        return None, "empty file (0 bytes)"
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            w, h = img.size  # known from the header, before any pixel is decoded
+            if w * h > MAX_PIXELS:
+                return None, f"{w}x{h} is over the {MAX_PIXELS:,} pixel limit"
+            if img.format == "JPEG":
+                img.draft(None, (2 * size, 2 * size))  # DCT scaling: decode big JPEGs at 1/2..1/8
+            rgb = _to_rgb(img)
+        if crop == "center":
+            w, h = rgb.size
+            s = min(w, h)
+            box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
+            rgb = rgb.resize((size, size), Image.LANCZOS, box=box)
+        else:
+            rgb = rgb.resize((size, size), Image.LANCZOS)
+        return np.asarray(rgb, np.uint8), ""
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return None, f"refused as a decompression bomb ({e})"[:160]
+    except Image.UnidentifiedImageError:
+        return None, "not an image Pillow can read"
+    except Exception as e:  # noqa: BLE001 - any failure skips just this file, with its reason
+        return None, (f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)[:160]
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Decoded 8-bit RGB: alpha composited on white, 16-bit gray scaled, other modes converted."""
+    img.load()
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        # Pillow's convert('L') clips 16-bit values at 255 instead of scaling them.
+        a = np.asarray(img).astype(np.float64)
+        g = np.clip(np.round(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(g[..., None], 3, axis=2), "RGB")
+    if "A" in mode or mode == "PA" or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img if mode == "RGB" else img.convert("RGB")
+
+
+def decode_image(path, image_size: int, crop: str = "center") -> tuple[np.ndarray | None, str]:
+    """One image file to (S, S, 3) uint8 the way training sees it, or (None, why it cannot be used)."""
+    if crop not in CROPS:
+        raise DataError(f"crop mode {crop!r} is not supported; use 'center' or 'squash'")
+    return _decode(str(path), int(image_size), crop)
