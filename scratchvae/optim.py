@@ -21,6 +21,8 @@ class Adam:
     def step(self, params, grads):
         """Update every params[name] in place from grads[name]; returns the gradient's global norm."""
         norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+        if not np.isfinite(norm):
+            raise FloatingPointError("non-finite gradient: parameters left unchanged")
         scale = 1.0
         if self.clipnorm is not None and norm > self.clipnorm:
             scale = self.clipnorm / norm

@@ -1,0 +1,330 @@
+"""python -m scratchvae.train: the main job, written as a recipe.
+
+Load (or synthesise) faces, build the seed's VAE, train it with Adam, and after every epoch write
+the checkpoint, reconstructions, samples, metrics and loss curves into --out. Every random draw
+derives from (seed, epoch, step), so a resumed run repeats an uninterrupted one exactly.
+"""
+
+import argparse
+import csv
+import io
+import os
+import sys
+import time
+
+import numpy as np
+
+from scratchvae import checkpoint, images, threads
+from scratchvae.data import batch_to_float as to_float
+from scratchvae.errors import TrainingDiverged, UserError
+from scratchvae.interrupt import StopRequest
+from scratchvae.model import VAE, VAEConfig
+from scratchvae.optim import Adam
+
+# The built-in data set: sized so the no-argument run finishes within 10 minutes on 2 cores.
+SYNTHETIC_COUNT = 1344
+SYNTHETIC_EPOCHS = 3
+DATA_EPOCHS = 10
+N_SAMPLES, N_RECON = 64, 8
+# Settings that fix the trajectory: a resumed run must use the checkpoint's values.
+TRAJECTORY = ("data", "limit", "image_size", "crop", "batch_size", "lr", "beta", "z_dim", "filters",
+              "blocks", "seed", "val_fraction")
+DEFAULTS = {"data": None, "limit": None, "image_size": 128, "crop": "center", "batch_size": 64, "lr": 1e-3,
+            "beta": 2000.0, "z_dim": 200, "filters": 128, "blocks": 4, "seed": 0, "val_fraction": 0.05}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m scratchvae.train",
+                                description="Train the seed's face VAE from scratch (NumPy + Numba).")
+    p.add_argument("--data", help="folder of images, a .zip of them, or CelebA's layout "
+                                  "(default: a built-in set of synthetic faces, no download)")
+    p.add_argument("--limit", type=int, help="use only the first N images in sorted order (the seed used 2563)")
+    p.add_argument("--image-size", type=int, help="square model input size, divisible by 2^blocks (default 128)")
+    p.add_argument("--crop", choices=["center", "squash"],
+                   help="center: centre-crop to a square then resize (default); squash: resize ignoring aspect")
+    p.add_argument("--epochs", type=int, help=f"total epochs to reach (default {DATA_EPOCHS}, "
+                                              f"{SYNTHETIC_EPOCHS} on the built-in data)")
+    p.add_argument("--batch-size", type=int, help="images per step, at least 2 for BatchNorm (default 64)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--beta", type=float, help="weight of the per-pixel MSE against the KL term (default 2000)")
+    p.add_argument("--z-dim", type=int, help="latent dimensions (default 200)")
+    p.add_argument("--filters", type=int, help="channels of every convolution block (default 128)")
+    p.add_argument("--blocks", type=int, help="stride-2 blocks in encoder and decoder (default 4)")
+    p.add_argument("--seed", type=int, help="seed for weights, data order and noise (default 0)")
+    p.add_argument("--val-fraction", type=float, help="held-out fraction when the data has no partition "
+                                                      "file (default 0.05, at least one batch)")
+    p.add_argument("--out", default="runs/vae", help="output folder (default runs/vae)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
+    p.add_argument("--threads", type=int, help="threads for Numba and BLAS (default: all cores)")
+    p.add_argument("--cache-dir", help="where preprocessed images are cached (default: the user cache folder)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or model summary")
+    return p
+
+
+# ------------------------------------------------------------------ settings and checks
+
+def resolve_settings(args, saved=None):
+    """Merge command-line values with the defaults, or with a resumed checkpoint's settings."""
+    given = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
+    if saved is None:
+        settings = {**DEFAULTS, **given}
+        if settings["data"] is not None:
+            settings["data"] = os.path.abspath(settings["data"])
+        return settings
+    for key, value in given.items():
+        if key == "data":
+            value = os.path.abspath(value)
+        if saved.get(key) != value:
+            raise UserError(f"--resume: the checkpoint was trained with {key} = {saved.get(key)!r}, not {value!r}; "
+                            f"drop --{key.replace('_', '-')} or train into a new --out")
+    return dict(saved)
+
+
+def check_settings(s, epochs):
+    if s["batch_size"] < 2:
+        raise UserError(f"--batch-size {s['batch_size']} is too small: BatchNorm needs at least 2 images per batch")
+    if epochs < 1:
+        raise UserError(f"--epochs {epochs} must be at least 1")
+    if s["lr"] <= 0 or not np.isfinite(s["lr"]):
+        raise UserError(f"--lr {s['lr']} must be a positive number")
+    if s["beta"] < 0 or not np.isfinite(s["beta"]):
+        raise UserError(f"--beta {s['beta']} must be zero or positive")
+    if s["limit"] is not None and s["limit"] < 1:
+        raise UserError(f"--limit {s['limit']} must be at least 1")
+    if not 0 < s["val_fraction"] < 1:
+        raise UserError(f"--val-fraction {s['val_fraction']} must be between 0 and 1")
+    try:
+        return VAEConfig(image_size=s["image_size"], filters=s["filters"], blocks=s["blocks"], z_dim=s["z_dim"],
+                         beta=s["beta"])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def prepare_out(out):
+    """Create --out and prove it is writable before any long work starts."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, ".write-test")
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out} ({e.strerror}): choose a folder you can write to") from None
+
+
+# ------------------------------------------------------------------ data
+
+def load_data(s, cache_dir, quiet):
+    """(uint8 images (N,S,S,3), train indices, held-out indices)."""
+    from scratchvae import data
+    if s["data"] is None:
+        from scratchvae.synthetic import synthetic_faces
+        n = SYNTHETIC_COUNT if s["limit"] is None else min(s["limit"], SYNTHETIC_COUNT)
+        pixels, partition = synthetic_faces(n, s["image_size"], seed=s["seed"]), None
+        print(f"data: {n} built-in synthetic faces at {s['image_size']}x{s['image_size']} (pass --data for real ones)")
+    else:
+        try:
+            found = data.load_images(s["data"], s["image_size"], crop=s["crop"], limit=s["limit"],
+                                     cache_dir=cache_dir, progress=not quiet)
+        except data.DataError as e:
+            raise UserError(str(e)) from None
+        pixels, partition = found.images, found.partition
+        print(f"data: {len(pixels)} images from {s['data']} at {s['image_size']}x{s['image_size']}"
+              + (f", {len(found.skipped)} files skipped" if found.skipped else ""))
+    try:
+        train_idx, val_idx = data.split_indices(len(pixels), s["val_fraction"], s["batch_size"], s["seed"], partition)
+    except data.DataError as e:
+        raise UserError(str(e)) from None
+    if len(train_idx) < s["batch_size"]:
+        raise UserError(f"only {len(train_idx)} training images for --batch-size {s['batch_size']}: "
+                        f"lower the batch size or add images")
+    return pixels, train_idx, val_idx
+
+
+# ------------------------------------------------------------------ one epoch
+
+def step_noise(seed, epoch, step, shape):
+    """The reparameterisation noise of one step: a pure function of (seed, epoch, step)."""
+    return np.random.default_rng([seed, epoch, step]).standard_normal(shape, dtype=np.float32)
+
+
+def epoch_order(seed, epoch, train_idx):
+    return np.random.default_rng([seed, epoch, 1 << 30]).permutation(train_idx)
+
+
+def held_out(vae, pixels, val_idx, s, epoch):
+    """Inference-mode loss terms on the held-out images, z sampled as in training."""
+    sums, count = {}, 0
+    for start in range(0, len(val_idx), s["batch_size"]):
+        idx = val_idx[start:start + s["batch_size"]]
+        eps = step_noise(s["seed"], epoch, (1 << 20) + start, (len(idx), s["z_dim"]))
+        terms = vae.evaluate(to_float(pixels[idx]), eps, training=False)
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v * len(idx)
+        count += len(idx)
+    result = {k: v / count for k, v in sums.items()}
+    result["psnr"] = float(10 * np.log10(1 / max(result["mse"], 1e-12)))
+    return result
+
+
+def save_pictures(vae, pixels, val_idx, s, history, out):
+    shown = to_float(pixels[val_idx[:N_RECON]])
+    z_mean, _ = vae.encode(shown)
+    images.save_rows(os.path.join(out, "reconstructions.png"), [shown, vae.decode(z_mean)],
+                     labels=["held-out", "reconstructed"])
+    z = np.random.default_rng([s["seed"], 424242]).standard_normal((N_SAMPLES, s["z_dim"]), dtype=np.float32)
+    images.save_grid(os.path.join(out, "samples.png"), vae.decode(z), ncols=8)
+    epochs = [h["epoch"] for h in history]
+    images.plot_curves(os.path.join(out, "loss.png"),
+                       {"train total": [h["train_total"] for h in history],
+                        "held-out total": [h["val_total"] for h in history],
+                        "held-out reconstruction": [h["val_reconstruction"] for h in history],
+                        "held-out KL": [h["val_kl"] for h in history]},
+                       title="loss per epoch", log_y=True, x=epochs)
+    write_metrics(os.path.join(out, "metrics.csv"), history)
+
+
+def write_metrics(path, history):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    checkpoint.atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def save_checkpoint(vae, opt, out, s, epoch, step, global_step, history, partial):
+    for name, p in vae.params().items():
+        if not np.all(np.isfinite(p)):
+            raise TrainingDiverged(f"parameter {name} is not finite at epoch {epoch + 1}, step {step}: "
+                                   f"checkpoint not overwritten; lower --lr or --beta")
+    vae.save(os.path.join(out, "checkpoint.npz"),
+             extra_arrays={f"adam/{k}": v for k, v in opt.state_dict().items()},
+             meta={"epoch": epoch, "step_in_epoch": step, "step": global_step, "train": s,
+                   "history": history, "partial": partial})
+
+
+def format_terms(t):
+    return f"total {t['total']:.1f} rec {t['reconstruction']:.1f} kl {t['kl']:.1f} mse {t['mse']:.4f} " \
+           f"psnr {t['psnr']:.1f}"
+
+
+# ------------------------------------------------------------------ the recipe
+
+def run(args):
+    out = args.out
+    saved_meta = None
+    ckpt_path = os.path.join(out, "checkpoint.npz")
+    if args.resume:
+        if not os.path.isfile(ckpt_path):
+            raise UserError(f"--resume: no checkpoint at {ckpt_path}; run without --resume to start training")
+        try:
+            vae, arrays, saved_meta = VAE.load(ckpt_path, with_extras=True)
+        except checkpoint.CheckpointError as e:
+            raise UserError(f"--resume: {e}") from None
+        if "train" not in saved_meta:
+            raise UserError(f"--resume: {ckpt_path} holds a model but no training state")
+    s = resolve_settings(args, saved_meta["train"] if saved_meta else None)
+    epochs = args.epochs if args.epochs is not None else (SYNTHETIC_EPOCHS if s["data"] is None else DATA_EPOCHS)
+    config = check_settings(s, epochs)
+    prepare_out(out)
+    try:
+        n_threads = threads.set_threads(args.threads)
+    except ValueError as e:
+        raise UserError(f"--threads: {e}") from None
+
+    opt = Adam(lr=s["lr"])
+    if saved_meta:
+        if vae.config != config:
+            raise UserError(f"--resume: {ckpt_path} has another model configuration; train into a new --out")
+        try:
+            opt.load_state_dict({k[5:]: v for k, v in arrays.items() if k.startswith("adam/")}, vae.params())
+        except (KeyError, ValueError) as e:
+            raise UserError(f"--resume: optimizer state in {ckpt_path} is unusable ({e})") from None
+        start_epoch, start_step = saved_meta["epoch"], saved_meta["step_in_epoch"]
+        global_step, history, partial = saved_meta["step"], saved_meta["history"], saved_meta["partial"]
+        if start_epoch >= epochs:
+            raise UserError(f"--resume: the checkpoint already has {start_epoch} epochs; pass --epochs above that")
+    else:
+        vae = VAE(config, seed=s["seed"])
+        start_epoch, start_step, global_step, history, partial = 0, 0, 0, [], None
+
+    pixels, train_idx, val_idx = load_data(s, args.cache_dir, args.quiet)
+    if not args.quiet and not saved_meta:
+        print(vae.summary())
+    steps = len(train_idx) // s["batch_size"]
+    print(f"training: {len(train_idx)} images, {len(val_idx)} held out, {steps} steps per epoch, "
+          f"batch {s['batch_size']}, {n_threads} threads; outputs in {out}")
+
+    from tqdm import tqdm
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, epochs):
+            order = epoch_order(s["seed"], epoch, train_idx)
+            sums = dict(partial["sums"]) if partial else {}
+            t0, seen = time.perf_counter(), 0
+            bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+                       disable=args.quiet, dynamic_ncols=True, leave=False)
+            for step in range(start_step, steps):
+                idx = np.sort(order[step * s["batch_size"]:(step + 1) * s["batch_size"]])
+                eps = step_noise(s["seed"], epoch, step, (len(idx), s["z_dim"]))
+                terms = vae.forward_backward(to_float(pixels[idx]), eps)
+                if not np.isfinite(terms["total"]):
+                    raise TrainingDiverged(f"the loss became {terms['total']} at epoch {epoch + 1}, step {step + 1}: "
+                                           f"lower --lr (now {s['lr']}) or --beta (now {s['beta']}); "
+                                           f"the last checkpoint in {out} is unchanged")
+                try:
+                    opt.step(vae.params(), vae.grads())
+                except FloatingPointError:
+                    raise TrainingDiverged(f"a gradient became non-finite at epoch {epoch + 1}, step {step + 1}: "
+                                           f"lower --lr (now {s['lr']}) or --beta (now {s['beta']}); "
+                                           f"the last checkpoint in {out} is unchanged") from None
+                global_step += 1
+                seen += len(idx)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                sums["steps"] = sums.get("steps", 0) + 1
+                bar.update(1)
+                bar.set_postfix_str(f"loss {terms['total']:.1f} kl {terms['kl']:.1f} "
+                                    f"{seen / (time.perf_counter() - t0):.1f} img/s")
+                if stop and step + 1 < steps:
+                    bar.close()
+                    save_checkpoint(vae, opt, out, s, epoch, step + 1, global_step, history, {"sums": sums})
+                    print(f"stopped by {stop.signal_name} at epoch {epoch + 1}, step {step + 1}; checkpoint saved. "
+                          f"Resume with: python -m scratchvae.train --out {out} --resume --epochs {epochs}")
+                    return 130
+            bar.close()
+            elapsed = time.perf_counter() - t0
+            n_steps = sums.pop("steps")
+            train = {k: v / n_steps for k, v in sums.items()}
+            val = held_out(vae, pixels, val_idx, s, epoch)
+            row = {"epoch": epoch + 1, "step": global_step,
+                   **{f"train_{k}": round(v, 6) for k, v in train.items()},
+                   **{f"val_{k}": round(v, 6) for k, v in val.items()},
+                   "images_per_s": round(seen / elapsed, 2), "seconds": round(elapsed, 1)}
+            history.append(row)
+            save_checkpoint(vae, opt, out, s, epoch + 1, 0, global_step, history, None)
+            save_pictures(vae, pixels, val_idx, s, history, out)
+            print(f"epoch {epoch + 1}/{epochs}  train {format_terms(train)} | held-out {format_terms(val)} | "
+                  f"{seen / elapsed:.1f} img/s, {elapsed:.0f} s")
+            start_step, partial = 0, None
+            if stop:
+                print(f"stopped by {stop.signal_name} after epoch {epoch + 1}; checkpoint saved. Resume with: "
+                      f"python -m scratchvae.train --out {out} --resume --epochs {epochs}")
+                return 130
+    print(f"done: {out}/checkpoint.npz, samples.png, reconstructions.png, loss.png, metrics.csv")
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""The training command end to end on tiny configs: outputs, falling loss, exact resume, errors."""
+
+import csv
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scratchvae import train
+from scratchvae.model import VAE
+
+TINY = ["--image-size", "16", "--filters", "4", "--blocks", "2", "--z-dim", "4", "--batch-size", "16",
+        "--lr", "3e-3", "--quiet"]
+
+
+def run(out, *extra):
+    return train.main([*TINY, "--out", str(out), *extra])
+
+
+def test_outputs_and_falling_loss(tmp_path):
+    assert run(tmp_path, "--limit", "160", "--epochs", "4") == 0
+    for name in ("checkpoint.npz", "samples.png", "reconstructions.png", "loss.png", "metrics.csv"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["train_total"]) < 0.8 * float(rows[0]["train_total"])
+    assert float(rows[-1]["val_mse"]) < float(rows[0]["val_mse"])
+    with Image.open(tmp_path / "samples.png") as im:
+        assert im.size[0] >= 8 * 16 and im.mode == "RGB"
+    vae = VAE.load(tmp_path / "checkpoint.npz")
+    assert vae.config.image_size == 16 and vae.config.z_dim == 4
+
+
+def test_resume_at_epoch_boundary_is_exact(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run(straight, "--limit", "96", "--epochs", "3") == 0
+    assert run(split, "--limit", "96", "--epochs", "1") == 0
+    assert run(split, "--resume", "--epochs", "3") == 0
+    a, b = VAE.load(straight / "checkpoint.npz"), VAE.load(split / "checkpoint.npz")
+    for d1, d2 in ((a.params(), b.params()), (a.state(), b.state())):
+        for k in d1:
+            assert np.array_equal(d1[k], d2[k]), k
+    rows = list(csv.DictReader(open(split / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--batch-size", "1"], "BatchNorm needs at least 2"),
+    (["--epochs", "0"], "--epochs 0 must be at least 1"),
+    (["--image-size", "18"], "not divisible by 2^blocks"),
+    (["--data", "does/not/exist"], "does/not/exist"),
+    (["--resume"], "no checkpoint"),
+    (["--limit", "20"], "too few"),
+])
+def test_user_errors_exit_2_with_one_line(tmp_path, capsys, extra, message):
+    assert run(tmp_path / "o", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_resume_rejects_another_configuration(tmp_path, capsys):
+    assert run(tmp_path, "--limit", "64", "--epochs", "1") == 0
+    assert train.main([*TINY[:-1], "--z-dim", "8", "--out", str(tmp_path), "--resume", "--epochs", "2"]) == 2
+    assert "z_dim" in capsys.readouterr().err
