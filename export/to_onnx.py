@@ -1,0 +1,88 @@
+"""Export a scratchvae checkpoint to DIR/encoder.onnx and DIR/decoder.onnx (NHWC float32 at the edges).
+
+    python export/to_onnx.py runs/x/checkpoint.npz --out onnx/ [--opset 17] [--no-fold]
+
+The graphs come from onnx_graphs; this file only loads, checks, and writes atomically.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+
+import onnx_graphs
+from scratchvae.checkpoint import CheckpointError, atomic_write_bytes
+from scratchvae.model import VAE
+
+
+class ExportError(Exception):
+    """A user's mistake; the message is the one line printed."""
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="checkpoint.npz written by training")
+    p.add_argument("--out", required=True, help="folder for encoder.onnx and decoder.onnx (created if missing)")
+    p.add_argument("--opset", type=int, default=onnx_graphs.MIN_OPSET, help="ONNX opset, 17 or newer")
+    p.add_argument("--no-fold", action="store_true", help="keep decoder BatchNormalization nodes instead of folding")
+    return p.parse_args(argv)
+
+
+def prepare_folder(out):
+    """Create the folder and prove it takes a file now, before any work is spent on the graphs."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ExportError(f"cannot write to output folder {out} ({e.strerror or e}): choose a writable --out")
+
+
+def export(args):
+    top = onnx.defs.onnx_opset_version()
+    if not onnx_graphs.MIN_OPSET <= args.opset <= top:
+        raise ExportError(f"--opset {args.opset} is not supported: use {onnx_graphs.MIN_OPSET} to {top}")
+    try:
+        vae, _, meta = VAE.load(args.checkpoint, with_extras=True)
+    except CheckpointError as e:
+        raise ExportError(str(e)) from None
+    tensors = {**vae.params(), **vae.state()}
+    # Refuse before touching --out: a diverged run must not leave half an export behind.
+    bad = [name for name, a in tensors.items() if not np.all(np.isfinite(a))]
+    if bad:
+        raise ExportError(f"{args.checkpoint}: tensor {bad[0]} has non-finite values ({len(bad)} tensor(s) in all): "
+                          "refusing to export; use an earlier checkpoint")
+    prepare_folder(args.out)
+    written = []
+    for part, build in (("encoder", onnx_graphs.build_encoder), ("decoder", onnx_graphs.build_decoder)):
+        try:
+            model = build(tensors, vae.config, fold=not args.no_fold, opset=args.opset, meta=meta)
+        except ValueError as e:
+            raise ExportError(f"{args.checkpoint}: {e}") from None
+        onnx.checker.check_model(model, full_check=True)
+        path = os.path.join(args.out, f"{part}.onnx")
+        try:
+            atomic_write_bytes(path, model.SerializeToString())
+        except OSError as e:
+            raise ExportError(f"cannot write {path} ({e.strerror or e})") from None
+        written.append(path)
+    return written
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        for path in export(args):
+            print(f"wrote {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+    except ExportError as e:
+        print(f"to_onnx: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
