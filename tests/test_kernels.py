@@ -30,14 +30,35 @@ def assert_close(ref, fast):
 
 
 @pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
-def test_im2col_col2im(rng, n, h, w, c, k, s):
+def test_gather_taps_im2col_and_phases(rng, n, h, w, c, k, s):
     ho, pt = same_padding(h, k, s)
     wo, pl = same_padding(w, k, s)
     x = rng.standard_normal((n, h, w, c)).astype(F32)
+    # im2col: every tap of a 'same' convolution, at the layer's stride
     cols = np.full((n * ho * wo, k * k * c), np.nan, F32)
-    assert_close(*both("im2col", [cols], x, k, k, s, pt, pl))
-    dcols = rng.standard_normal(cols.shape).astype(F32)
-    assert_close(*both("col2im", [np.full(x.shape, np.nan, F32)], dcols, k, k, s, pt, pl))
+    assert_close(*both("gather_taps", [cols], x, ho, wo, s, np.arange(k) - pt, np.arange(k) - pl))
+    # a phase gather: stride 1, uneven offsets that run off both edges
+    offs_h, offs_w = np.array([1, -1, 0]), np.array([-2, 2])
+    cols = np.full((n * h * w, 3 * 2 * c), np.nan, F32)
+    assert_close(*both("gather_taps", [cols], x, h, w, 1, offs_h, offs_w))
+
+
+@pytest.mark.parametrize("h,w,s", [(6, 6, 2), (7, 5, 2), (5, 5, 1), (7, 8, 3)])
+def test_scatter_phase_fills_each_phase_once(rng, h, w, s):
+    x = np.full((2, h, w, 3), np.nan, F32)
+    y = {}
+    for a in range(s):
+        for b in range(s):
+            hm, wm = -(-(h - a) // s), -(-(w - b) // s)
+            part = rng.standard_normal((2 * hm * wm, 3)).astype(F32)
+            ref = x.copy() if not y else y["ref"]
+            fast = x.copy() if not y else y["fast"]
+            reference.scatter_phase(ref, part, s, a, b)
+            cpu.scatter_phase(fast, part, s, a, b)
+            y = {"ref": ref, "fast": fast}
+            np.testing.assert_array_equal(fast[:, a::s, b::s], part.reshape(2, hm, wm, 3))
+    assert not np.isnan(y["fast"]).any()
+    assert_close([y["ref"]], [y["fast"]])
 
 
 @pytest.mark.parametrize("m,c", [(1, 1), (7, 3), (5000, 4), (64, 128)])
@@ -170,7 +191,7 @@ def test_batchnorm_statistics_closed_form(backend, rng):
 def test_dispatch_switches_backend():
     previous = kernels.active_name()
     with kernels.using("numpy") as active:
-        assert active is reference and kernels.im2col is reference.im2col
+        assert active is reference and kernels.gather_taps is reference.gather_taps
     assert kernels.active_name() == previous
     with pytest.raises(ValueError, match="unknown kernel backend"):
         kernels.use("tpu")

@@ -31,75 +31,7 @@ def from_host(a):
     return np.ascontiguousarray(a)
 
 
-# ---------------------------------------------------------------- convolution gather/scatter
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _im2col(cols, x, kh, kw, stride, pad_top, pad_left, ho, wo):
-    """cols[(n,p,q), (i,j,c)] = xpad[n, stride*p+i, stride*q+j, c]."""
-    n, h, w, c = x.shape
-    for r in prange(n * ho):
-        b = r // ho
-        p = r - b * ho
-        for q in range(wo):
-            row = r * wo + q
-            for i in range(kh):
-                hh = p * stride + i - pad_top
-                for j in range(kw):
-                    ww = q * stride + j - pad_left
-                    base = (i * kw + j) * c
-                    if hh >= 0 and hh < h and ww >= 0 and ww < w:
-                        for ch in range(c):
-                            cols[row, base + ch] = x[b, hh, ww, ch]
-                    else:
-                        for ch in range(c):
-                            cols[row, base + ch] = 0
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo):
-    """x[n,h,w,c] = sum of the cols entries that im2col copied from (h, w): a gather, no races."""
-    n, h, w, c = x.shape
-    for r in prange(n * h):
-        b = r // h
-        hh = r - b * h
-        for ww in range(w):
-            for ch in range(c):
-                x[b, hh, ww, ch] = 0
-            for i in range(kh):
-                t = hh + pad_top - i
-                if t < 0 or t % stride != 0:
-                    continue
-                p = t // stride
-                if p >= ho:
-                    continue
-                for j in range(kw):
-                    u = ww + pad_left - j
-                    if u < 0 or u % stride != 0:
-                        continue
-                    q = u // stride
-                    if q >= wo:
-                        continue
-                    row = (b * ho + p) * wo + q
-                    base = (i * kw + j) * c
-                    for ch in range(c):
-                        x[b, hh, ww, ch] += cols[row, base + ch]
-
-
-def _same_out(h, w, stride):
-    return -(-h // stride), -(-w // stride)
-
-
-def im2col(cols, x, kh, kw, stride, pad_top, pad_left):
-    """cols[(n,p,q), (i,j,c)] = xpad[n, stride*p+i, stride*q+j, c]; cols is (N*Ho*Wo, KH*KW*C)."""
-    ho, wo = _same_out(x.shape[1], x.shape[2], stride)
-    _im2col(cols, x, kh, kw, stride, pad_top, pad_left, ho, wo)
-
-
-def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
-    """x[n,h,w,c] = sum over (p,q,i,j) with stride*p+i-pad_top = h, stride*q+j-pad_left = w of cols."""
-    ho, wo = _same_out(x.shape[1], x.shape[2], stride)
-    _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo)
-
+# ---------------------------------------------------------------- matrix products
 
 def gemm(out, a, b, trans_a=False, trans_b=False, accumulate=False):
     """out (+)= op(a) @ op(b): one BLAS call, BLAS threads on all cores (never inside prange)."""
@@ -316,3 +248,51 @@ def adam_update(p, m, v, g, alpha, beta_1, beta_2, epsilon, scale):
     """g' = scale*g; m += (g'-m)(1-b1); v += (g'^2-v)(1-b2); p -= alpha*m/(sqrt(v)+eps)."""
     t = p.dtype.type
     _adam(p, m, v, g, t(alpha), t(1 - beta_1), t(1 - beta_2), t(epsilon), t(scale))
+
+
+# ---------------------------------------------------------------- phase decomposition
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
+    n, h, w, c = x.shape
+    th, tw = offs_h.size, offs_w.size
+    for r in prange(n * ho):
+        b = r // ho
+        p = r - b * ho
+        for q in range(wo):
+            row = r * wo + q
+            for t in range(th):
+                hh = p * stride + offs_h[t]
+                for u in range(tw):
+                    ww = q * stride + offs_w[u]
+                    base = (t * tw + u) * c
+                    if hh >= 0 and hh < h and ww >= 0 and ww < w:
+                        for ch in range(c):
+                            cols[row, base + ch] = x[b, hh, ww, ch]
+                    else:
+                        for ch in range(c):
+                            cols[row, base + ch] = 0
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _scatter_phase(x, part, stride, a, b):
+    n, h, w, c = x.shape
+    hm = (h - a + stride - 1) // stride
+    wm = (w - b + stride - 1) // stride
+    for r in prange(n * hm):
+        img = r // hm
+        m = r - img * hm
+        for mm in range(wm):
+            src = r * wm + mm
+            for ch in range(c):
+                x[img, stride * m + a, stride * mm + b, ch] = part[src, ch]
+
+
+def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
+    """cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x."""
+    _gather_taps(cols, x, ho, wo, stride, np.asarray(offs_h, np.int64), np.asarray(offs_w, np.int64))
+
+
+def scatter_phase(x, part, stride, a, b):
+    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map."""
+    _scatter_phase(x, part, stride, a, b)

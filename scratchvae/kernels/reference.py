@@ -25,40 +25,6 @@ def from_host(a):
     return np.ascontiguousarray(a)
 
 
-def im2col(cols, x, kh, kw, stride, pad_top, pad_left):
-    """cols[(n,p,q), (i,j,c)] = xpad[n, stride*p+i, stride*q+j, c]; cols is (N*Ho*Wo, KH*KW*C)."""
-    n, h, w, c = x.shape
-    rows = cols.reshape(n, -1, kh, kw, c)
-    total_rows = rows.shape[1]
-    ho, wo = _out_hw(h, w, total_rows, kh, kw, stride, pad_top, pad_left)
-    xpad = np.zeros((n, pad_top + h + (ho - 1) * stride + kh, pad_left + w + (wo - 1) * stride + kw, c), x.dtype)
-    xpad[:, pad_top:pad_top + h, pad_left:pad_left + w] = x
-    out = cols.reshape(n, ho, wo, kh, kw, c)
-    for i in range(kh):
-        for j in range(kw):
-            out[:, :, :, i, j, :] = xpad[:, i:i + stride * ho:stride, j:j + stride * wo:stride, :]
-
-
-def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
-    """x[n,h,w,c] = sum over (p,q,i,j) with stride*p+i-pad_top = h, stride*q+j-pad_left = w of cols."""
-    n, h, w, c = x.shape
-    ho, wo = _out_hw(h, w, cols.shape[0] // n, kh, kw, stride, pad_top, pad_left)
-    xpad = np.zeros((n, pad_top + h + (ho - 1) * stride + kh, pad_left + w + (wo - 1) * stride + kw, c), x.dtype)
-    src = cols.reshape(n, ho, wo, kh, kw, c)
-    for i in range(kh):
-        for j in range(kw):
-            xpad[:, i:i + stride * ho:stride, j:j + stride * wo:stride, :] += src[:, :, :, i, j, :]
-    x[...] = xpad[:, pad_top:pad_top + h, pad_left:pad_left + w]
-
-
-def _out_hw(h, w, rows_per_image, kh, kw, stride, pad_top, pad_left):
-    # 'same' geometry: Ho = ceil(H / stride); the row count must agree with it.
-    ho, wo = -(-h // stride), -(-w // stride)
-    if ho * wo != rows_per_image:
-        raise ValueError(f"im2col rows {rows_per_image} do not match output {ho}x{wo}")
-    return ho, wo
-
-
 def gemm(out, a, b, trans_a=False, trans_b=False, accumulate=False):
     """out (+)= op(a) @ op(b), op = transpose when asked."""
     r = (a.T if trans_a else a) @ (b.T if trans_b else b)
@@ -141,3 +107,25 @@ def adam_update(p, m, v, g, alpha, beta_1, beta_2, epsilon, scale):
     m += (gs - m) * t(1 - beta_1)
     v += (gs * gs - v) * t(1 - beta_2)
     p -= t(alpha) * m / (np.sqrt(v) + t(epsilon))
+
+
+def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
+    """cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x."""
+    n, h, w, c = x.shape
+    out = cols.reshape(n, ho, wo, len(offs_h), len(offs_w), c)
+    for t, dh in enumerate(offs_h):
+        for u, dw in enumerate(offs_w):
+            rows = stride * np.arange(ho) + dh
+            cols_ = stride * np.arange(wo) + dw
+            ok_r, ok_c = (rows >= 0) & (rows < h), (cols_ >= 0) & (cols_ < w)
+            block = np.zeros((n, ho, wo, c), x.dtype)
+            block[:, np.flatnonzero(ok_r)[:, None], np.flatnonzero(ok_c)[None, :]] = \
+                x[:, rows[ok_r][:, None], cols_[ok_c][None, :]]
+            out[:, :, :, t, u, :] = block
+
+
+def scatter_phase(x, part, stride, a, b):
+    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map."""
+    n, h, w, c = x.shape
+    view = x[:, a::stride, b::stride, :]
+    view[...] = part.reshape(view.shape)

@@ -6,6 +6,8 @@ backward) and `state` (non-trainable); every shape is fixed at construction.
 
 import numpy as np
 
+from scratchvae import kernels as K
+
 
 class Layer:
     """Base class: subclasses set params/grads/state in __init__ and implement forward/backward."""
@@ -20,6 +22,8 @@ class Layer:
         self.params = {}
         self.grads = {}
         self.state = {}
+        self.need_dx = True  # the model clears it on its first layer: no gradient for the input images
+        self._buffers = {}
 
     def output_shape(self, input_shape):
         """Per-sample output shape (no batch axis) for a per-sample input shape."""
@@ -34,6 +38,13 @@ class Layer:
     def count_params(self):
         """(trainable, non-trainable) parameter counts."""
         return (sum(p.size for p in self.params.values()), sum(s.size for s in self.state.values()))
+
+    def scratch(self, key, shape):
+        """A work buffer kept across calls (never returned to callers): big ones are allocated once."""
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != tuple(shape):
+            buf = self._buffers[key] = K.empty(tuple(shape), self.dtype)
+        return buf
 
     def _add_param(self, key, value):
         self.params[key] = np.ascontiguousarray(value, dtype=self.dtype)

@@ -1,7 +1,9 @@
-"""Conv2D and Conv2DTranspose, NHWC, TensorFlow 'same' padding, through im2col + one GEMM.
+"""Conv2D and Conv2DTranspose, NHWC, TensorFlow 'same' padding, through gathers + GEMM.
 
-Conv2DTranspose is the exact adjoint of Conv2D 'same' on the output size, so both directions
-reuse the same two kernels: im2col (gather into rows) and col2im (gather back, race-free).
+The forward of Conv2D (and backward of Conv2DTranspose) is im2col + one GEMM. The adjoint
+direction (Conv2D's input gradient, Conv2DTranspose's forward) is split by output phase: each of
+the stride^2 phases is a small dense convolution over the taps that reach it, so no zeros are
+multiplied and nothing is scattered with +=.
 """
 
 import numpy as np
@@ -15,6 +17,45 @@ def same_padding(size, kernel, stride):
     out = -(-size // stride)
     total = max((out - 1) * stride + kernel - size, 0)
     return out, total // 2
+
+
+def phase_taps(kernel, stride, pad, phase):
+    """Kernel taps reaching output phase `phase` of the adjoint map, and the input offset of each."""
+    taps = [i for i in range(kernel) if (phase + pad - i) % stride == 0]
+    return taps, [(phase + pad - i) // stride for i in taps]
+
+
+def conv_adjoint(layer, dx, dy, kernel, stride, pt, pl):
+    """dx = Conv2D-'same'-adjoint(dy): dx (N,H,W,C) from dy (N,Ho,Wo,O) with kernel (KH,KW,C,O)."""
+    n, h, w, c = dx.shape
+    kh, kw, _, o = kernel.shape
+    for a in range(stride):
+        taps_h, offs_h = phase_taps(kh, stride, pt, a)
+        hm = -(-(h - a) // stride)
+        for b in range(stride):
+            taps_w, offs_w = phase_taps(kw, stride, pl, b)
+            wm = -(-(w - b) // stride)
+            if hm <= 0 or wm <= 0:
+                continue
+            part = layer.scratch(("part", a, b), (n * hm * wm, c))  # (N*Hm*Wm, C)
+            if not taps_h or not taps_w:
+                part[...] = 0
+            else:
+                cols = layer.scratch(("cols", a, b), (n * hm * wm, len(taps_h) * len(taps_w) * o))
+                K.gather_taps(cols, dy, hm, wm, 1, offs_h, offs_w)
+                # rows (t, u, o) of the phase's weights, columns c
+                wsub = np.ascontiguousarray(kernel[taps_h][:, taps_w].transpose(0, 1, 3, 2)).reshape(-1, c)
+                K.gemm(part, cols, K.from_host(wsub))
+            K.scatter_phase(dx, part, stride, a, b)
+
+
+def im2col(layer, x, k, stride, pt, pl, key="im2col"):
+    """(N*Ho*Wo, K*K*C) rows of x's 'same' patches, in a buffer the layer keeps."""
+    n, h, w, c = x.shape
+    ho, wo = -(-h // stride), -(-w // stride)
+    cols = layer.scratch(key, (n * ho * wo, k * k * c))
+    K.gather_taps(cols, x, ho, wo, stride, np.arange(k) - pt, np.arange(k) - pl)
+    return cols
 
 
 def _check_common(kernel_size, strides, padding):
@@ -52,8 +93,7 @@ class Conv2D(Layer):
         ho, pt = same_padding(h, self.k, self.stride)
         wo, pl = same_padding(w, self.k, self.stride)
         self.geometry = (x.shape, pt, pl)
-        cols = K.empty((n * ho * wo, self.k * self.k * c), self.dtype)  # (N*Ho*Wo, KH*KW*C)
-        K.im2col(cols, x, self.k, self.k, self.stride, pt, pl)
+        cols = im2col(self, x, self.k, self.stride, pt, pl)  # (N*Ho*Wo, KH*KW*C)
         y = K.empty((n * ho * wo, self.filters), self.dtype)  # (N*Ho*Wo, O)
         K.gemm(y, cols, self.params["kernel"].reshape(-1, self.filters))
         if self.activation == "relu":
@@ -65,6 +105,7 @@ class Conv2D(Layer):
 
     def backward(self, dy):
         xshape, pt, pl = self.geometry
+        n, ho, wo = dy.shape[:3]
         dy = dy.reshape(-1, self.filters)
         if self.activation == "relu":
             dz = K.empty(dy.shape, self.dtype)
@@ -72,11 +113,11 @@ class Conv2D(Layer):
             dy = dz
         K.sum_rows(self.grads["bias"], dy)
         K.gemm(self.grads["kernel"].reshape(-1, self.filters), self.cols, dy, trans_a=True)
-        dcols = K.empty(self.cols.shape, self.dtype)
-        K.gemm(dcols, dy, self.params["kernel"].reshape(-1, self.filters), trans_b=True)
-        dx = K.empty(xshape, self.dtype)
-        K.col2im(dx, dcols, self.k, self.k, self.stride, pt, pl)
         self.cols = self.y = None
+        if not self.need_dx:
+            return None
+        dx = K.empty(xshape, self.dtype)
+        conv_adjoint(self, dx, dy.reshape(n, ho, wo, self.filters), self.params["kernel"], self.stride, pt, pl)
         return dx
 
 
@@ -108,12 +149,8 @@ class Conv2DTranspose(Layer):
         pt = same_padding(ho, self.k, self.stride)[1]
         pl = same_padding(wo, self.k, self.stride)[1]
         self.geometry = (x, pt, pl)
-        x2d = x.reshape(-1, c)
-        kernel2d = self.params["kernel"].reshape(-1, c)  # (KH*KW*O, C)
-        cols = K.empty((x2d.shape[0], kernel2d.shape[0]), self.dtype)  # (N*H*W, KH*KW*O)
-        K.gemm(cols, x2d, kernel2d, trans_b=True)
         y = K.empty((n, ho, wo, self.filters), self.dtype)
-        K.col2im(y, cols, self.k, self.k, self.stride, pt, pl)
+        conv_adjoint(self, y, x, self.params["kernel"], self.stride, pt, pl)
         K.add_bias(y.reshape(-1, self.filters), self.params["bias"])
         return y
 
@@ -121,10 +158,11 @@ class Conv2DTranspose(Layer):
         x, pt, pl = self.geometry
         c = self.in_channels
         K.sum_rows(self.grads["bias"], dy.reshape(-1, self.filters))
-        cols = K.empty((x.size // c, self.k * self.k * self.filters), self.dtype)  # (N*H*W, KH*KW*O)
-        K.im2col(cols, dy, self.k, self.k, self.stride, pt, pl)
+        cols = im2col(self, dy, self.k, self.stride, pt, pl)  # (N*H*W, KH*KW*O)
         K.gemm(self.grads["kernel"].reshape(-1, c), cols, x.reshape(-1, c), trans_a=True)
+        self.geometry = None
+        if not self.need_dx:
+            return None
         dx = K.empty(x.shape, self.dtype)
         K.gemm(dx.reshape(-1, c), cols, self.params["kernel"].reshape(-1, c))
-        self.geometry = None
         return dx
