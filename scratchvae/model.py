@@ -109,6 +109,11 @@ class VAE:
         rng = np.random.default_rng(seed)
         self.trunk, self.heads = build_encoder(self.config, self.dtype, rng)
         self.decoder = build_decoder(self.config, self.dtype, rng)
+        self.trunk.layers[0].need_dx = False  # nothing upstream of the images needs their gradient
+        for seq in (self.trunk, self.decoder):
+            for layer, following in zip(seq.layers, seq.layers[1:]):
+                if isinstance(layer, BatchNorm) and isinstance(following, LeakyReLU):
+                    layer.fuse(following)  # one pass instead of two; the summary still lists both
 
     # ------------------------------------------------------------ named tensors
     def named_layers(self):

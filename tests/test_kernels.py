@@ -70,8 +70,10 @@ def test_reductions_and_affine(rng, m, c):
     assert_close(*both("sum_rows", [np.zeros(c, F32)], x))
     assert_close(*both("bn_stats", [np.zeros(c, F32), np.zeros(c, F32)], x))
     assert_close(*both("bn_forward", [np.zeros((m, c), F32)], x, mean, invstd, gamma, beta))
-    assert_close(*both("bn_backward", [np.zeros((m, c), F32), np.zeros(c, F32), np.zeros(c, F32)],
-                       dy, x, mean, invstd, gamma))
+    for alpha in (1.0, 0.3):
+        assert_close(*both("bn_act_forward", [np.zeros((m, c), F32)], x, mean, invstd, gamma, beta, alpha))
+        assert_close(*both("bn_act_backward", [np.zeros((m, c), F32), np.zeros(c, F32), np.zeros(c, F32)],
+                           dy, x, mean, invstd, gamma, beta, alpha))
     ref, fast = x.copy(), x.copy()
     reference.add_bias(ref, b), cpu.add_bias(fast, b)
     assert_close([ref], [fast])

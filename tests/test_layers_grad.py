@@ -50,6 +50,28 @@ def test_batchnorm(backend, rng, shape, training):
     check_layer(layer, rng.standard_normal(shape) * 2 + 0.5, rng, training=training)
 
 
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 3, 2), (1, 5, 4, 3)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_fused_with_leaky_relu(backend, rng, shape, training):
+    """BN + LeakyReLU fused into one layer: its own gradients, and equal to the two layers apart."""
+    f = shape[-1]
+    fused, plain, act = BatchNorm(f, dtype=F64), BatchNorm(f, dtype=F64), LeakyReLU(0.3, dtype=F64)
+    for layer in (fused, plain):
+        layer.params["gamma"][...] = np.linspace(0.5, 1.5, f)
+        layer.params["beta"][...] = np.linspace(-0.3, 0.4, f)
+        layer.state["moving_variance"][...] = np.linspace(0.5, 2.0, f)
+    fused.fuse(LeakyReLU(0.3, dtype=F64))
+    x = rng.standard_normal(shape) * 2 + 0.3
+    y = fused.forward(x, training)
+    np.testing.assert_allclose(y, act.forward(plain.forward(x, training), training), rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal(shape)
+    dx = fused.backward(g.copy()).copy()
+    np.testing.assert_allclose(dx, plain.backward(act.backward(g)), rtol=1e-10, atol=1e-12)
+    for key in fused.grads:
+        np.testing.assert_allclose(fused.grads[key], plain.grads[key], rtol=1e-10, atol=1e-12)
+    check_layer(fused, x, rng, training=training)
+
+
 @pytest.mark.parametrize("shape", [(1, 5), (3, 2, 3, 4)])
 def test_activations(backend, rng, shape):
     for layer in (LeakyReLU(0.3, dtype=F64), ReLU(dtype=F64), Sigmoid(dtype=F64)):

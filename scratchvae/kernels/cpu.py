@@ -70,21 +70,6 @@ def _centered_sq_sums(part, a, mean, chunk):
                 part[k, ch] += d * d
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _bn_grad_sums(part1, part2, dy, x, mean, chunk):
-    """part1[k,c] = sum dy; part2[k,c] = sum dy * (x - mean), over rows of chunk k."""
-    m, c = dy.shape
-    for k in prange(part1.shape[0]):
-        for ch in range(c):
-            part1[k, ch] = 0
-            part2[k, ch] = 0
-        for r in range(k * chunk, min(m, (k + 1) * chunk)):
-            for ch in range(c):
-                g = dy[r, ch]
-                part1[k, ch] += g
-                part2[k, ch] += g * (x[r, ch] - mean[ch])
-
-
 def _partials(a):
     chunks = max(1, -(-a.shape[0] // _CHUNK_ROWS))
     return np.empty((chunks, a.shape[1]), dtype=a.dtype), -(-a.shape[0] // chunks)
@@ -119,15 +104,6 @@ def _affine(y, x, scale, shift):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _affine2(dx, dy, x, a, b, shift):
-    """dx[m, c] = a[c] * dy[m, c] + b[c] * x[m, c] + shift[c]."""
-    m, c = x.shape
-    for r in prange(m):
-        for ch in range(c):
-            dx[r, ch] = a[ch] * dy[r, ch] + b[ch] * x[r, ch] + shift[ch]
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _bias_relu(y, b):
     """y[m, c] = max(y[m, c] + b[c], 0)."""
     m, c = y.shape
@@ -152,19 +128,6 @@ def bn_forward(y, x, mean, invstd, gamma, beta):
     """y = (x - mean) * invstd * gamma + beta, as one affine pass."""
     scale = (invstd * gamma).astype(x.dtype)
     _affine(y, x, scale, (beta - mean * scale).astype(x.dtype))
-
-
-def bn_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma):
-    """Batch-statistics backward: dx = gamma*invstd*(dy - mean(dy) - xhat*mean(dy*xhat))."""
-    part1, chunk = _partials(dy)
-    part2 = np.empty_like(part1)
-    _bn_grad_sums(part1, part2, dy, x, mean, chunk)
-    dbeta[...] = part1.sum(axis=0)
-    dgamma[...] = part2.sum(axis=0) * invstd
-    inv_m = x.dtype.type(1.0 / x.shape[0])
-    k = gamma * invstd
-    b = -k * invstd * dgamma * inv_m
-    _affine2(dx, dy, x, k.astype(x.dtype), b.astype(x.dtype), (-b * mean - k * dbeta * inv_m).astype(x.dtype))
 
 
 # ---------------------------------------------------------------- elementwise activations
@@ -296,3 +259,70 @@ def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
 def scatter_phase(x, part, stride, a, b):
     """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map."""
     _scatter_phase(x, part, stride, a, b)
+
+
+# ---------------------------------------------------------------- BatchNorm fused with LeakyReLU
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _affine_leaky(y, x, scale, shift, alpha):
+    """y[m, c] = leaky(x[m, c] * scale[c] + shift[c])."""
+    m, c = x.shape
+    for r in prange(m):
+        for ch in range(c):
+            v = x[r, ch] * scale[ch] + shift[ch]
+            y[r, ch] = v if v > 0 else v * alpha
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _bn_act_sums(part1, part2, dy, x, mean, scale, shift, alpha, chunk):
+    """Per chunk: sum of g and of g * (x - mean), g = dy masked by the activation's slope."""
+    m, c = dy.shape
+    for k in prange(part1.shape[0]):
+        for ch in range(c):
+            part1[k, ch] = 0
+            part2[k, ch] = 0
+        for r in range(k * chunk, min(m, (k + 1) * chunk)):
+            for ch in range(c):
+                xv = x[r, ch]
+                g = dy[r, ch]
+                if xv * scale[ch] + shift[ch] <= 0:
+                    g = g * alpha
+                part1[k, ch] += g
+                part2[k, ch] += g * (xv - mean[ch])
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _bn_act_dx(dx, dy, x, scale, shift, alpha, a, b, off):
+    """dx = a * g + b * x + off, g = dy masked by the activation's slope (recomputed from x)."""
+    m, c = x.shape
+    for r in prange(m):
+        for ch in range(c):
+            xv = x[r, ch]
+            g = dy[r, ch]
+            if xv * scale[ch] + shift[ch] <= 0:
+                g = g * alpha
+            dx[r, ch] = a[ch] * g + b[ch] * xv + off[ch]
+
+
+def bn_act_forward(y, x, mean, invstd, gamma, beta, alpha):
+    """y = leaky_alpha((x - mean) * invstd * gamma + beta); alpha 1 is plain BatchNorm."""
+    t = x.dtype.type
+    scale = (invstd * gamma).astype(x.dtype)
+    _affine_leaky(y, x, scale, (beta - mean * scale).astype(x.dtype), t(alpha))
+
+
+def bn_act_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha):
+    """Backward of bn_act_forward with batch statistics, in two fused passes over x and dy."""
+    t = x.dtype.type
+    scale = (invstd * gamma).astype(x.dtype)
+    shift = (beta - mean * scale).astype(x.dtype)
+    part1, chunk = _partials(dy)
+    part2 = np.empty_like(part1)
+    _bn_act_sums(part1, part2, dy, x, mean, scale, shift, t(alpha), chunk)
+    dbeta[...] = part1.sum(axis=0)
+    dgamma[...] = part2.sum(axis=0) * invstd
+    inv_m = t(1.0 / x.shape[0])
+    k = gamma * invstd
+    b = -k * invstd * dgamma * inv_m
+    _bn_act_dx(dx, dy, x, scale, shift, t(alpha), k.astype(x.dtype), b.astype(x.dtype),
+               (-b * mean - k * dbeta * inv_m).astype(x.dtype))

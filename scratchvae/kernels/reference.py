@@ -65,7 +65,7 @@ def bn_forward(y, x, mean, invstd, gamma, beta):
     y[...] = (x - mean) * invstd * gamma + beta
 
 
-def bn_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma):
+def _bn_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma):
     """Batch-statistics backward: dx = gamma*invstd*(dy - mean(dy) - xhat*mean(dy*xhat))."""
     xhat = (x - mean) * invstd
     dbeta[...] = dy.sum(axis=0)
@@ -129,3 +129,16 @@ def scatter_phase(x, part, stride, a, b):
     n, h, w, c = x.shape
     view = x[:, a::stride, b::stride, :]
     view[...] = part.reshape(view.shape)
+
+
+def bn_act_forward(y, x, mean, invstd, gamma, beta, alpha):
+    """y = leaky_alpha((x - mean) * invstd * gamma + beta); alpha 1 is plain BatchNorm."""
+    pre = (x - mean) * invstd * gamma + beta
+    y[...] = np.where(pre > 0, pre, pre * x.dtype.type(alpha))
+
+
+def bn_act_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha):
+    """Backward of bn_act_forward with batch statistics: the activation's mask, then bn_backward."""
+    pre = (x - mean) * invstd * gamma + beta
+    g = np.where(pre > 0, dy, dy * dy.dtype.type(alpha))
+    _bn_backward(dx, dgamma, dbeta, g, x, mean, invstd, gamma)

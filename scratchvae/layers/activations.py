@@ -15,16 +15,21 @@ class LeakyReLU(Layer):
     def __init__(self, alpha=0.3, dtype=np.float32, rng=None, name=None):
         super().__init__(dtype, name)
         self.alpha = alpha
+        self.fused_into = None  # the BatchNorm that applies this activation in its own passes
 
     def forward(self, x, training):
         self._check_input(x, x.ndim)
-        y = K.empty(x.shape, self.dtype)
+        if self.fused_into is not None:
+            return x
+        y = self.output("y", x.shape, training)
         K.leaky_forward(y, x, self.alpha)
         self.x = x
         return y
 
     def backward(self, dy):
-        dx = K.empty(dy.shape, self.dtype)
+        if self.fused_into is not None:
+            return dy
+        dx = self.scratch("dx", dy.shape)
         K.leaky_backward(dx, dy, self.x, self.alpha)
         self.x = None
         return dx
@@ -35,13 +40,13 @@ class ReLU(Layer):
 
     def forward(self, x, training):
         self._check_input(x, x.ndim)
-        y = K.empty(x.shape, self.dtype)
+        y = self.output("y", x.shape, training)
         K.relu_forward(y, x)
         self.y = y
         return y
 
     def backward(self, dy):
-        dx = K.empty(dy.shape, self.dtype)
+        dx = self.scratch("dx", dy.shape)
         K.relu_backward(dx, dy, self.y)
         self.y = None
         return dx
@@ -52,13 +57,13 @@ class Sigmoid(Layer):
 
     def forward(self, x, training):
         self._check_input(x, x.ndim)
-        y = K.empty(x.shape, self.dtype)
+        y = self.output("y", x.shape, training)
         K.sigmoid_forward(y, x)
         self.y = y
         return y
 
     def backward(self, dy):
-        dx = K.empty(dy.shape, self.dtype)
+        dx = self.scratch("dx", dy.shape)
         K.sigmoid_backward(dx, dy, self.y)
         self.y = None
         return dx

@@ -39,12 +39,20 @@ class Layer:
         """(trainable, non-trainable) parameter counts."""
         return (sum(p.size for p in self.params.values()), sum(s.size for s in self.state.values()))
 
+    def output(self, key, shape, training):
+        """A forward output: reused across training steps (valid until this layer's next training
+        forward), freshly allocated in inference so callers may keep what they get."""
+        return self.scratch(("out", key), shape) if training else K.empty(tuple(shape), self.dtype)
+
     def scratch(self, key, shape):
-        """A work buffer kept across calls (never returned to callers): big ones are allocated once."""
+        """A work buffer kept across calls (never handed to callers to keep): allocated once at its
+        largest size, and smaller requests get a view of it."""
+        shape = tuple(int(d) for d in shape)
+        size = int(np.prod(shape))
         buf = self._buffers.get(key)
-        if buf is None or buf.shape != tuple(shape):
-            buf = self._buffers[key] = K.empty(tuple(shape), self.dtype)
-        return buf
+        if buf is None or buf.size < size:
+            buf = self._buffers[key] = K.empty((size,), self.dtype)
+        return buf[:size].reshape(shape)
 
     def _add_param(self, key, value):
         self.params[key] = np.ascontiguousarray(value, dtype=self.dtype)

@@ -25,28 +25,46 @@ def phase_taps(kernel, stride, pad, phase):
     return taps, [(phase + pad - i) // stride for i in taps]
 
 
+COLS_BUDGET = 96 * 2 ** 20  # bytes of gathered taps per GEMM: bounds memory, keeps GEMMs large
+
+
+def image_chunks(n, bytes_per_image):
+    """Slices over the batch so one chunk's gathered taps stay within COLS_BUDGET."""
+    step = max(1, min(n, COLS_BUDGET // max(bytes_per_image, 1)))
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
 def conv_adjoint(layer, dx, dy, kernel, stride, pt, pl):
     """dx = Conv2D-'same'-adjoint(dy): dx (N,H,W,C) from dy (N,Ho,Wo,O) with kernel (KH,KW,C,O)."""
     n, h, w, c = dx.shape
     kh, kw, _, o = kernel.shape
+    phases = []
     for a in range(stride):
         taps_h, offs_h = phase_taps(kh, stride, pt, a)
-        hm = -(-(h - a) // stride)
         for b in range(stride):
             taps_w, offs_w = phase_taps(kw, stride, pl, b)
-            wm = -(-(w - b) // stride)
-            if hm <= 0 or wm <= 0:
-                continue
-            part = layer.scratch(("part", a, b), (n * hm * wm, c))  # (N*Hm*Wm, C)
-            if not taps_h or not taps_w:
+            hm, wm = -(-(h - a) // stride), -(-(w - b) // stride)
+            if hm > 0 and wm > 0:
+                phases.append((a, b, hm, wm, taps_h, offs_h, taps_w, offs_w))
+    per_image = max(hm * wm * len(th) * len(tw) * o for _, _, hm, wm, th, _, tw, _ in phases) * dx.itemsize
+    chunks = image_chunks(n, per_image)
+    rows = max(hm * wm for _, _, hm, wm, *_ in phases) * (chunks[0].stop - chunks[0].start)
+    cols_buf = layer.scratch("adjoint_cols", (rows * max(len(th) * len(tw) for *_, th, _, tw, _ in phases) * o,))
+    part_buf = layer.scratch("adjoint_part", (rows * c,))
+    for a, b, hm, wm, taps_h, offs_h, taps_w, offs_w in phases:
+        width = len(taps_h) * len(taps_w) * o
+        # rows (t, u, o) of the phase's weights, columns c
+        wsub = K.from_host(np.ascontiguousarray(kernel[taps_h][:, taps_w].transpose(0, 1, 3, 2)).reshape(-1, c))
+        for sl in chunks:
+            m = (sl.stop - sl.start) * hm * wm
+            part = part_buf[:m * c].reshape(m, c)  # (n*Hm*Wm, C)
+            if width == 0:
                 part[...] = 0
             else:
-                cols = layer.scratch(("cols", a, b), (n * hm * wm, len(taps_h) * len(taps_w) * o))
-                K.gather_taps(cols, dy, hm, wm, 1, offs_h, offs_w)
-                # rows (t, u, o) of the phase's weights, columns c
-                wsub = np.ascontiguousarray(kernel[taps_h][:, taps_w].transpose(0, 1, 3, 2)).reshape(-1, c)
-                K.gemm(part, cols, K.from_host(wsub))
-            K.scatter_phase(dx, part, stride, a, b)
+                cols = cols_buf[:m * width].reshape(m, width)
+                K.gather_taps(cols, dy[sl], hm, wm, 1, offs_h, offs_w)
+                K.gemm(part, cols, wsub)
+            K.scatter_phase(dx[sl], part, stride, a, b)
 
 
 def im2col(layer, x, k, stride, pt, pl, key="im2col"):
@@ -94,7 +112,7 @@ class Conv2D(Layer):
         wo, pl = same_padding(w, self.k, self.stride)
         self.geometry = (x.shape, pt, pl)
         cols = im2col(self, x, self.k, self.stride, pt, pl)  # (N*Ho*Wo, KH*KW*C)
-        y = K.empty((n * ho * wo, self.filters), self.dtype)  # (N*Ho*Wo, O)
+        y = self.output("y", (n * ho * wo, self.filters), training)  # (N*Ho*Wo, O)
         K.gemm(y, cols, self.params["kernel"].reshape(-1, self.filters))
         if self.activation == "relu":
             K.bias_relu(y, self.params["bias"])
@@ -108,7 +126,7 @@ class Conv2D(Layer):
         n, ho, wo = dy.shape[:3]
         dy = dy.reshape(-1, self.filters)
         if self.activation == "relu":
-            dz = K.empty(dy.shape, self.dtype)
+            dz = self.scratch("dz", dy.shape)
             K.relu_backward(dz, dy, self.y)
             dy = dz
         K.sum_rows(self.grads["bias"], dy)
@@ -116,7 +134,7 @@ class Conv2D(Layer):
         self.cols = self.y = None
         if not self.need_dx:
             return None
-        dx = K.empty(xshape, self.dtype)
+        dx = self.scratch("dx", xshape)
         conv_adjoint(self, dx, dy.reshape(n, ho, wo, self.filters), self.params["kernel"], self.stride, pt, pl)
         return dx
 
@@ -149,20 +167,23 @@ class Conv2DTranspose(Layer):
         pt = same_padding(ho, self.k, self.stride)[1]
         pl = same_padding(wo, self.k, self.stride)[1]
         self.geometry = (x, pt, pl)
-        y = K.empty((n, ho, wo, self.filters), self.dtype)
+        y = self.output("y", (n, ho, wo, self.filters), training)
         conv_adjoint(self, y, x, self.params["kernel"], self.stride, pt, pl)
         K.add_bias(y.reshape(-1, self.filters), self.params["bias"])
         return y
 
     def backward(self, dy):
         x, pt, pl = self.geometry
-        c = self.in_channels
+        n, c, k = x.shape[0], self.in_channels, self.k
         K.sum_rows(self.grads["bias"], dy.reshape(-1, self.filters))
-        cols = im2col(self, dy, self.k, self.stride, pt, pl)  # (N*H*W, KH*KW*O)
-        K.gemm(self.grads["kernel"].reshape(-1, c), cols, x.reshape(-1, c), trans_a=True)
+        kernel2d = self.params["kernel"].reshape(-1, c)  # (KH*KW*O, C)
+        dx = self.scratch("dx", x.shape) if self.need_dx else None
+        rows = x.shape[1] * x.shape[2]
+        for i, sl in enumerate(image_chunks(n, rows * kernel2d.shape[0] * x.itemsize)):
+            cols = im2col(self, dy[sl], k, self.stride, pt, pl)  # (n*H*W, KH*KW*O)
+            x2d = x[sl].reshape(-1, c)
+            K.gemm(self.grads["kernel"].reshape(-1, c), cols, x2d, trans_a=True, accumulate=i > 0)
+            if dx is not None:
+                K.gemm(dx[sl].reshape(-1, c), cols, kernel2d)
         self.geometry = None
-        if not self.need_dx:
-            return None
-        dx = K.empty(x.shape, self.dtype)
-        K.gemm(dx.reshape(-1, c), cols, self.params["kernel"].reshape(-1, c))
         return dx

@@ -22,7 +22,7 @@ class Dense(Layer):
 
     def forward(self, x, training):
         self._check_input(x, 2)
-        y = K.empty((x.shape[0], self.units), self.dtype)
+        y = self.output("y", (x.shape[0], self.units), training)
         K.gemm(y, x, self.params["kernel"])
         K.add_bias(y, self.params["bias"])
         self.x = x
@@ -31,7 +31,7 @@ class Dense(Layer):
     def backward(self, dy):
         K.sum_rows(self.grads["bias"], dy)
         K.gemm(self.grads["kernel"], self.x, dy, trans_a=True)
-        dx = K.empty(self.x.shape, self.dtype)
+        dx = self.scratch("dx", self.x.shape)
         K.gemm(dx, dy, self.params["kernel"], trans_b=True)
         self.x = None
         return dx

@@ -2,6 +2,7 @@
 
 Training uses the batch mean and biased variance and moves `moving = m*moving + (1-m)*batch`;
 inference uses the moving statistics. Defaults follow Keras: momentum 0.99, epsilon 1e-3.
+A following LeakyReLU can be fused in (`fuse`): one pass forward, two backward, same results.
 """
 
 import numpy as np
@@ -16,10 +17,16 @@ class BatchNorm(Layer):
     def __init__(self, features, momentum=0.99, epsilon=1e-3, dtype=np.float32, rng=None, name=None):
         super().__init__(dtype, name)
         self.features, self.momentum, self.epsilon = features, momentum, epsilon
+        self.alpha = 1.0  # slope of a fused LeakyReLU for negative inputs; 1 means none
         self._add_param("gamma", np.ones(features))
         self._add_param("beta", np.zeros(features))
         self.state["moving_mean"] = np.zeros(features, dtype=self.dtype)
         self.state["moving_variance"] = np.ones(features, dtype=self.dtype)
+
+    def fuse(self, activation):
+        """Apply `activation` (a LeakyReLU) inside this layer's passes; it becomes a pass-through."""
+        self.alpha = activation.alpha
+        activation.fused_into = self
 
     def output_shape(self, input_shape):
         if input_shape[-1] != self.features:
@@ -40,27 +47,33 @@ class BatchNorm(Layer):
             for key, batch in (("moving_mean", mean), ("moving_variance", var)):
                 self.state[key][...] = m * self.state[key] + (1 - m) * batch
         else:
-            mean, var = self.state["moving_mean"], self.state["moving_variance"]
+            mean, var = self.state["moving_mean"].copy(), self.state["moving_variance"].copy()
         invstd = (1 / np.sqrt(var + self.dtype.type(self.epsilon))).astype(self.dtype)
-        y = K.empty(x.shape, self.dtype)
-        K.bn_forward(y.reshape(-1, self.features), x2d, mean, invstd, self.params["gamma"], self.params["beta"])
-        self.cache = (x2d, mean.copy(), invstd, training)
+        y = self.output("y", x.shape, training)
+        K.bn_act_forward(y.reshape(-1, self.features), x2d, mean, invstd, self.params["gamma"],
+                         self.params["beta"], self.alpha)
+        self.cache = (x2d, mean, invstd, training)
         return y
 
     def backward(self, dy):
         x2d, mean, invstd, training = self.cache
         dy2d = dy.reshape(-1, self.features)
-        dx = K.empty(dy.shape, self.dtype)
+        dx = self.scratch("dx", dy.shape)
+        gamma, beta = self.params["gamma"], self.params["beta"]
         if training:
-            K.bn_backward(dx.reshape(-1, self.features), self.grads["gamma"], self.grads["beta"],
-                          dy2d, x2d, mean, invstd, self.params["gamma"])
+            K.bn_act_backward(dx.reshape(-1, self.features), self.grads["gamma"], self.grads["beta"],
+                              dy2d, x2d, mean, invstd, gamma, beta, self.alpha)
         else:
-            # Moving statistics are constants here: the layer is a per-channel affine map.
-            K.sum_rows(self.grads["beta"], dy2d)
-            xhat = K.empty(x2d.shape, self.dtype)
-            K.bn_forward(xhat, x2d, mean, invstd, np.ones_like(invstd), np.zeros_like(invstd))
-            K.sum_rows(self.grads["gamma"], dy2d * xhat)
-            K.bn_forward(dx.reshape(-1, self.features), dy2d, np.zeros_like(mean),
-                         invstd * self.params["gamma"], np.ones_like(invstd), np.zeros_like(invstd))
+            # Moving statistics are constants here: an activation's mask, then a per-channel affine map.
+            ones, zeros = np.ones_like(invstd), np.zeros_like(invstd)
+            pre = np.empty_like(x2d)
+            K.bn_forward(pre, x2d, mean, invstd, gamma, beta)
+            g = np.empty_like(dy2d)
+            K.leaky_backward(g, dy2d, pre, self.alpha)
+            xhat = np.empty_like(x2d)
+            K.bn_forward(xhat, x2d, mean, invstd, ones, zeros)
+            K.sum_rows(self.grads["beta"], g)
+            K.sum_rows(self.grads["gamma"], g * xhat)
+            K.bn_forward(dx.reshape(-1, self.features), g, zeros, invstd * gamma, ones, zeros)
         self.cache = None
         return dx
