@@ -43,6 +43,14 @@ def test_gather_taps_im2col_and_phases(rng, n, h, w, c, k, s):
     assert_close(*both("gather_taps", [cols], x, h, w, 1, offs_h, offs_w))
 
 
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
+def test_col2im(rng, n, h, w, c, k, s):
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    cols = rng.standard_normal((n * ho * wo, k * k * c)).astype(F32)
+    assert_close(*both("col2im", [np.full((n, h, w, c), np.nan, F32)], cols, k, k, s, pt, pl))
+
+
 @pytest.mark.parametrize("h,w,s", [(6, 6, 2), (7, 5, 2), (5, 5, 1), (7, 8, 3)])
 def test_scatter_phase_fills_each_phase_once(rng, h, w, s):
     x = np.full((2, h, w, 3), np.nan, F32)
@@ -99,11 +107,13 @@ def test_elementwise(rng, shape):
     assert_close(*both("sigmoid_backward", [out()], dy, ref[0]))
 
 
-@pytest.mark.parametrize("ta,tb,acc", [(False, False, False), (True, False, False), (False, True, True)])
-def test_gemm(rng, ta, tb, acc):
-    a = rng.standard_normal((6, 5) if ta else (5, 6)).astype(F32)
-    b = rng.standard_normal((4, 6) if tb else (6, 4)).astype(F32)
-    out = rng.standard_normal((5, 4)).astype(F32)
+@pytest.mark.parametrize("ta,tb,acc", [(False, False, False), (True, False, False), (False, True, True),
+                                      (True, False, True), (True, True, False)])
+@pytest.mark.parametrize("m,n", [(5, 4), (3, 9)])  # (3, 9): the thin a^T b taken the other way round
+def test_gemm(rng, ta, tb, acc, m, n):
+    a = rng.standard_normal((6, m) if ta else (m, 6)).astype(F32)
+    b = rng.standard_normal((n, 6) if tb else (6, n)).astype(F32)
+    out = rng.standard_normal((m, n)).astype(F32)
     assert_close(*both("gemm", [out], a, b, ta, tb, acc))
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from scratchvae.layers import (BatchNorm, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU, ReLU,
                                Reshape, Sigmoid)
+from scratchvae.layers import conv
 from tests.gradcheck import check_layer
 
 F64 = np.float64
@@ -24,16 +25,23 @@ def away_from_zero(rng, shape, gap=1e-2):
     return np.where(np.abs(x) < gap, np.sign(x + 1e-12) * gap * 2, x)
 
 
+@pytest.fixture(params=["phases", "gather"])
+def adjoint(request, monkeypatch):
+    """Both ways of computing the transposed direction: by output phase, or GEMM then col2im."""
+    monkeypatch.setattr(conv, "THIN_CHANNELS", 0 if request.param == "phases" else 1 << 30)
+    return request.param
+
+
 @pytest.mark.parametrize("n,h,w,c,o,k,s", CONV_CASES)
 @pytest.mark.parametrize("activation", [None, "relu"])
-def test_conv2d(backend, rng, n, h, w, c, o, k, s, activation):
+def test_conv2d(backend, adjoint, rng, n, h, w, c, o, k, s, activation):
     layer = Conv2D(c, o, kernel_size=k, strides=s, activation=activation, dtype=F64, rng=rng)
     layer.params["bias"][...] = rng.standard_normal(o) * 0.1
     check_layer(layer, rng.standard_normal((n, h, w, c)), rng)
 
 
 @pytest.mark.parametrize("n,h,w,c,o,k,s", CONV_CASES)
-def test_conv2d_transpose(backend, rng, n, h, w, c, o, k, s):
+def test_conv2d_transpose(backend, adjoint, rng, n, h, w, c, o, k, s):
     layer = Conv2DTranspose(c, o, kernel_size=k, strides=s, dtype=F64, rng=rng)
     layer.params["bias"][...] = rng.standard_normal(o) * 0.1
     check_layer(layer, rng.standard_normal((n, h, w, c)), rng)

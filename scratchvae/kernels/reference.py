@@ -142,3 +142,24 @@ def bn_act_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha):
     pre = (x - mean) * invstd * gamma + beta
     g = np.where(pre > 0, dy, dy * dy.dtype.type(alpha))
     _bn_backward(dx, dgamma, dbeta, g, x, mean, invstd, gamma)
+
+
+def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
+    """x[n,h,w,c] = sum over (p,q,i,j) with stride*p+i-pad_top = h, stride*q+j-pad_left = w of cols."""
+    n, h, w, c = x.shape
+    ho, wo = _out_hw(h, w, cols.shape[0] // n, kh, kw, stride, pad_top, pad_left)
+    xpad = np.zeros((n, pad_top + h + (ho - 1) * stride + kh, pad_left + w + (wo - 1) * stride + kw, c), x.dtype)
+    src = cols.reshape(n, ho, wo, kh, kw, c)
+    for i in range(kh):
+        for j in range(kw):
+            xpad[:, i:i + stride * ho:stride, j:j + stride * wo:stride, :] += src[:, :, :, i, j, :]
+    x[...] = xpad[:, pad_top:pad_top + h, pad_left:pad_left + w]
+
+
+def _out_hw(h, w, rows_per_image, kh, kw, stride, pad_top, pad_left):
+    # 'same' geometry: Ho = ceil(H / stride); the row count must agree with it.
+    ho, wo = -(-h // stride), -(-w // stride)
+    if ho * wo != rows_per_image:
+        raise ValueError(f"im2col rows {rows_per_image} do not match output {ho}x{wo}")
+    return ho, wo
+
