@@ -25,10 +25,15 @@ from scratchvae.errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CROPS = ("center", "squash")
 MAX_PIXELS = 64_000_000  # larger images are refused unread: a decompression bomb costs gigabytes
-FORMAT_VERSION = 1  # bump when decoding changes, so old caches are not reused
+MAX_FILE_BYTES = 512 << 20  # zip members are read whole; a bigger one is skipped unread
+# Content formats Pillow may use, whatever the suffix says (a downloaded ".jpg" is often WebP).
+# Others (EPS runs Ghostscript, exotic scientific formats) are never tried on untrusted files.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+FORMAT_VERSION = 2  # bump when decoding changes, so old caches are not reused (2: only FORMATS)
 CELEBA_DIR, CELEBA_ZIP = "img_align_celeba", "img_align_celeba.zip"
 CELEBA_PARTITION = "list_eval_partition.txt"
-_BLOCK = 512  # images decoded per batch of thread work; bounds the bytes held in memory
+_BLOCK = 512  # images decoded per batch of thread work
+_BLOCK_BYTES = 256 << 20  # and at most this many zip bytes held in memory at once
 
 
 class DataError(UserError):
@@ -47,8 +52,11 @@ class ImageSet:
 
 
 def load_images(source, image_size: int = 128, crop: str = "center", limit: int | None = None,
-                cache_dir=None, progress: bool = True) -> ImageSet:
-    """Decode every image of source (folder, .zip or CelebA's folder) to (N, S, S, 3) uint8, cached."""
+                cache_dir=None, progress: bool = True, min_count: int = 1) -> ImageSet:
+    """Decode every image of source (folder, .zip or CelebA's folder) to (N, S, S, 3) uint8, cached.
+
+    min_count: fail before decoding anything when fewer image files than this are found.
+    """
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise DataError(f"image size {image_size!r} is not a positive whole number; pass e.g. 64 or 128")
     if crop not in CROPS:
@@ -57,6 +65,9 @@ def load_images(source, image_size: int = 128, crop: str = "center", limit: int 
         raise DataError(f"limit {limit!r} is not a positive whole number; pass e.g. 1000 or leave it out")
     src = _Source(Path(source))
     names = src.names[:limit] if limit else src.names
+    if len(names) < min_count:
+        raise DataError(f"{src.path}: {len(names)} image files are too few, at least {min_count} are needed; "
+                        f"add images" + (" or raise the limit" if limit else "") + " or lower the batch size")
     key = hashlib.sha256(json.dumps(
         [FORMAT_VERSION, str(src.path), src.fingerprint, int(image_size), crop, limit]).encode()).hexdigest()
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -236,8 +247,7 @@ def _build(src: _Source, names: list[str], size: int, crop: str, stem: Path, pro
                 tqdm(total=len(names), desc=f"decoding {src.path.name}", unit="img",
                      disable=not progress) as bar:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            for start in range(0, len(names), _BLOCK):
-                block = names[start:start + _BLOCK]
+            for block in _blocks(zf, names):
                 # Zip members are read here, in order; Pillow decodes in threads (it drops the GIL).
                 datas = [_member(zf, n) for n in block] if zf else [src.root / n for n in block]
                 for name, (img, why) in zip(block, pool.map(lambda d: _decode(d, size, crop), datas)):
@@ -284,8 +294,29 @@ def _shrink(path: Path, n: int) -> None:
     os.replace(small_path, path)
 
 
+class _Refused(Exception):
+    """A file refused before reading; str() is the skip reason."""
+
+
+def _blocks(zf: zipfile.ZipFile | None, names: list[str]):
+    """names in order, cut into runs of at most _BLOCK files and (from a zip) _BLOCK_BYTES bytes."""
+    block, held = [], 0
+    for name in names:
+        size = min(zf.getinfo(name).file_size, MAX_FILE_BYTES) if zf else 0
+        if block and (len(block) == _BLOCK or held + size > _BLOCK_BYTES):
+            yield block
+            block, held = [], 0
+        block.append(name)
+        held += size
+    if block:
+        yield block
+
+
 def _member(zf: zipfile.ZipFile, name: str) -> bytes | Exception:
     """A zip member's bytes, or the error (a bad CRC, say) that skips just this file."""
+    size = zf.getinfo(name).file_size
+    if size > MAX_FILE_BYTES:
+        return _Refused(f"{size:,} bytes unpacked is over the {MAX_FILE_BYTES:,} byte limit")
     try:
         return zf.read(name)
     except Exception as e:  # noqa: BLE001 - reported as the file's skip reason
@@ -295,15 +326,17 @@ def _member(zf: zipfile.ZipFile, name: str) -> bytes | Exception:
 def _decode(data, size: int, crop: str) -> tuple[np.ndarray | None, str]:
     """One image (a path or bytes) to (size, size, 3) uint8, or (None, why it was skipped)."""
     if isinstance(data, Exception):
+        if isinstance(data, _Refused):
+            return None, str(data)
         return None, f"cannot read it from the zip ({type(data).__name__}: {data})"[:160]
     if (len(data) if isinstance(data, bytes) else os.path.getsize(data)) == 0:
         return None, "empty file (0 bytes)"
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data, formats=FORMATS) as img:
             w, h = img.size  # known from the header, before any pixel is decoded
             if w * h > MAX_PIXELS:
                 return None, f"{w}x{h} is over the {MAX_PIXELS:,} pixel limit"
-            if img.format == "JPEG":
+            if img.format in ("JPEG", "MPO"):
                 img.draft(None, (2 * size, 2 * size))  # DCT scaling: decode big JPEGs at 1/2..1/8
             rgb = _to_rgb(img)
         if crop == "center":
@@ -317,7 +350,7 @@ def _decode(data, size: int, crop: str) -> tuple[np.ndarray | None, str]:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return None, f"refused as a decompression bomb ({e})"[:160]
     except Image.UnidentifiedImageError:
-        return None, "not an image Pillow can read"
+        return None, "not a JPEG, PNG, WebP, BMP or GIF image"
     except Exception as e:  # noqa: BLE001 - any failure skips just this file, with its reason
         return None, (f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)[:160]
 

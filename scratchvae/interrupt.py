@@ -3,27 +3,37 @@
 so an immediate exit never leaves a half-written file in place.
 """
 
+import contextlib
 import os
 import signal
 import sys
 
 
 class StopRequest:
+    """Truthy once SIGINT or SIGTERM arrived; installs its handlers only inside `with`."""
+
     def __init__(self):
         self.signal_name = None
+        self.signum = None
         self._previous = {}
 
     def __bool__(self):
         return self.signal_name is not None
+
+    @property
+    def exit_code(self):
+        """The shell's convention for death by a signal: 128 + its number (130 for Ctrl-C)."""
+        return 128 + (self.signum or signal.SIGINT)
 
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
         if self.signal_name is not None:
             sys.stderr.write(f"\n{name} again: exiting now (the last saved checkpoint is intact)\n")
             sys.stderr.flush()
-            os._exit(130)
-        self.signal_name = name
-        sys.stderr.write(f"\n{name}: finishing this step and saving a checkpoint (press Ctrl-C again to quit now)\n")
+            os._exit(128 + signum)
+        self.signal_name, self.signum = name, signum
+        sys.stderr.write(f"\n{name}: finishing this step and saving a checkpoint "
+                         f"(press Ctrl-C again to quit at once)\n")
         sys.stderr.flush()
 
     def __enter__(self):
@@ -34,4 +44,19 @@ class StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous = {}
         return False
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Outside the training loop, SIGTERM unwinds like Ctrl-C (KeyboardInterrupt), so the `finally`
+    blocks that remove half-built files (the image cache's temporary array) still run."""
+    def handle(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

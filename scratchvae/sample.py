@@ -43,6 +43,10 @@ def read_images(paths, size, crop):
 
 def run(args):
     vae = VAE.load(args.checkpoint)
+    bad = checkpoint.non_finite({**vae.params(), **vae.state()})
+    if bad is not None:
+        raise ValueError(f"{args.checkpoint} holds non-finite values in {bad}: it would draw blank faces; "
+                         f"use an earlier checkpoint")
     size, stem = vae.config.image_size, os.path.splitext(args.out)[0]
     if args.n < 1 or args.steps < 2:
         raise ValueError("-n must be at least 1 and --steps at least 2")
@@ -74,9 +78,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (checkpoint.CheckpointError, ValueError, OSError) as e:
+    except (checkpoint.CheckpointError, ValueError, OSError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -6,9 +6,12 @@ derives from (seed, epoch, step), so a resumed run repeats an uninterrupted one 
 """
 
 import argparse
+import contextlib
 import csv
 import io
 import os
+import re
+import shlex
 import sys
 import time
 
@@ -17,7 +20,7 @@ import numpy as np
 from scratchvae import checkpoint, images, threads
 from scratchvae.data import batch_to_float as to_float
 from scratchvae.errors import TrainingDiverged, UserError
-from scratchvae.interrupt import StopRequest
+from scratchvae.interrupt import StopRequest, sigterm_as_interrupt
 from scratchvae.model import VAE, VAEConfig
 from scratchvae.optim import Adam
 
@@ -26,6 +29,10 @@ SYNTHETIC_COUNT = 1344
 SYNTHETIC_EPOCHS = 3
 DATA_EPOCHS = 10
 N_SAMPLES, N_RECON = 64, 8
+SHOW_SKIPPED = 5  # skipped files named on the console; all of them go to --out/skipped.txt
+# Temporary files of our own writes (checkpoint.atomic_write_bytes, images._save) that a killed run left.
+STALE = re.compile(re.escape(checkpoint.TMP_PREFIX) + r".+(checkpoint\.npz|metrics\.csv|skipped\.txt)"
+                   r"|\.(samples|reconstructions|loss)\.png\.\d+\.tmp")
 # Settings that fix the trajectory: a resumed run must use the checkpoint's values.
 TRAJECTORY = ("data", "limit", "image_size", "crop", "batch_size", "lr", "beta", "z_dim", "filters",
               "blocks", "seed", "val_fraction")
@@ -55,6 +62,8 @@ def build_parser():
                                                       "file (default 0.05, at least one batch)")
     p.add_argument("--out", default="runs/vae", help="output folder (default runs/vae)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even though --out holds a checkpoint (it is replaced after the first epoch)")
     p.add_argument("--threads", type=int, help="threads for Numba and BLAS (default: all cores)")
     p.add_argument("--cache-dir", help="where preprocessed images are cached (default: the user cache folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or model summary")
@@ -110,11 +119,58 @@ def prepare_out(out):
         os.unlink(probe)
     except OSError as e:
         raise UserError(f"cannot write to --out {out} ({e.strerror}): choose a folder you can write to") from None
+    stale = [f for f in os.listdir(out) if STALE.fullmatch(f)]
+    for name in stale:
+        try:
+            os.unlink(os.path.join(out, name))
+        except OSError:
+            pass
+    if stale:
+        print(f"removed {len(stale)} temporary file(s) left in {out} by an interrupted write")
+
+
+def check_resumable(meta, arrays, path):
+    """The training state of a checkpoint about to be resumed, checked field by field: it is a file
+    from disk, so a damaged or foreign one must give a clear error, not a traceback mid-run."""
+    s = meta.get("train")
+    if not isinstance(s, dict):
+        raise UserError(f"--resume: {path} holds a model but no training state; train into a new --out")
+    number, whole = (int, float), int
+    kinds = {"data": (str, type(None)), "limit": (whole, type(None)), "image_size": whole, "crop": str,
+             "batch_size": whole, "lr": number, "beta": number, "z_dim": whole, "filters": whole, "blocks": whole,
+             "seed": whole, "val_fraction": number}
+    for key, kind in kinds.items():
+        if key not in s or isinstance(s[key], bool) or not isinstance(s[key], kind):
+            raise UserError(f"--resume: {path} has a damaged training state ({key} = {s.get(key)!r}); "
+                            f"train into a new --out")
+    if s["crop"] not in ("center", "squash"):
+        raise UserError(f"--resume: {path} has an unknown crop mode {s['crop']!r}; train into a new --out")
+    counters = [meta.get(k) for k in ("epoch", "step_in_epoch", "step")]
+    history, partial = meta.get("history"), meta.get("partial")
+    rows_ok = isinstance(history, list) and len(history) == meta.get("epoch") and all(
+        isinstance(r, dict) and set(r) == set(history[0]) and {"epoch", "train_total", "val_total",
+                                                               "val_reconstruction", "val_kl"} <= set(r)
+        and all(_is_number(v) for v in r.values()) for r in history)
+    partial_ok = partial is None or (isinstance(partial, dict) and isinstance(partial.get("sums"), dict)
+                                     and all(_is_number(v) for v in partial["sums"].values()))
+    if not (all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counters)
+            and rows_ok and partial_ok and (partial is None) == (meta["step_in_epoch"] == 0)):
+        raise UserError(f"--resume: {path} has a damaged training state (counters, history or partial epoch); "
+                        f"train into a new --out")
+    bad = checkpoint.non_finite(arrays)
+    if bad is not None:
+        raise UserError(f"--resume: {path} holds non-finite values in {bad}; it cannot be resumed, "
+                        f"train into a new --out")
+    return {k: s[k] for k in kinds}
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # ------------------------------------------------------------------ data
 
-def load_data(s, cache_dir, quiet):
+def load_data(s, cache_dir, quiet, out):
     """(uint8 images (N,S,S,3), train indices, held-out indices)."""
     from scratchvae import data
     if s["data"] is None:
@@ -125,12 +181,13 @@ def load_data(s, cache_dir, quiet):
     else:
         try:
             found = data.load_images(s["data"], s["image_size"], crop=s["crop"], limit=s["limit"],
-                                     cache_dir=cache_dir, progress=not quiet)
+                                     cache_dir=cache_dir, progress=not quiet, min_count=2 * s["batch_size"])
         except data.DataError as e:
             raise UserError(str(e)) from None
         pixels, partition = found.images, found.partition
         print(f"data: {len(pixels)} images from {s['data']} at {s['image_size']}x{s['image_size']}"
-              + (f", {len(found.skipped)} files skipped" if found.skipped else ""))
+              + (f"; skipped {len(found.skipped)} file(s) that could not be used:" if found.skipped else ""))
+        report_skipped(found.skipped, out)
     try:
         train_idx, val_idx = data.split_indices(len(pixels), s["val_fraction"], s["batch_size"], s["seed"], partition)
     except data.DataError as e:
@@ -139,6 +196,16 @@ def load_data(s, cache_dir, quiet):
         raise UserError(f"only {len(train_idx)} training images for --batch-size {s['batch_size']}: "
                         f"lower the batch size or add images")
     return pixels, train_idx, val_idx
+
+
+def report_skipped(skipped, out):
+    """Name the first few files that could not be used, with the reason; list all in --out/skipped.txt."""
+    for name, why in skipped[:SHOW_SKIPPED]:
+        print(f"  {name}: {why}")
+    if len(skipped) > SHOW_SKIPPED:
+        path = os.path.join(out, "skipped.txt")
+        checkpoint.atomic_write_bytes(path, "".join(f"{n}\t{w}\n" for n, w in skipped).encode())
+        print(f"  ... and {len(skipped) - SHOW_SKIPPED} more, all listed in {path}")
 
 
 # ------------------------------------------------------------------ one epoch
@@ -192,15 +259,22 @@ def write_metrics(path, history):
     checkpoint.atomic_write_bytes(path, buf.getvalue().encode())
 
 
-def save_checkpoint(vae, opt, out, s, epoch, step, global_step, history, partial):
-    for name, p in vae.params().items():
-        if not np.all(np.isfinite(p)):
-            raise TrainingDiverged(f"parameter {name} is not finite at epoch {epoch + 1}, step {step}: "
-                                   f"checkpoint not overwritten; lower --lr or --beta")
-    vae.save(os.path.join(out, "checkpoint.npz"),
-             extra_arrays={f"adam/{k}": v for k, v in opt.state_dict().items()},
+def save_checkpoint(vae, opt, out, s, epoch, step, global_step, history, partial, n_images):
+    """Write the resumable checkpoint; never one holding a NaN or an infinity."""
+    path = os.path.join(out, "checkpoint.npz")
+    adam = {f"adam/{k}": v for k, v in opt.state_dict().items()}
+    bad = checkpoint.non_finite({**vae.params(), **vae.state(), **adam})
+    if bad is not None:
+        raise TrainingDiverged(f"{bad} is not finite after {global_step} steps: {_cause(s, path)}")
+    vae.save(path, extra_arrays=adam,
              meta={"epoch": epoch, "step_in_epoch": step, "step": global_step, "train": s,
-                   "history": history, "partial": partial})
+                   "history": history, "partial": partial, "images": n_images})
+
+
+def _cause(s, path):
+    kept = f"the last checkpoint {path} is unchanged" if os.path.isfile(path) else "no checkpoint was written"
+    return (f"the learning rate (--lr {s['lr']:g}) or --beta ({s['beta']:g}) is likely too high; "
+            f"start a new run with a lower one ({kept})")
 
 
 def format_terms(t):
@@ -219,10 +293,12 @@ def run(args):
             raise UserError(f"--resume: no checkpoint at {ckpt_path}; run without --resume to start training")
         try:
             vae, arrays, saved_meta = VAE.load(ckpt_path, with_extras=True)
-        except checkpoint.CheckpointError as e:
+        except (checkpoint.CheckpointError, ValueError, MemoryError) as e:
             raise UserError(f"--resume: {e}") from None
-        if "train" not in saved_meta:
-            raise UserError(f"--resume: {ckpt_path} holds a model but no training state")
+        saved_meta["train"] = check_resumable(saved_meta, arrays, ckpt_path)
+    elif os.path.isfile(ckpt_path) and not args.overwrite:
+        raise UserError(f"{ckpt_path} already holds a checkpoint: pass --resume to continue it, --overwrite to "
+                        f"start again, or choose another --out")
     s = resolve_settings(args, saved_meta["train"] if saved_meta else None)
     epochs = args.epochs if args.epochs is not None else (SYNTHETIC_EPOCHS if s["data"] is None else DATA_EPOCHS)
     config = check_settings(s, epochs)
@@ -238,8 +314,9 @@ def run(args):
             raise UserError(f"--resume: {ckpt_path} has another model configuration; train into a new --out")
         try:
             opt.load_state_dict({k[5:]: v for k, v in arrays.items() if k.startswith("adam/")}, vae.params())
-        except (KeyError, ValueError) as e:
-            raise UserError(f"--resume: optimizer state in {ckpt_path} is unusable ({e})") from None
+        except (KeyError, ValueError, TypeError) as e:
+            raise UserError(f"--resume: optimizer state in {ckpt_path} is unusable ({e}); "
+                            f"train into a new --out") from None
         start_epoch, start_step = saved_meta["epoch"], saved_meta["step_in_epoch"]
         global_step, history, partial = saved_meta["step"], saved_meta["history"], saved_meta["partial"]
         if start_epoch >= epochs:
@@ -248,14 +325,22 @@ def run(args):
         vae = VAE(config, seed=s["seed"])
         start_epoch, start_step, global_step, history, partial = 0, 0, 0, [], None
 
-    pixels, train_idx, val_idx = load_data(s, args.cache_dir, args.quiet)
+    pixels, train_idx, val_idx = load_data(s, args.cache_dir, args.quiet, out)
     if not args.quiet and not saved_meta:
         print(vae.summary())
     steps = len(train_idx) // s["batch_size"]
+    if saved_meta:
+        if start_step >= steps:
+            raise UserError(f"--resume: the checkpoint stopped at step {start_step} of an epoch, but the data now "
+                            f"gives {steps} steps per epoch; train into a new --out")
+        if saved_meta.get("images", len(pixels)) != len(pixels):
+            print(f"note: the data now holds {len(pixels)} images, the checkpoint was trained on "
+                  f"{saved_meta['images']}; the resumed run will not repeat an uninterrupted one exactly")
     print(f"training: {len(train_idx)} images, {len(val_idx)} held out, {steps} steps per epoch, "
           f"batch {s['batch_size']}, {n_threads} threads; outputs in {out}")
 
     from tqdm import tqdm
+    resume_cmd = f"python -m scratchvae.train --out {shlex.quote(out)} --resume --epochs {epochs}"
     with StopRequest() as stop:
         for epoch in range(start_epoch, epochs):
             order = epoch_order(s["seed"], epoch, train_idx)
@@ -266,17 +351,17 @@ def run(args):
             for step in range(start_step, steps):
                 idx = np.sort(order[step * s["batch_size"]:(step + 1) * s["batch_size"]])
                 eps = step_noise(s["seed"], epoch, step, (len(idx), s["z_dim"]))
-                terms = vae.forward_backward(to_float(pixels[idx]), eps)
-                if not np.isfinite(terms["total"]):
-                    raise TrainingDiverged(f"the loss became {terms['total']} at epoch {epoch + 1}, step {step + 1}: "
-                                           f"lower --lr (now {s['lr']}) or --beta (now {s['beta']}); "
-                                           f"the last checkpoint in {out} is unchanged")
-                try:
-                    opt.step(vae.params(), vae.grads())
-                except FloatingPointError:
-                    raise TrainingDiverged(f"a gradient became non-finite at epoch {epoch + 1}, step {step + 1}: "
-                                           f"lower --lr (now {s['lr']}) or --beta (now {s['beta']}); "
-                                           f"the last checkpoint in {out} is unchanged") from None
+                # Overflow is detected below and reported once, not as NumPy warnings per layer.
+                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                    terms = vae.forward_backward(to_float(pixels[idx]), eps)
+                    if not np.isfinite(terms["total"]):
+                        raise TrainingDiverged(f"the loss became {terms['total']} at epoch {epoch + 1}, "
+                                               f"step {step + 1}: {_cause(s, ckpt_path)}")
+                    try:
+                        opt.step(vae.params(), vae.grads())
+                    except FloatingPointError:
+                        raise TrainingDiverged(f"a gradient became non-finite at epoch {epoch + 1}, step {step + 1}: "
+                                               f"{_cause(s, ckpt_path)}") from None
                 global_step += 1
                 seen += len(idx)
                 for k, v in terms.items():
@@ -287,10 +372,12 @@ def run(args):
                                     f"{seen / (time.perf_counter() - t0):.1f} img/s")
                 if stop and step + 1 < steps:
                     bar.close()
-                    save_checkpoint(vae, opt, out, s, epoch, step + 1, global_step, history, {"sums": sums})
-                    print(f"stopped by {stop.signal_name} at epoch {epoch + 1}, step {step + 1}; checkpoint saved. "
-                          f"Resume with: python -m scratchvae.train --out {out} --resume --epochs {epochs}")
-                    return 130
+                    with _writing(out):
+                        save_checkpoint(vae, opt, out, s, epoch, step + 1, global_step, history, {"sums": sums},
+                                        len(pixels))
+                    print(f"stopped by {stop.signal_name} at epoch {epoch + 1}, step {step + 1} of {steps}; "
+                          f"checkpoint saved. Resume with: {resume_cmd}")
+                    return stop.exit_code
             bar.close()
             elapsed = time.perf_counter() - t0
             n_steps = sums.pop("steps")
@@ -301,23 +388,42 @@ def run(args):
                    **{f"val_{k}": round(v, 6) for k, v in val.items()},
                    "images_per_s": round(seen / elapsed, 2), "seconds": round(elapsed, 1)}
             history.append(row)
-            save_checkpoint(vae, opt, out, s, epoch + 1, 0, global_step, history, None)
-            save_pictures(vae, pixels, val_idx, s, history, out)
+            with _writing(out):
+                save_checkpoint(vae, opt, out, s, epoch + 1, 0, global_step, history, None, len(pixels))
+                save_pictures(vae, pixels, val_idx, s, history, out)
             print(f"epoch {epoch + 1}/{epochs}  train {format_terms(train)} | held-out {format_terms(val)} | "
                   f"{seen / elapsed:.1f} img/s, {elapsed:.0f} s")
             start_step, partial = 0, None
             if stop:
-                print(f"stopped by {stop.signal_name} after epoch {epoch + 1}; checkpoint saved. Resume with: "
-                      f"python -m scratchvae.train --out {out} --resume --epochs {epochs}")
-                return 130
+                if epoch + 1 < epochs:
+                    print(f"stopped by {stop.signal_name} after epoch {epoch + 1}; checkpoint saved. "
+                          f"Resume with: {resume_cmd}")
+                else:
+                    print(f"stopped by {stop.signal_name} after the last epoch; training is complete "
+                          f"and everything is saved in {out}")
+                return stop.exit_code
     print(f"done: {out}/checkpoint.npz, samples.png, reconstructions.png, loss.png, metrics.csv")
     return 0
+
+
+@contextlib.contextmanager
+def _writing(out):
+    """A failed write (disk full, folder removed) is the environment's problem: one line, exit 2."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write into {out} ({e.strerror or e}): free some space or fix the folder; "
+                        f"files already written there are intact") from None
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with sigterm_as_interrupt():
+            return run(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted outside the training loop; no checkpoint was written or changed", file=sys.stderr)
+        return 130
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
