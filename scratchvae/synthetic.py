@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+SYNTHETIC_VERSION = 1  # bump whenever the drawing changes, so cached sets are redrawn
 _CHUNK_PIXELS = 1 << 17  # pixels rendered together: enough to vectorise, few enough for L2
 _N_U = 96  # uniforms drawn per face; more than the parameters use, so adding one keeps old faces
 

@@ -40,6 +40,20 @@ DEFAULTS = {"data": None, "limit": None, "image_size": 128, "crop": "center", "b
             "beta": 2000.0, "z_dim": 200, "filters": 128, "blocks": 4, "seed": 0, "val_fraction": 0.05}
 
 
+DEFAULT_OUT = os.path.join("runs", "vae")
+
+
+def default_out(resume):
+    """runs/vae, or the first runs/vae-N without a checkpoint: a fresh default run never replaces one."""
+    if resume or not os.path.isfile(os.path.join(DEFAULT_OUT, "checkpoint.npz")):
+        return DEFAULT_OUT
+    n = 2
+    while os.path.isfile(os.path.join(f"{DEFAULT_OUT}-{n}", "checkpoint.npz")):
+        n += 1
+    print(f"{DEFAULT_OUT} holds an earlier run (continue it with --resume); writing to {DEFAULT_OUT}-{n}")
+    return f"{DEFAULT_OUT}-{n}"
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m scratchvae.train",
                                 description="Train the seed's face VAE from scratch (NumPy + Numba).")
@@ -60,7 +74,8 @@ def build_parser():
     p.add_argument("--seed", type=int, help="seed for weights, data order and noise (default 0)")
     p.add_argument("--val-fraction", type=float, help="held-out fraction when the data has no partition "
                                                       "file (default 0.05, at least one batch)")
-    p.add_argument("--out", default="runs/vae", help="output folder (default runs/vae)")
+    p.add_argument("--out", help=f"output folder (default {DEFAULT_OUT}, or {DEFAULT_OUT}-2, -3, ... when it "
+                                 f"already holds a run)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh even though --out holds a checkpoint (it is replaced after the first epoch)")
@@ -170,13 +185,33 @@ def _is_number(v):
 
 # ------------------------------------------------------------------ data
 
+def synthetic_data(n, size, seed, cache_dir):
+    """The built-in faces, drawn once and then memory-mapped from the cache (a fast second start)."""
+    from scratchvae import data
+    from scratchvae.synthetic import SYNTHETIC_VERSION, synthetic_faces
+    folder = cache_dir or data.default_cache_dir()
+    path = os.path.join(folder, f"synthetic-v{SYNTHETIC_VERSION}-{n}x{size}px-seed{seed}.npy")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        pass
+    pixels = synthetic_faces(n, size, seed=seed)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        buf = io.BytesIO()
+        np.save(buf, pixels)
+        checkpoint.atomic_write_bytes(path, buf.getvalue())
+    except OSError:
+        pass  # no cache folder: draw them again next time
+    return pixels
+
+
 def load_data(s, cache_dir, quiet, out):
     """(uint8 images (N,S,S,3), train indices, held-out indices)."""
     from scratchvae import data
     if s["data"] is None:
-        from scratchvae.synthetic import synthetic_faces
         n = SYNTHETIC_COUNT if s["limit"] is None else min(s["limit"], SYNTHETIC_COUNT)
-        pixels, partition = synthetic_faces(n, s["image_size"], seed=s["seed"]), None
+        pixels, partition = synthetic_data(n, s["image_size"], s["seed"], cache_dir), None
         print(f"data: {n} built-in synthetic faces at {s['image_size']}x{s['image_size']} (pass --data for real ones)")
     else:
         try:
@@ -285,7 +320,7 @@ def format_terms(t):
 # ------------------------------------------------------------------ the recipe
 
 def run(args):
-    out = args.out
+    out = args.out if args.out is not None else default_out(args.resume)
     saved_meta = None
     ckpt_path = os.path.join(out, "checkpoint.npz")
     if args.resume:

@@ -62,3 +62,16 @@ def test_resume_rejects_another_configuration(tmp_path, capsys):
     assert run(tmp_path, "--limit", "64", "--epochs", "1") == 0
     assert train.main([*TINY[:-1], "--z-dim", "8", "--out", str(tmp_path), "--resume", "--epochs", "2"]) == 2
     assert "z_dim" in capsys.readouterr().err
+
+
+def test_default_out_never_replaces_an_earlier_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "--limit", "64", "--epochs", "1", "--cache-dir", str(tmp_path / "cache")]
+    assert train.main(args) == 0
+    first = (tmp_path / "runs" / "vae" / "checkpoint.npz").read_bytes()
+    assert train.main(args) == 0
+    assert "writing to runs/vae-2" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "vae-2" / "checkpoint.npz").is_file()
+    assert (tmp_path / "runs" / "vae" / "checkpoint.npz").read_bytes() == first
+    # the built-in faces were drawn once and cached
+    assert len(list((tmp_path / "cache").glob("synthetic-*.npy"))) == 1
