@@ -114,6 +114,12 @@ class VAE:
             for layer, following in zip(seq.layers, seq.layers[1:]):
                 if isinstance(layer, BatchNorm) and isinstance(following, LeakyReLU):
                     layer.fuse(following)  # one pass instead of two; the summary still lists both
+            producer = None
+            for layer in seq.layers:
+                if isinstance(layer, (Conv2D, Conv2DTranspose)) and isinstance(producer, BatchNorm):
+                    layer.dx_into_input = True  # saves a full-size gradient map per step
+                if not (isinstance(layer, (Reshape, Flatten)) or getattr(layer, "fused_into", None)):
+                    producer = layer
 
     # ------------------------------------------------------------ named tensors
     def named_layers(self):

@@ -25,10 +25,13 @@ def away_from_zero(rng, shape, gap=1e-2):
     return np.where(np.abs(x) < gap, np.sign(x + 1e-12) * gap * 2, x)
 
 
-@pytest.fixture(params=["phases", "gather"])
+@pytest.fixture(params=["phases", "gather", "one-image-chunks"])
 def adjoint(request, monkeypatch):
-    """Both ways of computing the transposed direction: by output phase, or GEMM then col2im."""
-    monkeypatch.setattr(conv, "THIN_CHANNELS", 0 if request.param == "phases" else 1 << 30)
+    """Both ways of computing the transposed direction (by output phase, or GEMM then col2im), and
+    the gathers split into one-image chunks as the big layers are."""
+    monkeypatch.setattr(conv, "THIN_CHANNELS", 1 << 30 if request.param == "gather" else 0)
+    if request.param == "one-image-chunks":
+        monkeypatch.setattr(conv, "COLS_BUDGET", 1)
     return request.param
 
 

@@ -29,7 +29,7 @@ class LeakyReLU(Layer):
     def backward(self, dy):
         if self.fused_into is not None:
             return dy
-        dx = self.scratch("dx", dy.shape)
+        dx = dy  # in place: each element is read before it is written
         K.leaky_backward(dx, dy, self.x, self.alpha)
         self.x = None
         return dx
@@ -46,7 +46,7 @@ class ReLU(Layer):
         return y
 
     def backward(self, dy):
-        dx = self.scratch("dx", dy.shape)
+        dx = dy
         K.relu_backward(dx, dy, self.y)
         self.y = None
         return dx
@@ -63,7 +63,7 @@ class Sigmoid(Layer):
         return y
 
     def backward(self, dy):
-        dx = self.scratch("dx", dy.shape)
+        dx = dy
         K.sigmoid_backward(dx, dy, self.y)
         self.y = None
         return dx

@@ -8,6 +8,21 @@ import numpy as np
 
 from scratchvae import kernels as K
 
+# Buffers shared by every layer (keyed by name and dtype): transient work that never outlives one
+# layer call, and two slots that backward gradients alternate between (a conv reads dy from one
+# and writes dx to the other), so a step holds two gradient maps instead of one per layer.
+_SHARED = {}
+
+
+def _grow(store, key, shape, dtype):
+    """A view of store[key] with `shape`, reallocated only when it must grow."""
+    shape = tuple(int(d) for d in shape)
+    size = int(np.prod(shape))
+    buf = store.get(key)
+    if buf is None or buf.size < size:
+        buf = store[key] = K.empty((size,), dtype)
+    return buf[:size].reshape(shape)
+
 
 class Layer:
     """Base class: subclasses set params/grads/state in __init__ and implement forward/backward."""
@@ -23,6 +38,9 @@ class Layer:
         self.grads = {}
         self.state = {}
         self.need_dx = True  # the model clears it on its first layer: no gradient for the input images
+        # The model sets this where the input buffer is dead once the weight gradient is taken (it
+        # came from a BatchNorm, whose backward needs only its own input): dx is then written there.
+        self.dx_into_input = False
         self._buffers = {}
 
     def output_shape(self, input_shape):
@@ -33,6 +51,7 @@ class Layer:
         raise NotImplementedError
 
     def backward(self, dy):
+        """Fills grads and returns dx; may overwrite dy (pass a copy to keep it)."""
         raise NotImplementedError
 
     def count_params(self):
@@ -45,14 +64,20 @@ class Layer:
         return self.scratch(("out", key), shape) if training else K.empty(tuple(shape), self.dtype)
 
     def scratch(self, key, shape):
-        """A work buffer kept across calls (never handed to callers to keep): allocated once at its
-        largest size, and smaller requests get a view of it."""
-        shape = tuple(int(d) for d in shape)
-        size = int(np.prod(shape))
-        buf = self._buffers.get(key)
-        if buf is None or buf.size < size:
-            buf = self._buffers[key] = K.empty((size,), self.dtype)
-        return buf[:size].reshape(shape)
+        """A buffer of this layer kept across calls: allocated once at its largest size."""
+        return _grow(self._buffers, key, shape, self.dtype)
+
+    def work(self, key, shape):
+        """A transient buffer shared by all layers: valid only within the current call."""
+        return _grow(_SHARED, (key, self.dtype), shape, self.dtype)
+
+    def grad_buffer(self, shape, avoid):
+        """A slot for a backward result that does not overlap `avoid` (this call's dy)."""
+        for slot in ("grad_a", "grad_b"):
+            buf = _SHARED.get((slot, self.dtype))
+            if buf is None or not np.shares_memory(buf, avoid):
+                return _grow(_SHARED, (slot, self.dtype), shape, self.dtype)
+        raise AssertionError("dy overlaps both gradient slots")
 
     def _add_param(self, key, value):
         self.params[key] = np.ascontiguousarray(value, dtype=self.dtype)

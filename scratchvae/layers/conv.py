@@ -55,8 +55,8 @@ def conv_adjoint(layer, dx, dy, kernel, stride, pt, pl):
     per_image = max(hm * wm * len(th) * len(tw) * o for _, _, hm, wm, th, _, tw, _ in phases) * dx.itemsize
     chunks = image_chunks(n, per_image)
     rows = max(hm * wm for _, _, hm, wm, *_ in phases) * (chunks[0].stop - chunks[0].start)
-    cols_buf = layer.scratch("adjoint_cols", (rows * max(len(th) * len(tw) for *_, th, _, tw, _ in phases) * o,))
-    part_buf = layer.scratch("adjoint_part", (rows * c,))
+    cols_buf = layer.work("cols", (rows * max(len(th) * len(tw) for *_, th, _, tw, _ in phases) * o,))
+    part_buf = layer.work("adjoint_part", (rows * c,))
     for a, b, hm, wm, taps_h, offs_h, taps_w, offs_w in phases:
         width = len(taps_h) * len(taps_w) * o
         # rows (t, u, o) of the phase's weights, columns c
@@ -80,16 +80,16 @@ def adjoint_by_gather(layer, dx, dy, kernel, stride, pt, pl):
     w2 = kernel.reshape(kh * kw * c, o)  # rows (i, j, c)
     rows = dy.shape[1] * dy.shape[2]
     for sl in image_chunks(n, rows * kh * kw * c * dx.itemsize):
-        cols = layer.scratch("gather_cols", ((sl.stop - sl.start) * rows, kh * kw * c))
+        cols = layer.work("cols", ((sl.stop - sl.start) * rows, kh * kw * c))
         K.gemm(cols, dy[sl].reshape(-1, o), w2, trans_b=True)
         K.col2im(dx[sl], cols, kh, kw, stride, pt, pl)
 
 
-def im2col(layer, x, k, stride, pt, pl, key="im2col"):
-    """(N*Ho*Wo, K*K*C) rows of x's 'same' patches, in a buffer the layer keeps."""
+def im2col(layer, x, k, stride, pt, pl):
+    """(N*Ho*Wo, K*K*C) rows of x's 'same' patches, in a shared transient buffer."""
     n, h, w, c = x.shape
     ho, wo = -(-h // stride), -(-w // stride)
-    cols = layer.scratch(key, (n * ho * wo, k * k * c))
+    cols = layer.work("cols", (n * ho * wo, k * k * c))
     K.gather_taps(cols, x, ho, wo, stride, np.arange(k) - pt, np.arange(k) - pl)
     return cols
 
@@ -128,31 +128,39 @@ class Conv2D(Layer):
         n, h, w, c = x.shape
         ho, pt = same_padding(h, self.k, self.stride)
         wo, pl = same_padding(w, self.k, self.stride)
-        self.geometry = (x.shape, pt, pl)
-        cols = im2col(self, x, self.k, self.stride, pt, pl)  # (N*Ho*Wo, KH*KW*C)
         y = self.output("y", (n * ho * wo, self.filters), training)  # (N*Ho*Wo, O)
-        K.gemm(y, cols, self.params["kernel"].reshape(-1, self.filters))
+        kernel2d = self.params["kernel"].reshape(-1, self.filters)
+        # The patches are gathered chunk by chunk and gathered again in backward: cheaper than
+        # keeping a (N*Ho*Wo, 9*C) matrix alive between the two passes.
+        for sl in self._chunks(n, ho * wo, c):
+            rows = slice(sl.start * ho * wo, sl.stop * ho * wo)
+            K.gemm(y[rows], im2col(self, x[sl], self.k, self.stride, pt, pl), kernel2d)
         if self.activation == "relu":
             K.bias_relu(y, self.params["bias"])
         else:
             K.add_bias(y, self.params["bias"])
-        self.cols, self.y = cols, y
+        self.cache = (x, y, pt, pl)
         return y.reshape(n, ho, wo, self.filters)
 
+    def _chunks(self, n, rows, c):
+        return image_chunks(n, rows * self.k * self.k * c * self.dtype.itemsize)
+
     def backward(self, dy):
-        xshape, pt, pl = self.geometry
+        x, y, pt, pl = self.cache
         n, ho, wo = dy.shape[:3]
         dy = dy.reshape(-1, self.filters)
         if self.activation == "relu":
-            dz = self.scratch("dz", dy.shape)
-            K.relu_backward(dz, dy, self.y)
-            dy = dz
+            K.relu_backward(dy, dy, y)  # in place
         K.sum_rows(self.grads["bias"], dy)
-        K.gemm(self.grads["kernel"].reshape(-1, self.filters), self.cols, dy, trans_a=True)
-        self.cols = self.y = None
+        dkernel = self.grads["kernel"].reshape(-1, self.filters)
+        for i, sl in enumerate(self._chunks(n, ho * wo, self.in_channels)):
+            rows = slice(sl.start * ho * wo, sl.stop * ho * wo)
+            cols = im2col(self, x[sl], self.k, self.stride, pt, pl)
+            K.gemm(dkernel, cols, dy[rows], trans_a=True, accumulate=i > 0)
+        self.cache = None
         if not self.need_dx:
             return None
-        dx = self.scratch("dx", xshape)
+        dx = x if self.dx_into_input else self.grad_buffer(x.shape, avoid=dy)
         conv_adjoint(self, dx, dy.reshape(n, ho, wo, self.filters), self.params["kernel"], self.stride, pt, pl)
         return dx
 
@@ -195,13 +203,15 @@ class Conv2DTranspose(Layer):
         n, c, k = x.shape[0], self.in_channels, self.k
         K.sum_rows(self.grads["bias"], dy.reshape(-1, self.filters))
         kernel2d = self.params["kernel"].reshape(-1, c)  # (KH*KW*O, C)
-        dx = self.scratch("dx", x.shape) if self.need_dx else None
+        dx = None
+        if self.need_dx:
+            dx = x if self.dx_into_input else self.grad_buffer(x.shape, avoid=dy)
         rows = x.shape[1] * x.shape[2]
         for i, sl in enumerate(image_chunks(n, rows * kernel2d.shape[0] * x.itemsize)):
             cols = im2col(self, dy[sl], k, self.stride, pt, pl)  # (n*H*W, KH*KW*O)
             x2d = x[sl].reshape(-1, c)
             K.gemm(self.grads["kernel"].reshape(-1, c), cols, x2d, trans_a=True, accumulate=i > 0)
-            if dx is not None:
+            if dx is not None:  # after this chunk's weight gradient, x[sl] may be overwritten
                 K.gemm(dx[sl].reshape(-1, c), cols, kernel2d)
         self.geometry = None
         return dx
