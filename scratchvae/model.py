@@ -114,6 +114,8 @@ class VAE:
             for layer, following in zip(seq.layers, seq.layers[1:]):
                 if isinstance(layer, BatchNorm) and isinstance(following, LeakyReLU):
                     layer.fuse(following)  # one pass instead of two; the summary still lists both
+            for layer in seq.layers[:-1]:
+                layer.internal = True  # heads and the decoder's last layer hand out fresh arrays
             producer = None
             for layer in seq.layers:
                 if isinstance(layer, (Conv2D, Conv2DTranspose)) and isinstance(producer, BatchNorm):

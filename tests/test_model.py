@@ -112,3 +112,17 @@ def test_load_rejects_wrong_shapes_and_pickles(tmp_path):
     np.savez(objects, __meta__=np.array([{"a": 1}], dtype=object))
     with pytest.raises(checkpoint.CheckpointError):
         checkpoint.load(objects)
+
+
+def test_inference_results_are_not_overwritten_by_later_calls(rng):
+    vae = VAE(TINY, seed=2)
+    z1, z2 = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    a = vae.decode(z1)
+    kept = a.copy()
+    b = vae.decode(z2)
+    assert not np.shares_memory(a, b) and np.array_equal(a, kept)
+    x = rng.uniform(0, 1, (3, 8, 8, 3)).astype(np.float32)
+    m1, _ = vae.encode(x)
+    m1_kept = m1.copy()
+    vae.encode(x[::-1].copy())
+    assert np.array_equal(m1, m1_kept)

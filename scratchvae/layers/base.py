@@ -41,6 +41,9 @@ class Layer:
         # The model sets this where the input buffer is dead once the weight gradient is taken (it
         # came from a BatchNorm, whose backward needs only its own input): dx is then written there.
         self.dx_into_input = False
+        # Set by the model on layers whose output only the next layer sees: their inference
+        # outputs reuse a buffer too (a model's final outputs stay fresh for callers to keep).
+        self.internal = False
         self._buffers = {}
 
     def output_shape(self, input_shape):
@@ -59,9 +62,11 @@ class Layer:
         return (sum(p.size for p in self.params.values()), sum(s.size for s in self.state.values()))
 
     def output(self, key, shape, training):
-        """A forward output: reused across training steps (valid until this layer's next training
-        forward), freshly allocated in inference so callers may keep what they get."""
-        return self.scratch(("out", key), shape) if training else K.empty(tuple(shape), self.dtype)
+        """A forward output: reused across calls (valid until this layer's next forward) in training
+        and on internal layers; otherwise freshly allocated so callers may keep what they get."""
+        if training or self.internal:
+            return self.scratch(("out", key), shape)
+        return K.empty(tuple(shape), self.dtype)
 
     def scratch(self, key, shape):
         """A buffer of this layer kept across calls: allocated once at its largest size."""
