@@ -127,6 +127,9 @@ def write_png(path, grid):
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
         try:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; the picture should be readable like any file
             with os.fdopen(fd, "wb") as f:
                 f.write(buf.getvalue())
             os.replace(tmp, path)

@@ -23,11 +23,19 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or does not fit; the message says which."""
 
 
+def default_file_mode():
+    """0666 less the process umask: the mode open() would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path, data):
     """Write bytes to `path` via a temporary file, fsync and rename (readers never see half)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.basename(path), dir=folder)
     try:
+        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; a saved file should look like any other
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -126,3 +126,13 @@ def test_inference_results_are_not_overwritten_by_later_calls(rng):
     m1_kept = m1.copy()
     vae.encode(x[::-1].copy())
     assert np.array_equal(m1, m1_kept)
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    import os
+    mask = os.umask(0o022)
+    try:
+        VAE(TINY).save(tmp_path / "c.npz")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "c.npz").stat().st_mode & 0o777 == 0o644
