@@ -1,0 +1,949 @@
+"""numba.cuda kernels: the same names and signatures as `reference`, on numba.cuda device arrays.
+
+Outputs first, then inputs, then scalars; every array stays on the device, host code only launches.
+Elementwise kernels use grid-stride loops; reductions are deterministic (per-block partials, then a
+second pass in a fixed order, no atomics). With NUMBA_ENABLE_CUDASIM=1 they run in numba's simulator.
+"""
+
+import functools
+import math
+import warnings
+
+import numba
+import numpy as np
+from numba import cuda
+from numba.core.errors import NumbaPerformanceWarning
+
+name = "cuda"
+
+# Per-channel kernels launch one small grid by design; numba-cuda would warn at every such launch.
+warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization",
+                        category=NumbaPerformanceWarning)
+
+# No fastmath anywhere: numba.cuda's fastmath=True also assumes no NaN/Inf (np.isnan must keep working).
+# Module-level kernels are cached on disk; the per-dtype ones (closures) compile once per process.
+THREADS = 256        # threads per block of the 1-D kernels
+MAX_BLOCKS = 1024    # grid cap of the 1-D kernels; grid-stride loops cover the rest
+TILE = 64            # gemm: a block computes a TILE x TILE tile of out ...
+TILE_K = 16          # ... stepping through k TILE_K at a time in shared memory
+TPB = 16             # ... with TPB x TPB threads,
+REG = TILE // TPB    # ... each holding REG x REG outputs in registers
+RX, RY = 32, 8       # column reductions: RX columns x RY row-threads per block
+ROWS_PER_CHUNK = 256  # column reductions: rows per block before a second pass
+MAX_CHUNKS = 1024
+
+
+def available():
+    """(True, what runs) when numba.cuda sees a GPU or the simulator; else (False, why not)."""
+    try:
+        ok = cuda.is_available()
+    except Exception as e:  # noqa: BLE001  (a broken driver or toolkit raises instead of answering)
+        return False, f"numba.cuda failed to initialise: {e}"
+    if not ok:
+        return False, ("numba.cuda found no usable NVIDIA GPU and driver: run on a machine with one "
+                       "(pip install 'scratchvae[cuda]' there), or use --device cpu")
+    if numba.config.ENABLE_CUDASIM:
+        return True, "CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
+    device_name = cuda.get_current_device().name
+    return True, device_name.decode() if isinstance(device_name, bytes) else str(device_name)
+
+
+# ---------------------------------------------------------------- memory
+
+def empty(shape, dtype):
+    return cuda.device_array(shape, dtype=np.dtype(dtype))
+
+
+def zeros(shape, dtype):
+    a = empty(shape, dtype)
+    fill(a, 0)
+    return a
+
+
+def is_device_array(a):
+    """Whether `a` lives on the device (a numba.cuda array, real or simulated, or any CUDA array)."""
+    return bool(getattr(type(a), "__cuda_ndarray__", False) or hasattr(type(a), "__cuda_array_interface__"))
+
+
+def to_host(a):
+    return a.copy_to_host() if is_device_array(a) else np.asarray(a)
+
+
+def from_host(a):
+    return a if is_device_array(a) else cuda.to_device(np.ascontiguousarray(a))
+
+
+def may_share_memory(a, b):
+    """Whether the byte ranges of two arrays (both device, or both host) overlap: np.may_share_memory."""
+    (a0, a1), (b0, b1) = _byte_range(a), _byte_range(b)
+    return a0 < b1 and b0 < a1
+
+
+def _byte_range(a):
+    iface = getattr(a, "__cuda_array_interface__", None)
+    if iface is None:  # a host array, or the simulator's device array (a NumPy array in `_ary`)
+        iface = np.asarray(getattr(a, "_ary", a)).__array_interface__
+    lo = hi = iface["data"][0]
+    itemsize = np.dtype(a.dtype).itemsize
+    strides = iface.get("strides") or _c_strides(a.shape, itemsize)
+    for n, s in zip(a.shape, strides):
+        if n == 0:
+            return lo, lo
+        lo, hi = lo + min(0, (n - 1) * s), hi + max(0, (n - 1) * s)
+    return lo, hi + itemsize
+
+
+def _c_strides(shape, itemsize):
+    strides, step = [], itemsize
+    for n in reversed(tuple(shape)):
+        strides.append(step)
+        step *= n
+    return tuple(reversed(strides))
+
+
+_SCRATCH = {}
+
+
+def _scratch(key, shape, dtype):
+    """A device buffer kept across calls (one stream orders every use), grown when too small."""
+    shape = tuple(int(d) for d in shape)
+    size = math.prod(shape)
+    buf = _SCRATCH.get((key, dtype))
+    if buf is None or buf.size < size:
+        buf = _SCRATCH[(key, dtype)] = cuda.device_array(max(size, 1), dtype=dtype)
+    return buf[:size].reshape(shape)
+
+
+@functools.lru_cache(maxsize=512)
+def _ints_on_device(values):
+    return cuda.to_device(np.asarray(values or (0,), dtype=np.int64))
+
+
+def _ints(values):
+    """Small index vectors (tap offsets) as cached device arrays: uploaded once per distinct value."""
+    if is_device_array(values):
+        return values
+    return _ints_on_device(tuple(int(v) for v in values))
+
+
+def _flat(a):
+    return a.reshape(a.size)
+
+
+def _blocks(n):
+    return max(1, min(-(-n // THREADS), MAX_BLOCKS))
+
+
+def _launch(kernel, n, *args):
+    """One grid-stride launch over n items."""
+    if n > 0:
+        kernel[_blocks(n), THREADS](*args)
+
+
+def _same_size(*arrays):
+    # Device code has no bounds checks: a size mismatch would read or write past an allocation.
+    for a in arrays[1:]:
+        if a.size != arrays[0].size:
+            raise ValueError(f"cuda kernel: arrays of shapes {tuple(arrays[0].shape)} and {tuple(a.shape)} "
+                             "do not match")
+
+
+def _per_channel(x, *vectors):
+    """Check that every per-channel vector has one entry per column of x (m, c)."""
+    c = x.shape[x.ndim - 1]  # the simulator's shapes take no negative index
+    for v in vectors:
+        if v.size != c:
+            raise ValueError(f"cuda kernel: a vector of {v.size} entries for {c} channels")
+
+
+# ---------------------------------------------------------------- elementwise kernels (flat)
+
+@cuda.jit(cache=True)
+def _fill(a, value):
+    """a[i] = value."""
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        a[i] = value
+
+
+@cuda.jit(cache=True)
+def _copy(out, a):
+    """out[i] = a[i]."""
+    for i in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+        out[i] = a[i]
+
+
+@cuda.jit(cache=True)
+def _add(y, a):
+    """y[i] += a[i]."""
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        y[i] += a[i]
+
+
+@cuda.jit(cache=True)
+def _bias_act(y, b, relu, zero):
+    """y[m, c] = y[m, c] + b[c], then max(., 0) when relu (NaN becomes 0, as on the CPU)."""
+    c = b.size
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        v = y[i] + b[i % c]
+        if relu and not v > 0:
+            v = zero
+        y[i] = v
+
+
+@cuda.jit(cache=True)
+def _leaky(y, x, alpha):
+    """y = x if x > 0 else alpha * x."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        y[i] = v if v > 0 else v * alpha
+
+
+@cuda.jit(cache=True)
+def _leaky_back(dx, dy, x, alpha):
+    """dx = dy if x > 0 else alpha * dy."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        dx[i] = dy[i] if x[i] > 0 else dy[i] * alpha
+
+
+@cuda.jit(cache=True)
+def _sigmoid(y, x, one):
+    """y = 1 / (1 + exp(-x)), with exp of a non-positive argument only."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i]
+        if v >= 0:
+            y[i] = one / (one + math.exp(-v))
+        else:
+            e = math.exp(v)
+            y[i] = e / (one + e)
+
+
+@cuda.jit(cache=True)
+def _sigmoid_back(dx, dy, y, one):
+    """dx = dy * y * (1 - y)."""
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        dx[i] = dy[i] * y[i] * (one - y[i])
+
+
+@cuda.jit(cache=True)
+def _adam(p, m, v, g, alpha, one_minus_b1, one_minus_b2, epsilon, scale):
+    """g' = scale*g; m += (g'-m)(1-b1); v += (g'^2-v)(1-b2); p -= alpha*m/(sqrt(v)+eps)."""
+    for i in range(cuda.grid(1), p.size, cuda.gridsize(1)):
+        gs = g[i] * scale
+        m[i] += (gs - m[i]) * one_minus_b1
+        v[i] += (gs * gs - v[i]) * one_minus_b2
+        p[i] -= alpha * m[i] / (math.sqrt(v[i]) + epsilon)
+
+
+@cuda.jit(cache=True)
+def _affine_leaky(y, x, scale, shift, alpha):
+    """y[m, c] = leaky(x[m, c] * scale[c] + shift[c]); alpha 1 is the plain affine map."""
+    c = scale.size
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        v = x[i] * scale[i % c] + shift[i % c]
+        y[i] = v if v > 0 else v * alpha
+
+
+@cuda.jit(cache=True)
+def _bn_act_dx(dx, dy, x, scale, shift, alpha, k, b, off):
+    """dx = k * g + b * x + off per channel, g = dy masked by the activation's slope (from x)."""
+    c = scale.size
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        ch = i % c
+        xv = x[i]
+        g = dy[i]
+        if xv * scale[ch] + shift[ch] <= 0:
+            g = g * alpha
+        dx[i] = k[ch] * g + b[ch] * xv + off[ch]
+
+
+@cuda.jit(cache=True)
+def _bn_coeffs(scale, shift, mean, invstd, gamma, beta):
+    """scale = invstd * gamma; shift = beta - mean * scale (per channel)."""
+    for c in range(cuda.grid(1), scale.size, cuda.gridsize(1)):
+        s = invstd[c] * gamma[c]
+        scale[c] = s
+        shift[c] = beta[c] - mean[c] * s
+
+
+@cuda.jit(cache=True)
+def _bn_dx_coeffs(k, b, off, s1, s2, mean, invstd, gamma, inv_m):
+    """k = gamma invstd; b = -k invstd (s2 invstd) / m; off = -b mean - k s1 / m (per channel)."""
+    for c in range(cuda.grid(1), k.size, cuda.gridsize(1)):
+        kc = gamma[c] * invstd[c]
+        bc = -kc * invstd[c] * (s2[c] * invstd[c]) * inv_m
+        k[c] = kc
+        b[c] = bc
+        off[c] = -bc * mean[c] - kc * s1[c] * inv_m
+
+
+@cuda.jit(cache=True)
+def _bn_invstd(invstd, var, eps, one):
+    """invstd = 1 / sqrt(var + eps)."""
+    for c in range(cuda.grid(1), var.size, cuda.gridsize(1)):
+        invstd[c] = one / math.sqrt(var[c] + eps)
+
+
+@cuda.jit(cache=True)
+def _moving_update(moving, batch, m, one_minus_m):
+    """moving = m * moving + (1 - m) * batch."""
+    for c in range(cuda.grid(1), moving.size, cuda.gridsize(1)):
+        moving[c] = m * moving[c] + one_minus_m * batch[c]
+
+
+@cuda.jit(cache=True)
+def _reparameterize(z, sigma, z_mean, z_log_var, eps, lo, hi, half):
+    """sigma = exp(clip(lv, lo, hi) / 2); z = mu + sigma * eps."""
+    for i in range(cuda.grid(1), z.size, cuda.gridsize(1)):
+        lv = z_log_var[i]
+        if lv < lo:
+            lv = lo
+        elif lv > hi:
+            lv = hi
+        s = math.exp(lv * half)
+        sigma[i] = s
+        z[i] = z_mean[i] + s * eps[i]
+
+
+@cuda.jit(cache=True)
+def _latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, inv_n, half, half_inv_n,
+                  one, zero, lo, hi):
+    """d_mean = dz + mu/n; d_logvar = (dz*eps*sigma/2 + (sigma^2 - 1)/(2n)) * [lo <= lv <= hi]."""
+    for i in range(cuda.grid(1), dz.size, cuda.gridsize(1)):
+        s = sigma[i]
+        lv = z_log_var[i]
+        inside = one if lv >= lo and lv <= hi else zero
+        d_mean[i] = dz[i] + z_mean[i] * inv_n
+        d_logvar[i] = (dz[i] * eps[i] * s * half + (s * s - one) * half_inv_n) * inside
+
+
+# ---------------------------------------------------------------- gathers and scatters
+
+@cuda.jit(cache=True)
+def _gather_taps(cols, x, ho, wo, stride, offs_h, offs_w, th, tw):
+    """cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x."""
+    _, h, w, c = x.shape
+    width = th * tw * c
+    for i in range(cuda.grid(1), cols.size, cuda.gridsize(1)):
+        row = i // width
+        col = i - row * width
+        tu = col // c
+        ch = col - tu * c
+        t = tu // tw
+        u = tu - t * tw
+        img = row // (ho * wo)
+        pq = row - img * (ho * wo)
+        p = pq // wo
+        q = pq - p * wo
+        hh = p * stride + offs_h[t]
+        ww = q * stride + offs_w[u]
+        if hh >= 0 and hh < h and ww >= 0 and ww < w:
+            cols[row, col] = x[img, hh, ww, ch]
+        else:
+            cols[row, col] = 0
+
+
+@cuda.jit(cache=True)
+def _scatter_phase(x, part, stride, a, b, hm, wm):
+    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]."""
+    c = part.shape[1]
+    for i in range(cuda.grid(1), part.size, cuda.gridsize(1)):
+        src = i // c
+        ch = i - src * c
+        img = src // (hm * wm)
+        mm = src - img * (hm * wm)
+        m = mm // wm
+        m2 = mm - m * wm
+        x[img, stride * m + a, stride * m2 + b, ch] = part[src, ch]
+
+
+@cuda.jit(cache=True)
+def _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo, zero):
+    """x[n,h,w,c] = sum of the cols entries that im2col copied from (h, w): a gather, no races."""
+    _, h, w, c = x.shape
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        ch = i % c
+        rest = i // c
+        ww = rest % w
+        rest = rest // w
+        hh = rest % h
+        img = rest // h
+        acc = zero
+        for ki in range(kh):
+            t = hh + pad_top - ki
+            if t < 0 or t % stride != 0 or t // stride >= ho:
+                continue
+            p = t // stride
+            for kj in range(kw):
+                u = ww + pad_left - kj
+                if u < 0 or u % stride != 0 or u // stride >= wo:
+                    continue
+                acc += cols[(img * ho + p) * wo + u // stride, (ki * kw + kj) * c + ch]
+        x[img, hh, ww, ch] = acc
+
+
+@cuda.jit(cache=True)
+def _gather_weights(wsub, kernel, taps_h, taps_w, tw):
+    """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]."""
+    c = kernel.shape[2]
+    o = kernel.shape[3]
+    for i in range(cuda.grid(1), wsub.size, cuda.gridsize(1)):
+        row = i // c
+        ch = i - row * c
+        tu = row // o
+        oo = row - tu * o
+        t = tu // tw
+        u = tu - t * tw
+        wsub[row, ch] = kernel[taps_h[t], taps_w[u], ch, oo]
+
+
+# ---------------------------------------------------------------- kernels built per dtype
+
+@functools.cache
+def _gemm_kernel(dtype):
+    ft = numba.from_dtype(np.dtype(dtype))
+
+    @cuda.jit
+    def gemm_tile(out, a, b, trans_a, trans_b, accumulate):
+        """out[i, j] (+)= sum_k op(a)[i, k] op(b)[k, j] over one TILE x TILE tile of out."""
+        m, n = out.shape
+        kdim = a.shape[0] if trans_a else a.shape[1]
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        tid = ty * TPB + tx
+        row0 = cuda.blockIdx.y * TILE
+        col0 = cuda.blockIdx.x * TILE
+        # The padding column keeps the transposing stores below free of bank conflicts.
+        sa = cuda.shared.array((TILE_K, TILE + 1), ft)  # sa[k, i] = op(a)[row0 + i, k0 + k]
+        sb = cuda.shared.array((TILE_K, TILE + 1), ft)  # sb[k, j] = op(b)[k0 + k, col0 + j]
+        acc = cuda.local.array((REG, REG), ft)
+        ra = cuda.local.array(REG, ft)
+        rb = cuda.local.array(REG, ft)
+        for r in range(REG):
+            for s in range(REG):
+                acc[r, s] = 0
+        for k0 in range(0, kdim, TILE_K):
+            for slot in range(tid, TILE_K * TILE, TPB * TPB):
+                # Consecutive threads walk the stored array's contiguous axis: coalesced loads.
+                if trans_a:
+                    i = slot % TILE
+                    kk = slot // TILE
+                else:
+                    kk = slot % TILE_K
+                    i = slot // TILE_K
+                v = ft(0)
+                if row0 + i < m and k0 + kk < kdim:
+                    v = a[k0 + kk, row0 + i] if trans_a else a[row0 + i, k0 + kk]
+                sa[kk, i] = v
+                if trans_b:
+                    kk = slot % TILE_K
+                    j = slot // TILE_K
+                else:
+                    j = slot % TILE
+                    kk = slot // TILE
+                v = ft(0)
+                if col0 + j < n and k0 + kk < kdim:
+                    v = b[col0 + j, k0 + kk] if trans_b else b[k0 + kk, col0 + j]
+                sb[kk, j] = v
+            cuda.syncthreads()
+            for kk in range(TILE_K):
+                for r in range(REG):
+                    ra[r] = sa[kk, ty + r * TPB]
+                for s in range(REG):
+                    rb[s] = sb[kk, tx + s * TPB]
+                for r in range(REG):
+                    for s in range(REG):
+                        acc[r, s] += ra[r] * rb[s]
+            cuda.syncthreads()
+        # Thread (ty, tx) owns rows ty + r*TPB and columns tx + s*TPB: each store row is coalesced.
+        for r in range(REG):
+            i = row0 + ty + r * TPB
+            if i < m:
+                for s in range(REG):
+                    j = col0 + tx + s * TPB
+                    if j < n:
+                        if accumulate:
+                            out[i, j] += acc[r, s]
+                        else:
+                            out[i, j] = acc[r, s]
+
+    return gemm_tile
+
+
+@functools.cache
+def _reductions(dtype):
+    """The reduction kernels for one dtype (shared arrays and accumulators need it at compile time)."""
+    ft = numba.from_dtype(np.dtype(dtype))
+
+    @cuda.jit(device=True)
+    def column_total(shared, value):
+        """Sum of `value` over the block's RY row-threads of this column; valid where threadIdx.y == 0."""
+        tx = cuda.threadIdx.x
+        ty = cuda.threadIdx.y
+        shared[ty, tx] = value
+        cuda.syncthreads()
+        total = ft(0)
+        if ty == 0:
+            for k in range(RY):
+                total += shared[k, tx]
+        return total
+
+    @cuda.jit(device=True)
+    def block_total(shared, value):
+        """Tree sum of `value` over a 1-D block of THREADS threads, in a fixed order."""
+        tid = cuda.threadIdx.x
+        shared[tid] = value
+        cuda.syncthreads()
+        step = THREADS // 2
+        while step > 0:
+            if tid < step:
+                shared[tid] += shared[tid + step]
+            cuda.syncthreads()
+            step //= 2
+        return shared[0]
+
+    @cuda.jit
+    def col_sums(part, a, chunk):
+        """part[k, c] = sum of a[m, c] over the rows m of chunk k."""
+        sh = cuda.shared.array((RY, RX), ft)
+        c = cuda.blockIdx.x * RX + cuda.threadIdx.x
+        k = cuda.blockIdx.y
+        acc = ft(0)
+        if c < a.shape[1]:
+            for r in range(k * chunk + cuda.threadIdx.y, min(a.shape[0], (k + 1) * chunk), RY):
+                acc += a[r, c]
+        total = column_total(sh, acc)
+        if cuda.threadIdx.y == 0 and c < a.shape[1]:
+            part[k, c] = total
+
+    @cuda.jit
+    def centered_sq_sums(part, a, mean, chunk):
+        """part[k, c] = sum of (a[m, c] - mean[c])^2 over the rows m of chunk k."""
+        sh = cuda.shared.array((RY, RX), ft)
+        c = cuda.blockIdx.x * RX + cuda.threadIdx.x
+        k = cuda.blockIdx.y
+        acc = ft(0)
+        if c < a.shape[1]:
+            mu = mean[c]
+            for r in range(k * chunk + cuda.threadIdx.y, min(a.shape[0], (k + 1) * chunk), RY):
+                d = a[r, c] - mu
+                acc += d * d
+        total = column_total(sh, acc)
+        if cuda.threadIdx.y == 0 and c < a.shape[1]:
+            part[k, c] = total
+
+    @cuda.jit
+    def bn_act_sums(part1, part2, dy, x, mean, scale, shift, alpha, chunk):
+        """Per chunk k: part1 = sum g, part2 = sum g * (x - mean), g = dy masked by the activation."""
+        sh1 = cuda.shared.array((RY, RX), ft)
+        sh2 = cuda.shared.array((RY, RX), ft)
+        c = cuda.blockIdx.x * RX + cuda.threadIdx.x
+        k = cuda.blockIdx.y
+        acc1 = ft(0)
+        acc2 = ft(0)
+        if c < x.shape[1]:
+            for r in range(k * chunk + cuda.threadIdx.y, min(x.shape[0], (k + 1) * chunk), RY):
+                xv = x[r, c]
+                g = dy[r, c]
+                if xv * scale[c] + shift[c] <= 0:
+                    g = g * alpha
+                acc1 += g
+                acc2 += g * (xv - mean[c])
+        total1 = column_total(sh1, acc1)
+        total2 = column_total(sh2, acc2)
+        if cuda.threadIdx.y == 0 and c < x.shape[1]:
+            part1[k, c] = total1
+            part2[k, c] = total2
+
+    @cuda.jit
+    def finish_cols(out, part, factor):
+        """out[c] = factor * sum_k part[k, c], k in order."""
+        for c in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            acc = ft(0)
+            for k in range(part.shape[0]):
+                acc += part[k, c]
+            out[c] = acc * factor
+
+    @cuda.jit
+    def bn_back_coeffs(dgamma, dbeta, k, b, off, part1, part2, mean, invstd, gamma, inv_m, batch):
+        """dbeta = sum part1; dgamma = invstd sum part2; dx = k g + b x + off with k = gamma invstd,
+        and with batch statistics b = -k invstd dgamma / m, off = -b mean - k dbeta / m (else 0)."""
+        for c in range(cuda.grid(1), dgamma.size, cuda.gridsize(1)):
+            s1 = ft(0)
+            s2 = ft(0)
+            for j in range(part1.shape[0]):
+                s1 += part1[j, c]
+                s2 += part2[j, c]
+            dbeta[c] = s1
+            dg = s2 * invstd[c]
+            dgamma[c] = dg
+            kc = gamma[c] * invstd[c]
+            k[c] = kc
+            if batch:
+                bc = -kc * invstd[c] * dg * inv_m
+                b[c] = bc
+                off[c] = -bc * mean[c] - kc * s1 * inv_m
+            else:
+                b[c] = 0
+                off[c] = 0
+
+    @cuda.jit
+    def sq_partials(part, a):
+        """part[block] = sum over this block's grid-stride elements of a^2."""
+        sh = cuda.shared.array(THREADS, ft)
+        acc = ft(0)
+        for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+            acc += a[i] * a[i]
+        total = block_total(sh, acc)
+        if cuda.threadIdx.x == 0:
+            part[cuda.blockIdx.x] = total
+
+    @cuda.jit
+    def mse_partials(part, dx_hat, x_hat, x, scale):
+        """dx_hat = scale (x_hat - x); part[block] = sum of (x_hat - x)^2 over this block's elements."""
+        sh = cuda.shared.array(THREADS, ft)
+        acc = ft(0)
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            d = x_hat[i] - x[i]
+            dx_hat[i] = d * scale
+            acc += d * d
+        total = block_total(sh, acc)
+        if cuda.threadIdx.x == 0:
+            part[cuda.blockIdx.x] = total
+
+    @cuda.jit
+    def kl_partials(part, z_mean, z_log_var, lo, hi):
+        """part[block] = sum of (1 + lv - mu^2 - exp(lv)), lv clipped to [lo, hi]."""
+        sh = cuda.shared.array(THREADS, ft)
+        acc = ft(0)
+        for i in range(cuda.grid(1), z_mean.size, cuda.gridsize(1)):
+            lv = z_log_var[i]
+            if lv < lo:
+                lv = lo
+            elif lv > hi:
+                lv = hi
+            mu = z_mean[i]
+            acc += ft(1) + lv - mu * mu - math.exp(lv)
+        total = block_total(sh, acc)
+        if cuda.threadIdx.x == 0:
+            part[cuda.blockIdx.x] = total
+
+    @cuda.jit
+    def finish_flat(out, part, factor):
+        """out[0] = factor * sum_k part[k]: one block, strided per thread then a tree."""
+        sh = cuda.shared.array(THREADS, ft)
+        acc = ft(0)
+        for k in range(cuda.threadIdx.x, part.size, THREADS):
+            acc += part[k]
+        total = block_total(sh, acc)
+        if cuda.threadIdx.x == 0:
+            out[0] = total * factor
+
+    return {"col_sums": col_sums, "centered_sq_sums": centered_sq_sums, "bn_act_sums": bn_act_sums,
+            "finish_cols": finish_cols, "bn_back_coeffs": bn_back_coeffs, "sq_partials": sq_partials,
+            "mse_partials": mse_partials, "kl_partials": kl_partials, "finish_flat": finish_flat}
+
+
+def _column_launch(a):
+    """Grid, block and rows per chunk for a column reduction over a (M, C) array."""
+    m, c = a.shape
+    chunks = max(1, min(-(-m // ROWS_PER_CHUNK), MAX_CHUNKS))
+    chunk = -(-m // chunks)
+    return (-(-c // RX), chunks), (RX, RY), chunks, chunk
+
+
+def _flat_reduce(out, kernel_name, n, dtype, factor, *args):
+    """out[0] = factor * (sum of a per-element term): per-block partials, then one block sums them."""
+    r = _reductions(dtype)
+    blocks = _blocks(n)
+    part = _scratch("flat_part", (blocks,), dtype)
+    r[kernel_name][blocks, THREADS](part, *args)
+    r["finish_flat"][1, THREADS](out, part, np.dtype(dtype).type(factor))
+
+
+# ---------------------------------------------------------------- the kernel API
+
+def fill(a, value):
+    """a[...] = value."""
+    _launch(_fill, a.size, _flat(a), a.dtype.type(value))
+
+
+def copy(out, a):
+    """out[...] = a, device to device."""
+    _same_size(out, a)
+    _launch(_copy, out.size, _flat(out), _flat(a))
+
+
+def add(y, a):
+    """y += a."""
+    _same_size(y, a)
+    _launch(_add, y.size, _flat(y), _flat(a))
+
+
+def gemm(out, a, b, trans_a=False, trans_b=False, accumulate=False):
+    """out (+)= op(a) @ op(b): TILE x TILE blocks through shared memory, REG x REG outputs per thread."""
+    m, k = (a.shape[1], a.shape[0]) if trans_a else tuple(a.shape)
+    k2, n = (b.shape[1], b.shape[0]) if trans_b else tuple(b.shape)
+    if k != k2 or tuple(out.shape) != (m, n):
+        raise ValueError(f"gemm: op(a) {(m, k)} @ op(b) {(k2, n)} does not fit out {tuple(out.shape)}")
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        if not accumulate:
+            fill(out, 0)
+        return
+    grid = (-(-n // TILE), -(-m // TILE))
+    _gemm_kernel(out.dtype)[grid, (TPB, TPB)](out, a, b, bool(trans_a), bool(trans_b), bool(accumulate))
+
+
+def add_bias(y, b):
+    """y[m, c] += b[c]."""
+    _per_channel(y, b)
+    _launch(_bias_act, y.size, _flat(y), b, False, y.dtype.type(0))
+
+
+def bias_relu(y, b):
+    """y[m, c] = max(y[m, c] + b[c], 0)."""
+    _per_channel(y, b)
+    _launch(_bias_act, y.size, _flat(y), b, True, y.dtype.type(0))
+
+
+def relu_forward(y, x):
+    """y = max(x, 0)."""
+    _same_size(y, x)
+    _launch(_leaky, x.size, _flat(y), _flat(x), x.dtype.type(0))
+
+
+def relu_backward(dx, dy, y):
+    """dx = dy * (y > 0)."""
+    _same_size(dx, dy, y)
+    _launch(_leaky_back, y.size, _flat(dx), _flat(dy), _flat(y), dy.dtype.type(0))
+
+
+def leaky_forward(y, x, alpha):
+    """y = x if x > 0 else alpha * x."""
+    _same_size(y, x)
+    _launch(_leaky, x.size, _flat(y), _flat(x), x.dtype.type(alpha))
+
+
+def leaky_backward(dx, dy, x, alpha):
+    """dx = dy if x > 0 else alpha * dy."""
+    _same_size(dx, dy, x)
+    _launch(_leaky_back, x.size, _flat(dx), _flat(dy), _flat(x), dy.dtype.type(alpha))
+
+
+def sigmoid_forward(y, x):
+    """y = 1 / (1 + exp(-x)), written to avoid overflow for large |x|."""
+    _same_size(y, x)
+    _launch(_sigmoid, x.size, _flat(y), _flat(x), x.dtype.type(1))
+
+
+def sigmoid_backward(dx, dy, y):
+    """dx = dy * y * (1 - y)."""
+    _same_size(dx, dy, y)
+    _launch(_sigmoid_back, y.size, _flat(dx), _flat(dy), _flat(y), y.dtype.type(1))
+
+
+def sum_rows(out, a):
+    """out[c] = sum_m a[m, c]."""
+    _per_channel(a, out)
+    r = _reductions(a.dtype)
+    grid, block, chunks, chunk = _column_launch(a)
+    part = _scratch("part1", (chunks, a.shape[1]), a.dtype)
+    r["col_sums"][grid, block](part, a, chunk)
+    _launch(r["finish_cols"], out.size, out, part, a.dtype.type(1))
+
+
+def bn_stats(mean, var, x):
+    """mean[c] = mean_m x[m,c]; var[c] = mean_m (x[m,c] - mean[c])^2 (biased, two passes)."""
+    _per_channel(x, mean, var)
+    r = _reductions(x.dtype)
+    grid, block, chunks, chunk = _column_launch(x)
+    part = _scratch("part1", (chunks, x.shape[1]), x.dtype)
+    inv_m = x.dtype.type(1.0 / x.shape[0])
+    r["col_sums"][grid, block](part, x, chunk)
+    _launch(r["finish_cols"], mean.size, mean, part, inv_m)
+    r["centered_sq_sums"][grid, block](part, x, mean, chunk)
+    _launch(r["finish_cols"], var.size, var, part, inv_m)
+
+
+def _bn_scale_shift(x, mean, invstd, gamma, beta):
+    """Device vectors scale = invstd * gamma, shift = beta - mean * scale."""
+    _per_channel(x, mean, invstd, gamma, beta)
+    c = mean.size
+    scale = _scratch("bn_scale", (c,), x.dtype)
+    shift = _scratch("bn_shift", (c,), x.dtype)
+    _launch(_bn_coeffs, c, scale, shift, mean, invstd, gamma, beta)
+    return scale, shift
+
+
+def bn_forward(y, x, mean, invstd, gamma, beta):
+    """y = (x - mean) * invstd * gamma + beta, as one affine pass."""
+    _same_size(y, x)
+    scale, shift = _bn_scale_shift(x, mean, invstd, gamma, beta)
+    _launch(_affine_leaky, x.size, _flat(y), _flat(x), scale, shift, x.dtype.type(1))
+
+
+def bn_act_forward(y, x, mean, invstd, gamma, beta, alpha):
+    """y = leaky_alpha((x - mean) * invstd * gamma + beta); alpha 1 is plain BatchNorm."""
+    _same_size(y, x)
+    scale, shift = _bn_scale_shift(x, mean, invstd, gamma, beta)
+    _launch(_affine_leaky, x.size, _flat(y), _flat(x), scale, shift, x.dtype.type(alpha))
+
+
+def _bn_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha, batch):
+    _same_size(dx, dy, x)
+    _per_channel(x, dgamma, dbeta)
+    t = x.dtype.type
+    r = _reductions(x.dtype)
+    c = mean.size
+    scale, shift = _bn_scale_shift(x, mean, invstd, gamma, beta)
+    grid, block, chunks, chunk = _column_launch(x)
+    part1 = _scratch("part1", (chunks, c), x.dtype)
+    part2 = _scratch("part2", (chunks, c), x.dtype)
+    r["bn_act_sums"][grid, block](part1, part2, dy, x, mean, scale, shift, t(alpha), chunk)
+    k, b, off = (_scratch(key, (c,), x.dtype) for key in ("bn_k", "bn_b", "bn_off"))
+    _launch(r["bn_back_coeffs"], c, dgamma, dbeta, k, b, off, part1, part2, mean, invstd, gamma,
+            t(1.0 / x.shape[0]), batch)
+    _launch(_bn_act_dx, x.size, _flat(dx), _flat(dy), _flat(x), scale, shift, t(alpha), k, b, off)
+
+
+def bn_act_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha):
+    """Backward of bn_act_forward with batch statistics: column sums of g and g*(x-mean), then dx."""
+    _bn_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha, True)
+
+
+def bn_act_backward_frozen(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha):
+    """Backward with constant (moving) statistics: dbeta = sum g, dgamma = sum g*xhat, dx = g*gamma*invstd."""
+    _bn_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha, False)
+
+
+def centered_sq_sums(out, x, mean):
+    """out[c] = sum_m (x[m,c] - mean[c])^2."""
+    _per_channel(x, out, mean)
+    r = _reductions(x.dtype)
+    grid, block, chunks, chunk = _column_launch(x)
+    part = _scratch("part1", (chunks, x.shape[1]), x.dtype)
+    r["centered_sq_sums"][grid, block](part, x, mean, chunk)
+    _launch(r["finish_cols"], out.size, out, part, x.dtype.type(1))
+
+
+def bn_act_grad_sums(s1, s2, dy, x, mean, invstd, gamma, beta, alpha):
+    """s1[c] = sum_m g[m,c]; s2[c] = sum_m g[m,c] * (x[m,c] - mean[c]); g = dy through the activation."""
+    _same_size(dy, x)
+    _per_channel(x, s1, s2)
+    r = _reductions(x.dtype)
+    c = mean.size
+    scale, shift = _bn_scale_shift(x, mean, invstd, gamma, beta)
+    grid, block, chunks, chunk = _column_launch(x)
+    part1 = _scratch("part1", (chunks, c), x.dtype)
+    part2 = _scratch("part2", (chunks, c), x.dtype)
+    r["bn_act_sums"][grid, block](part1, part2, dy, x, mean, scale, shift, x.dtype.type(alpha), chunk)
+    one = x.dtype.type(1)
+    _launch(r["finish_cols"], c, s1, part1, one)
+    _launch(r["finish_cols"], c, s2, part2, one)
+
+
+def bn_act_dx(dx, dy, x, mean, invstd, gamma, beta, alpha, s1, s2, count):
+    """dx = gamma*invstd*(g - s1/count - (x-mean)*invstd^2*s2/count): s1, s2 summed over all `count` rows."""
+    _same_size(dx, dy, x)
+    _per_channel(x, s1, s2)
+    t = x.dtype.type
+    c = mean.size
+    scale, shift = _bn_scale_shift(x, mean, invstd, gamma, beta)
+    k, b, off = (_scratch(key, (c,), x.dtype) for key in ("bn_k", "bn_b", "bn_off"))
+    _launch(_bn_dx_coeffs, c, k, b, off, s1, s2, mean, invstd, gamma, t(1.0 / count))
+    _launch(_bn_act_dx, x.size, _flat(dx), _flat(dy), _flat(x), scale, shift, t(alpha), k, b, off)
+
+
+def bn_invstd(invstd, var, eps):
+    """invstd = 1 / sqrt(var + eps)."""
+    _same_size(invstd, var)
+    t = var.dtype.type
+    _launch(_bn_invstd, var.size, invstd, var, t(eps), t(1))
+
+
+def moving_update(moving, batch, momentum):
+    """moving = momentum * moving + (1 - momentum) * batch."""
+    _same_size(moving, batch)
+    m = moving.dtype.type(momentum)
+    _launch(_moving_update, moving.size, moving, batch, m, moving.dtype.type(1) - m)
+
+
+def adam_update(p, m, v, g, alpha, beta_1, beta_2, epsilon, scale):
+    """g' = scale*g; m += (g'-m)(1-b1); v += (g'^2-v)(1-b2); p -= alpha*m/(sqrt(v)+eps)."""
+    _same_size(p, m, v, g)
+    t = p.dtype.type
+    _launch(_adam, p.size, _flat(p), _flat(m), _flat(v), _flat(g), t(alpha), t(1 - beta_1), t(1 - beta_2),
+            t(epsilon), t(scale))
+
+
+def sum_squares(out, a):
+    """out[0] = sum_i a_i^2."""
+    _flat_reduce(out, "sq_partials", a.size, a.dtype, 1, _flat(a))
+
+
+def mse_and_grad(sq_sum, dx_hat, x_hat, x, scale):
+    """sq_sum[0] = sum (x_hat - x)^2; dx_hat = scale * (x_hat - x)."""
+    _same_size(dx_hat, x_hat, x)
+    _flat_reduce(sq_sum, "mse_partials", x.size, x.dtype, 1, _flat(dx_hat), _flat(x_hat), _flat(x),
+                 x.dtype.type(scale))
+
+
+def kl_sum(out, z_mean, z_log_var, lo, hi):
+    """out[0] = -1/2 sum (1 + lv - mu^2 - exp(lv)) over batch and latent, lv = clip(log s^2, lo, hi)."""
+    _same_size(z_mean, z_log_var)
+    t = z_mean.dtype.type
+    _flat_reduce(out, "kl_partials", z_mean.size, z_mean.dtype, -0.5, _flat(z_mean), _flat(z_log_var),
+                 t(lo), t(hi))
+
+
+def reparameterize(z, sigma, z_mean, z_log_var, eps, lo, hi):
+    """sigma = exp(clip(lv, lo, hi) / 2); z = mu + sigma * eps."""
+    _same_size(z, sigma, z_mean, z_log_var, eps)
+    t = z.dtype.type
+    _launch(_reparameterize, z.size, _flat(z), _flat(sigma), _flat(z_mean), _flat(z_log_var), _flat(eps),
+            t(lo), t(hi), t(0.5))
+
+
+def latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi):
+    """d_mean = dz + mu/n; d_logvar = (dz*eps*sigma/2 + (sigma^2-1)/(2n)) * [lo <= lv <= hi], n = batch."""
+    _same_size(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma)
+    t = dz.dtype.type
+    n = z_mean.shape[0]
+    _launch(_latent_grads, dz.size, _flat(d_mean), _flat(d_logvar), _flat(dz), _flat(z_mean), _flat(z_log_var),
+            _flat(eps), _flat(sigma), t(1.0 / n), t(0.5), t(0.5 / n), t(1), t(0), t(lo), t(hi))
+
+
+def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
+    """cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x."""
+    th, tw = len(offs_h), len(offs_w)
+    if tuple(cols.shape) != (x.shape[0] * ho * wo, th * tw * x.shape[3]):
+        raise ValueError(f"gather_taps: cols {tuple(cols.shape)} does not fit x {tuple(x.shape)}")
+    _launch(_gather_taps, cols.size, cols, x, ho, wo, stride, _ints(offs_h), _ints(offs_w), th, tw)
+
+
+def scatter_phase(x, part, stride, a, b):
+    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map."""
+    n, h, w, c = x.shape
+    hm, wm = -(-(h - a) // stride), -(-(w - b) // stride)
+    if tuple(part.shape) != (n * hm * wm, c):
+        raise ValueError(f"scatter_phase: part {tuple(part.shape)} does not fit x {tuple(x.shape)}")
+    _launch(_scatter_phase, part.size, x, part, stride, a, b, hm, wm)
+
+
+def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
+    """x[n,h,w,c] = sum over (p,q,i,j) with stride*p+i-pad_top = h, stride*q+j-pad_left = w of
+    cols[(n,p,q), (i,j,c)], with Ho = ceil(H / stride): a gather, one thread per element of x."""
+    n, h, w, c = x.shape
+    ho, wo = -(-h // stride), -(-w // stride)
+    if tuple(cols.shape) != (n * ho * wo, kh * kw * c):
+        raise ValueError(f"col2im: cols {tuple(cols.shape)} does not fit x {tuple(x.shape)}")
+    _launch(_col2im, x.size, x, cols, kh, kw, stride, pad_top, pad_left, ho, wo, x.dtype.type(0))
+
+
+def gather_weights(wsub, kernel, taps_h, taps_w):
+    """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of conv_adjoint."""
+    c, o = kernel.shape[2], kernel.shape[3]
+    if tuple(wsub.shape) != (len(taps_h) * len(taps_w) * o, c):
+        raise ValueError(f"gather_weights: wsub {tuple(wsub.shape)} does not fit kernel {tuple(kernel.shape)}")
+    _launch(_gather_weights, wsub.size, wsub, kernel, _ints(taps_h), _ints(taps_w), len(taps_w))

@@ -1,0 +1,491 @@
+"""numba.cuda kernels against the Numba CPU kernels, in float32, under the CUDA simulator (no GPU).
+
+The simulator must be on before numba.cuda is imported, and other test files import numba first,
+so the one test a normal run collects starts a child pytest on this file with NUMBA_ENABLE_CUDASIM=1.
+The child makes simulated device arrays as limited as real ones (no NumPy arithmetic, no silent
+copies, no host arrays passed to kernels). The simulator runs one Python thread per GPU thread:
+shapes stay tiny, but every reduction and GEMM spans more than one block.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+ROOT = Path(__file__).resolve().parents[1]
+F32 = np.float32
+RTOL, ATOL = 1e-5, 1e-6          # elementwise maps and gathers: the same float32 operations
+SUM_RTOL, SUM_ATOL = 1e-4, 1e-5  # reductions and GEMM: another summation order
+
+
+def test_cuda_kernels_under_simulator():
+    """Run the checks below in a child pytest with the CUDA simulator switched on."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    probe = subprocess.run([sys.executable, "-c", "from numba import cuda; assert cuda.is_available()"],
+                           env=env, capture_output=True, text=True, check=False)
+    if probe.returncode:
+        pytest.skip("numba.cuda's simulator cannot load: " + (probe.stderr.strip().splitlines() or ["?"])[-1])
+    child = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"],
+                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert child.returncode == 0, child.stdout[-8000:] + child.stderr[-2000:]
+
+
+def test_device_choice():
+    """scratchvae.device answers without raising, in the parent (no simulator) and in the child."""
+    from scratchvae import device
+    from scratchvae.errors import UserError
+
+    assert device.check("cpu")[0]
+    ok, reason = device.check("tpu")
+    assert not ok and "cpu, cuda" in reason
+    with pytest.raises(UserError, match="--device tpu"):
+        device.use("tpu")
+    ok, reason = device.check("cuda")
+    assert isinstance(ok, bool) and reason
+    if SIMULATED:
+        assert ok and "simulator" in reason
+    if not ok:
+        with pytest.raises(UserError, match="--device cuda: "):
+            device.use("cuda")
+
+
+# ---------------------------------------------------------------- child only: the simulator is on
+
+def strict_simulator():
+    """Make the simulator fail wherever a real GPU would: device arrays get only the real API."""
+    from numba.cuda.simulator import kernel as sim_kernel
+    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+    forward = FakeCUDAArray.__getattr__
+    real_attributes = {"ndim", "size", "dtype", "strides", "flags", "nbytes"}
+
+    def getattr_strict(self, name):
+        if name not in real_attributes:  # e.g. itemsize, astype, __array_interface__: NumPy's, not CUDA's
+            raise AttributeError(f"a device array has no attribute {name!r}")
+        return forward(self, name)
+
+    def no_arithmetic(self, *args):
+        raise TypeError("NumPy arithmetic on a device array works only in the simulator")
+
+    def no_host_copy(self, *args, **kwargs):
+        raise TypeError("implicit device-to-host copy of a device array (use kernels.to_host)")
+
+    reshape = FakeCUDAArray.reshape
+
+    def reshape_strict(self, *args, **kwargs):
+        if not self.is_c_contiguous():
+            raise NotImplementedError("a non-contiguous device array cannot be reshaped")
+        return reshape(self, *args, **kwargs)
+
+    FakeCUDAArray.__getattr__ = getattr_strict
+    FakeCUDAArray.__array__ = no_host_copy
+    FakeCUDAArray.reshape = reshape_strict
+    for op in ("__add__", "__sub__", "__mul__", "__truediv__", "__floordiv__", "__mod__", "__pow__"):
+        setattr(FakeCUDAArray, op, no_arithmetic)
+
+    launch = sim_kernel.FakeCUDAKernel.__call__
+
+    def launch_strict(self, *args):
+        if not self._device and sim_kernel._kernel_context is None:
+            for a in args:
+                if isinstance(a, np.ndarray) and a.ndim > 0:
+                    raise TypeError(f"{self.fn.__name__}: host array passed to a kernel (a hidden copy on a GPU)")
+        return launch(self, *args)
+
+    sim_kernel.FakeCUDAKernel.__call__ = launch_strict
+
+
+if SIMULATED:
+    from numba import cuda
+
+    from scratchvae import kernels, losses
+    from scratchvae.kernels import cpu
+    from scratchvae.kernels import cuda as gpu
+    from scratchvae.layers import BatchNorm, Conv2D, Dense, Flatten, LeakyReLU, Sigmoid, base, same_padding
+
+    strict_simulator()
+
+
+def dev(a):
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
+def both(fn, outs, *args, cpu_fn=None):
+    """Run kernel `fn` on host copies with the CPU kernel (or `cpu_fn`) and on device copies with
+    the CUDA kernel; return (cpu outputs, cuda outputs brought back)."""
+    ref = [o.copy() for o in outs]
+    (cpu_fn or getattr(cpu, fn))(*ref, *args)
+    d_outs = [dev(o) for o in outs]
+    getattr(gpu, fn)(*d_outs, *[dev(a) if isinstance(a, np.ndarray) else a for a in args])
+    return ref, [d.copy_to_host() for d in d_outs]
+
+
+def assert_close(ref, got, rtol=RTOL, atol=ATOL):
+    for r, g in zip(ref, got):
+        assert g.dtype == r.dtype and g.shape == r.shape
+        np.testing.assert_allclose(g, r, rtol=rtol, atol=atol)
+
+
+@pytest.fixture(autouse=True)
+def small_grids(monkeypatch):
+    """Cap 1-D grids at two blocks (each simulated thread costs ~0.3 ms): launches stay multi-block,
+    and arrays over 512 elements also run the grid-stride loops."""
+    if SIMULATED:
+        monkeypatch.setattr(gpu, "MAX_BLOCKS", 2)
+
+
+@pytest.fixture
+def tiny_grid(monkeypatch):
+    """Cap 1-D grids at one block: every thread then walks its grid-stride loop several times."""
+    monkeypatch.setattr(gpu, "MAX_BLOCKS", 1)
+
+
+def test_available_and_dispatch():
+    ok, reason = gpu.available()
+    assert ok and "simulator" in reason
+    with kernels.using("cuda") as active:
+        assert active is gpu and kernels.gemm is gpu.gemm
+
+
+def test_memory_helpers(rng):
+    x = rng.standard_normal((3, 4)).astype(F32)
+    d = gpu.from_host(x)
+    assert gpu.is_device_array(d) and not gpu.is_device_array(x) and gpu.from_host(d) is d
+    np.testing.assert_array_equal(gpu.to_host(d), x)
+    z = gpu.zeros((5, 7), F32)
+    assert gpu.to_host(z).dtype == F32 and not gpu.to_host(z).any()
+    gpu.fill(z, 2.5)
+    gpu.add(z, gpu.from_host(np.ones((5, 7), F32)))
+    np.testing.assert_array_equal(gpu.to_host(z), np.full((5, 7), 3.5, F32))
+    c = gpu.empty((3, 4), F32)
+    gpu.copy(c, d)
+    np.testing.assert_array_equal(gpu.to_host(c), x)
+    buf = gpu.empty((64,), F32)
+    assert gpu.may_share_memory(buf[:40], buf[30:]) and not gpu.may_share_memory(buf[:30], buf[30:])
+    assert not gpu.may_share_memory(buf, gpu.empty((64,), F32))
+
+
+@pytest.mark.parametrize("ta,tb,acc", [(False, False, False), (True, False, False), (False, True, True),
+                                      (True, True, False)])
+def test_gemm_multi_tile(rng, ta, tb, acc):
+    m, n, k = 70, 67, 19  # two 64-wide tiles each way, two k steps, ragged edges everywhere
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
+    out = rng.standard_normal((m, n)).astype(F32)
+    assert_close(*both("gemm", [out], a, b, ta, tb, acc), SUM_RTOL, SUM_ATOL)
+
+
+def test_gemm_small_and_degenerate(rng):
+    a, b = rng.standard_normal((3, 1)).astype(F32), rng.standard_normal((1, 2)).astype(F32)
+    assert_close(*both("gemm", [np.zeros((3, 2), F32)], a, b), SUM_RTOL, SUM_ATOL)
+    out = np.ones((3, 2), F32)
+    assert_close(*both("gemm", [out], np.zeros((3, 0), F32), np.zeros((0, 2), F32)))  # k = 0: zeros
+    with pytest.raises(ValueError, match="does not fit"):
+        gpu.gemm(dev(out), dev(a), dev(b), trans_a=True)
+
+
+@pytest.mark.parametrize("shape", [(37, 11), (2, 3, 3, 4)])
+def test_elementwise(rng, shape):
+    x = (rng.standard_normal(shape) * 4).astype(F32)
+    x.reshape(-1)[0], x.reshape(-1)[-1] = 90.0, -90.0  # sigmoid must not overflow at either end
+    dy = rng.standard_normal(shape).astype(F32)
+    out = lambda: np.full(shape, np.nan, F32)
+    assert_close(*both("leaky_forward", [out()], x, 0.3))
+    assert_close(*both("leaky_backward", [out()], dy, x, 0.3))
+    assert_close(*both("relu_forward", [out()], x))
+    assert_close(*both("relu_backward", [out()], dy, x))
+    ref, got = both("sigmoid_forward", [out()], x)
+    assert_close(ref, got)
+    assert np.all(np.isfinite(got[0])) and got[0].reshape(-1)[0] == 1.0
+    assert_close(*both("sigmoid_backward", [out()], dy, ref[0]))
+
+
+def test_elementwise_grid_stride(rng, tiny_grid):
+    x = rng.standard_normal((700,)).astype(F32)  # > 2 x THREADS elements for a single block
+    dy = rng.standard_normal((700,)).astype(F32)
+    assert_close(*both("leaky_backward", [np.zeros(700, F32)], dy, x, 0.3))
+    p, m, v = x.copy(), dy * F32(0.1), np.abs(dy)
+    assert_close(*both("adam_update", [p, m, v], dy, 1e-3, 0.9, 0.999, 1e-7, 0.5))
+
+
+def test_in_place_and_bias(rng):
+    y = rng.standard_normal((20, 13)).astype(F32)
+    b = rng.standard_normal(13).astype(F32)
+    assert_close(*both("add_bias", [y], b))
+    assert_close(*both("bias_relu", [y], b))
+    dy = rng.standard_normal((20, 13)).astype(F32)
+    ref = dy.copy()
+    cpu.relu_backward(ref, ref, y)
+    d = dev(dy)
+    gpu.relu_backward(d, d, dev(y))  # dx aliases dy, as Conv2D calls it
+    np.testing.assert_array_equal(d.copy_to_host(), ref)
+
+
+def test_adam(rng):
+    p, g = rng.standard_normal(300).astype(F32), rng.standard_normal(300).astype(F32)
+    m, v = g * F32(0.3), np.abs(g) * F32(0.2)
+    assert_close(*both("adam_update", [p, m, v], g, 1e-3, 0.9, 0.999, 1e-7, 0.7))
+
+
+@pytest.mark.parametrize("m,c", [(1, 1), (600, 5), (9, 40)])  # 3 row chunks; 2 column blocks
+def test_column_reductions(rng, m, c):
+    x = (rng.standard_normal((m, c)) * 3 + 1).astype(F32)
+    assert_close(*both("sum_rows", [np.full(c, np.nan, F32)], x), SUM_RTOL, SUM_ATOL)
+    assert_close(*both("bn_stats", [np.full(c, np.nan, F32), np.full(c, np.nan, F32)], x), SUM_RTOL, SUM_ATOL)
+
+
+@pytest.mark.parametrize("m,c", [(2, 3), (300, 3)])  # 300 rows: two row chunks
+def test_batchnorm_kernels(rng, m, c):
+    x = (rng.standard_normal((m, c)) * 3 + 1).astype(F32)
+    dy = rng.standard_normal((m, c)).astype(F32)
+    mean, invstd, gamma, beta = (rng.uniform(0.5, 1.5, c).astype(F32) for _ in range(4))
+    out = lambda: np.full((m, c), np.nan, F32)
+    vec = lambda: np.full(c, np.nan, F32)
+    assert_close(*both("bn_forward", [out()], x, mean, invstd, gamma, beta))
+    for alpha in (1.0, 0.3):
+        assert_close(*both("bn_act_forward", [out()], x, mean, invstd, gamma, beta, alpha))
+        assert_close(*both("bn_act_backward", [out(), vec(), vec()], dy, x, mean, invstd, gamma, beta, alpha),
+                     SUM_RTOL, SUM_ATOL)
+        assert_close(*both("bn_act_backward_frozen", [out(), vec(), vec()], dy, x, mean, invstd, gamma, beta,
+                           alpha, cpu_fn=bn_act_backward_frozen), SUM_RTOL, SUM_ATOL)
+    if hasattr(cpu, "bn_act_dx"):  # the data-parallel split of bn_act_backward
+        s1, s2 = (rng.standard_normal(c).astype(F32) for _ in range(2))
+        assert_close(*both("bn_act_grad_sums", [vec(), vec()], dy, x, mean, invstd, gamma, beta, 0.3),
+                     SUM_RTOL, SUM_ATOL)
+        assert_close(*both("bn_act_dx", [out()], dy, x, mean, invstd, gamma, beta, 0.3, s1, s2, 2 * m))
+        assert_close(*both("centered_sq_sums", [vec()], x, mean), SUM_RTOL, SUM_ATOL)
+
+
+def test_reductions_are_deterministic(rng):
+    x, dy = rng.standard_normal((300, 3)).astype(F32), rng.standard_normal((300, 3)).astype(F32)
+    vecs = [dev(rng.uniform(0.5, 1.5, 3).astype(F32)) for _ in range(4)]
+    runs = []
+    for _ in range(2):
+        dx, dg, db, s = gpu.empty((300, 3), F32), gpu.empty(3, F32), gpu.empty(3, F32), gpu.empty(1, F32)
+        gpu.bn_act_backward(dx, dg, db, dev(dy), dev(x), *vecs, 0.3)
+        gpu.sum_squares(s, dev(x))
+        runs.append([a.copy_to_host() for a in (dx, dg, db, s)])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+GEOMS = [(1, 5, 5, 1, 3, 1), (2, 6, 6, 3, 3, 2), (1, 7, 5, 2, 3, 2)]  # (n, h, w, c, kernel, stride)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
+def test_gather_taps_and_col2im(rng, n, h, w, c, k, s):
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    cols = np.full((n * ho * wo, k * k * c), np.nan, F32)
+    assert_close(*both("gather_taps", [cols], x, ho, wo, s, list(np.arange(k) - pt), list(np.arange(k) - pl)))
+    offs_h, offs_w = [1, -1, 0], [-2, 2]  # a phase gather: uneven offsets off both edges
+    cols = np.full((n * h * w, 3 * 2 * c), np.nan, F32)
+    assert_close(*both("gather_taps", [cols], x, h, w, 1, offs_h, offs_w))
+    cols = rng.standard_normal((n * ho * wo, k * k * c)).astype(F32)
+    assert_close(*both("col2im", [np.full((n, h, w, c), np.nan, F32)], cols, k, k, s, pt, pl),
+                 SUM_RTOL, SUM_ATOL)
+
+
+def test_scatter_phase_and_gather_weights(rng):
+    h, w, s = 7, 6, 2
+    ref, d = np.full((2, h, w, 3), np.nan, F32), dev(np.full((2, h, w, 3), np.nan, F32))
+    for a in range(s):
+        for b in range(s):
+            part = rng.standard_normal((2 * -(-(h - a) // s) * -(-(w - b) // s), 3)).astype(F32)
+            cpu.scatter_phase(ref, part, s, a, b)
+            gpu.scatter_phase(d, dev(part), s, a, b)
+    assert not np.isnan(ref).any()
+    np.testing.assert_array_equal(d.copy_to_host(), ref)
+    kernel = rng.standard_normal((3, 3, 5, 4)).astype(F32)  # (kh, kw, c, o)
+    for taps_h, taps_w in (([0, 2], [1]), ([1], [0, 1, 2])):
+        wsub = np.zeros((len(taps_h) * len(taps_w) * 4, 5), F32)
+        assert_close(*both("gather_weights", [wsub], kernel, taps_h, taps_w, cpu_fn=gather_weights))
+
+
+# ---------------------------------------------------------------- proposed kernels, NumPy versions
+# The kernels a device-resident step still needs, as NumPy code for reference.py / cpu.py.
+
+def bn_invstd(invstd, var, eps):
+    """invstd = 1 / sqrt(var + eps)."""
+    invstd[...] = 1 / np.sqrt(var + var.dtype.type(eps))
+
+
+def moving_update(moving, batch, momentum):
+    """moving = momentum * moving + (1 - momentum) * batch."""
+    m = moving.dtype.type(momentum)
+    moving[...] = m * moving + (1 - m) * batch
+
+
+def bn_act_backward_frozen(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha):
+    """Backward with constant (moving) statistics: dbeta = sum g, dgamma = sum g*xhat, dx = g*gamma*invstd."""
+    pre = (x - mean) * invstd * gamma + beta
+    g = np.where(pre > 0, dy, dy * dy.dtype.type(alpha))
+    dbeta[...] = g.sum(axis=0)
+    dgamma[...] = (g * (x - mean)).sum(axis=0) * invstd
+    dx[...] = g * (gamma * invstd)
+
+
+def gather_weights(wsub, kernel, taps_h, taps_w):
+    """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of conv_adjoint."""
+    wsub[...] = kernel[np.ix_(taps_h, taps_w)].transpose(0, 1, 3, 2).reshape(-1, kernel.shape[2])
+
+
+def sum_squares(out, a):
+    """out[0] = sum_i a_i^2."""
+    out[0] = np.vdot(a, a)
+
+
+def mse_and_grad(sq_sum, dx_hat, x_hat, x, scale):
+    """sq_sum[0] = sum (x_hat - x)^2; dx_hat = scale * (x_hat - x)."""
+    d = x_hat - x
+    sq_sum[0] = np.sum(np.square(d, dtype=np.float64))
+    dx_hat[...] = d * d.dtype.type(scale)
+
+
+def kl_sum(out, z_mean, z_log_var, lo, hi):
+    """out[0] = -1/2 sum (1 + lv - mu^2 - exp(lv)) over batch and latent, lv = clip(log s^2, lo, hi)."""
+    lv = np.clip(z_log_var, lo, hi).astype(np.float64)
+    out[0] = -0.5 * np.sum(1.0 + lv - np.square(z_mean, dtype=np.float64) - np.exp(lv))
+
+
+def reparameterize(z, sigma, z_mean, z_log_var, eps, lo, hi):
+    """sigma = exp(clip(lv, lo, hi) / 2); z = mu + sigma * eps."""
+    sigma[...] = np.exp(np.clip(z_log_var, lo, hi) * z.dtype.type(0.5))
+    z[...] = z_mean + sigma * eps
+
+
+def latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi):
+    """d_mean = dz + mu/n; d_logvar = (dz*eps*sigma/2 + (sigma^2-1)/(2n)) * [lo <= lv <= hi], n = batch."""
+    t, n = dz.dtype.type, z_mean.shape[0]
+    d_mean[...] = dz + z_mean * t(1.0 / n)
+    inside = (z_log_var >= lo) & (z_log_var <= hi)
+    d_logvar[...] = (dz * eps * sigma * t(0.5) + (sigma * sigma - t(1)) * t(0.5 / n)) * inside
+
+
+def test_proposed_batchnorm_kernels(rng):
+    var = rng.uniform(0.0, 2.0, 7).astype(F32)
+    assert_close(*both("bn_invstd", [np.zeros(7, F32)], var, 1e-3, cpu_fn=bn_invstd))
+    moving = rng.uniform(0.0, 2.0, 7).astype(F32)
+    assert_close(*both("moving_update", [moving], var, 0.99, cpu_fn=moving_update))
+
+
+def test_proposed_optimizer_norm(rng):
+    g = rng.standard_normal(601).astype(F32)  # three blocks of partials
+    ref, got = both("sum_squares", [np.zeros(1, F32)], g, cpu_fn=sum_squares)
+    assert_close(ref, got, SUM_RTOL, 0)
+
+
+def test_proposed_loss_kernels_match_losses(rng):
+    """The device loss kernels give the numbers and gradients of scratchvae.losses."""
+    n, d = 4, 9
+    lo, hi = losses.LOGVAR_RANGE
+    z_mean, eps, dz = (rng.standard_normal((n, d)).astype(F32) for _ in range(3))
+    z_log_var = rng.standard_normal((n, d)).astype(F32)
+    z_log_var[0, :2] = (-40.0, 25.0)  # outside the clamp: no gradient flows there
+    z, sigma = losses.reparameterize(z_mean, z_log_var, eps)
+    _, got = both("reparameterize", [np.zeros_like(z), np.zeros_like(z)], z_mean, z_log_var, eps, lo, hi,
+                  cpu_fn=reparameterize)
+    assert_close([z, sigma], got)
+    kl = np.zeros(1, F32)
+    _, (kl,) = both("kl_sum", [kl], z_mean, z_log_var, lo, hi, cpu_fn=kl_sum)
+    np.testing.assert_allclose(kl[0] / n, losses.kl_divergence(z_mean, z_log_var), rtol=SUM_RTOL)
+    d_mean, d_logvar = losses.latent_grads(dz, z_mean, z_log_var, eps, sigma)
+    _, got = both("latent_grads", [np.zeros_like(z), np.zeros_like(z)], dz, z_mean, z_log_var, eps, sigma, lo, hi,
+                  cpu_fn=latent_grads)
+    assert_close([d_mean, d_logvar], got)
+    x, x_hat = rng.uniform(0, 1, (2, 11, 11, 3)).astype(F32), rng.uniform(0, 1, (2, 11, 11, 3)).astype(F32)
+    beta = 2000.0
+    _, (sq, dx_hat) = both("mse_and_grad", [np.zeros(1, F32), np.zeros_like(x)], x_hat, x, 2 * beta / x.size,
+                           cpu_fn=mse_and_grad)
+    np.testing.assert_allclose(sq[0] / x.size, losses.mse(x, x_hat), rtol=SUM_RTOL)
+    assert_close([losses.reconstruction_grad(x, x_hat, beta)], [dx_hat])
+
+
+def test_proposed_batchnorm_step_matches_layer(rng):
+    """BatchNorm(+LeakyReLU) training forward/backward built only from device kernels, as norm.py would."""
+    x = (rng.standard_normal((6, 3, 3, 4)) * 2 + 1).astype(F32)
+    dy = rng.standard_normal(x.shape).astype(F32)
+    with kernels.using("cpu"):
+        layer = BatchNorm(4)
+        layer.fuse(LeakyReLU(0.3))
+        y = layer.forward(x, True).copy()
+        dx = layer.backward(dy.copy()).copy()
+    x2d, c = dev(x.reshape(-1, 4)), 4
+    mean, var, invstd = gpu.empty(c, F32), gpu.empty(c, F32), gpu.empty(c, F32)
+    moving_mean, moving_var = gpu.zeros(c, F32), dev(np.ones(c, F32))
+    gamma, beta = dev(np.ones(c, F32)), gpu.zeros(c, F32)
+    gpu.bn_stats(mean, var, x2d)
+    gpu.moving_update(moving_mean, mean, 0.99)
+    gpu.moving_update(moving_var, var, 0.99)
+    gpu.bn_invstd(invstd, var, 1e-3)
+    y_dev = gpu.empty(x2d.shape, F32)
+    gpu.bn_act_forward(y_dev, x2d, mean, invstd, gamma, beta, 0.3)
+    dx_dev, dgamma, dbeta = dev(dy.reshape(-1, 4)), gpu.empty(c, F32), gpu.empty(c, F32)
+    gpu.bn_act_backward(dx_dev, dgamma, dbeta, dx_dev, x2d, mean, invstd, gamma, beta, 0.3)
+    got = [a.copy_to_host() for a in (y_dev, dx_dev, dgamma, dbeta, moving_mean, moving_var)]
+    want = [y.reshape(-1, 4), dx.reshape(-1, 4), layer.grads["gamma"], layer.grads["beta"],
+            layer.state["moving_mean"], layer.state["moving_variance"]]
+    assert_close(want, got, SUM_RTOL, SUM_ATOL)
+
+
+# ---------------------------------------------------------------- whole layers through the dispatch point
+
+def on_device(layer):
+    for store in (layer.params, layer.grads, layer.state):
+        for key in store:
+            store[key] = gpu.from_host(store[key])
+    return layer
+
+
+def run_chain(backend, x, dy):
+    """Conv2D(relu) -> LeakyReLU -> Flatten -> Dense -> Sigmoid, forward and backward on `backend`."""
+    base._SHARED.clear()  # the shared work buffers belong to the backend that allocated them
+    with kernels.using(backend):
+        layers = [Conv2D(3, 4, 3, 2, activation="relu", rng=np.random.default_rng(0)), LeakyReLU(0.3),
+                  Flatten(), Dense(36, 5, rng=np.random.default_rng(1)), Sigmoid()]
+        layers[0].need_dx = False  # see test_layers_not_yet_device_ready
+        move = on_device if backend == "cuda" else (lambda layer: layer)
+        h = kernels.from_host(x)
+        for layer in layers:
+            h = move(layer).forward(h, True)
+        y = kernels.to_host(h)
+        g = kernels.from_host(dy.copy())  # the CPU backend would not copy, and backward works in place
+        for layer in reversed(layers):
+            g = layer.backward(g)
+        grads = [kernels.to_host(v) for layer in layers for v in layer.grads.values()]
+    base._SHARED.clear()
+    return [y, *grads]
+
+
+def test_layers_on_device_match_cpu(rng):
+    x = rng.uniform(0, 1, (2, 6, 6, 3)).astype(F32)
+    dy = rng.standard_normal((2, 5)).astype(F32)
+    assert_close(run_chain("cpu", x, dy), run_chain("cuda", x, dy), SUM_RTOL, SUM_ATOL)
+
+
+@pytest.mark.xfail(strict=True, raises=(TypeError, AttributeError),
+                   reason="layers still call NumPy on device arrays (np.shares_memory, x.itemsize, BN's "
+                          "np.empty/np.sqrt); passes once they route through kernels")
+@pytest.mark.parametrize("which", ["conv_dx", "batchnorm"])
+def test_layers_not_yet_device_ready(rng, which):
+    base._SHARED.clear()
+    try:
+        with kernels.using("cuda"):
+            x = gpu.from_host(rng.standard_normal((2, 4, 4, 3)).astype(F32))
+            layer = on_device(Conv2D(3, 4, 3, 2) if which == "conv_dx" else BatchNorm(3))
+            y = layer.forward(x, True)
+            layer.backward(y)
+    finally:
+        base._SHARED.clear()
+
+
+# The parent collects the test that starts the child (and the device choice); the child the rest.
+for _name, _obj in list(globals().items()):
+    if _name.startswith("test_") and _name != "test_device_choice" and \
+            (_name == "test_cuda_kernels_under_simulator") == SIMULATED:
+        _obj.__test__ = False
