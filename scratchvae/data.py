@@ -1,7 +1,8 @@
 """Image folders, zips and CelebA's layout turned into uint8 NHWC arrays, cached as .npy.
 
-Each image is decoded once with Pillow (to RGB, square crop, resize) and the result is
-memory-mapped on later runs; batches become float32 in [0, 1] only when they are used.
+Each image is decoded once with Pillow (to RGB, square crop, resize), in worker processes for big
+sets (see scratchvae/cache.py), and the result is memory-mapped on later runs; batches become
+float32 in [0, 1] only when they are used.
 """
 
 from __future__ import annotations
@@ -10,16 +11,14 @@ import hashlib
 import io
 import json
 import os
-import warnings
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from scratchvae import cache
 from scratchvae.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -32,8 +31,6 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 FORMAT_VERSION = 2  # bump when decoding changes, so old caches are not reused (2: only FORMATS)
 CELEBA_DIR, CELEBA_ZIP = "img_align_celeba", "img_align_celeba.zip"
 CELEBA_PARTITION = "list_eval_partition.txt"
-_BLOCK = 512  # images decoded per batch of thread work
-_BLOCK_BYTES = 256 << 20  # and at most this many zip bytes held in memory at once
 
 
 class DataError(UserError):
@@ -52,10 +49,11 @@ class ImageSet:
 
 
 def load_images(source, image_size: int = 128, crop: str = "center", limit: int | None = None,
-                cache_dir=None, progress: bool = True, min_count: int = 1) -> ImageSet:
+                cache_dir=None, progress: bool = True, min_count: int = 1, workers: int | None = None) -> ImageSet:
     """Decode every image of source (folder, .zip or CelebA's folder) to (N, S, S, 3) uint8, cached.
 
     min_count: fail before decoding anything when fewer image files than this are found.
+    workers: decoding processes for a big set (default: one per core).
     """
     if not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise DataError(f"image size {image_size!r} is not a positive whole number; pass e.g. 64 or 128")
@@ -70,17 +68,17 @@ def load_images(source, image_size: int = 128, crop: str = "center", limit: int 
                         f"add images" + (" or raise the limit" if limit else "") + " or lower the batch size")
     key = hashlib.sha256(json.dumps(
         [FORMAT_VERSION, str(src.path), src.fingerprint, int(image_size), crop, limit]).encode()).hexdigest()
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    stem = cache / f"{_safe(src.path.name)}-{image_size}px-{crop}-{key[:16]}"
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    stem = folder / f"{_safe(src.path.name)}-{image_size}px-{crop}-{key[:16]}"
     cached = _read_cache(stem)
     if cached is not None:
         return cached
     try:
-        cache.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"cannot create cache folder {cache} ({e.strerror}); "
+        raise DataError(f"cannot create cache folder {folder} ({e.strerror}); "
                         f"pass cache_dir= a writable folder") from e
-    return _build(src, names, int(image_size), crop, stem, progress)
+    return _build(src, names, int(image_size), crop, stem, progress, workers)
 
 
 def default_cache_dir() -> Path:
@@ -114,7 +112,9 @@ def split_indices(n: int, val_fraction: float = 0.05, batch_size: int = 64, seed
 
 def batch_to_float(batch_uint8: np.ndarray) -> np.ndarray:
     """uint8 images to float32 in [0, 1]."""
-    return np.asarray(batch_uint8).astype(np.float32) * np.float32(1.0 / 255.0)
+    x = np.asarray(batch_uint8).astype(np.float32)
+    x *= np.float32(1.0 / 255.0)  # in place: one batch-sized buffer, not two
+    return x
 
 
 class _Source:
@@ -221,95 +221,82 @@ def _read_cache(stem: Path) -> ImageSet | None:
         images = np.load(npy, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError):
         return None
-    if info.get("version") != FORMAT_VERSION or images.shape[0] != len(info["names"]):
+    if info.get("version") != FORMAT_VERSION or not images.shape[0] == len(info["names"]) == info.get("count"):
         return None
     part = info["partition"]
     return ImageSet(images, info["names"], None if part is None else np.array(part, np.int8),
                     [tuple(s) for s in info["skipped"]])
 
 
-def _build(src: _Source, names: list[str], size: int, crop: str, stem: Path, progress: bool) -> ImageSet:
-    """Decode names into a temporary .npy, then rename it and its sidecar into place."""
+def _build(src: _Source, names: list[str], size: int, crop: str, stem: Path, progress: bool,
+           workers: int | None = None) -> ImageSet:
+    """Decode names into the cache (in worker processes, resuming an interrupted build), then
+    write its sidecar and move the array into place."""
     npy, meta = _cache_files(stem)
-    tmp = stem.with_name(f"{stem.name}.{os.getpid()}.tmp.npy")
+    reader = _Reader(src.root, src.zip_path, size, crop)
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(names), size, size, 3))
+        kept_idx, skipped_idx, checksum = cache.build(npy, names, reader, (size, size, 3), progress,
+                                                      f"decoding {src.path.name}", workers)
     except OSError as e:
-        raise DataError(f"cannot write the image cache {tmp} ({e.strerror}); pass cache_dir= a "
+        raise DataError(f"cannot write the image cache beside {npy} ({e.strerror or e}); pass cache_dir= a "
                         f"writable folder with room for {len(names) * size * size * 3:,} bytes") from e
-    kept, skipped = [], []
-    zf = zipfile.ZipFile(src.zip_path) if src.zip_path is not None else None
-    try:
-        # Filters are process-wide, so the worker threads see this one: Pillow's own bomb warning
-        # (for images past Image.MAX_IMAGE_PIXELS) becomes an exception that skips the file.
-        workers = max(1, min(8, os.cpu_count() or 1))
-        with warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool, \
-                tqdm(total=len(names), desc=f"decoding {src.path.name}", unit="img",
-                     disable=not progress) as bar:
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            for block in _blocks(zf, names):
-                # Zip members are read here, in order; Pillow decodes in threads (it drops the GIL).
-                datas = [_member(zf, n) for n in block] if zf else [src.root / n for n in block]
-                for name, (img, why) in zip(block, pool.map(lambda d: _decode(d, size, crop), datas)):
-                    if img is None:
-                        skipped.append((name, why))
-                    else:
-                        out[len(kept)] = img
-                        kept.append(name)
-                bar.update(len(block))
-        if not kept:
-            first = f"{skipped[0][0]}: {skipped[0][1]}"
-            raise DataError(f"{src.path}: none of the {len(names)} images could be read (first: {first}); "
-                            f"check the files")
-        out.flush()
-        del out
-        if len(kept) < len(names):
-            _shrink(tmp, len(kept))
-        os.replace(tmp, npy)
-    finally:
-        if zf:
-            zf.close()
-        if tmp.exists():
-            tmp.unlink()
+    skipped = [(names[i], why) for i, why in skipped_idx]
+    if not kept_idx:
+        cache.remove(*cache.partial_files(npy))
+        first = f"{skipped[0][0]}: {skipped[0][1]}"
+        raise DataError(f"{src.path}: none of the {len(names)} images could be read (first: {first}); "
+                        f"check the files")
+    kept = [names[i] for i in kept_idx]
+    checksum = cache.compact(npy, kept_idx, checksum)
     partition = src.partition(kept)
     info = {"version": FORMAT_VERSION, "source": str(src.path), "image_size": size, "crop": crop,
-            "count": len(kept), "names": kept, "skipped": skipped,
+            "count": len(kept), "checksum": checksum, "names": kept, "skipped": skipped,
             "partition": None if partition is None else partition.tolist()}
     meta_tmp = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
     meta_tmp.write_text(json.dumps(info))
     os.replace(meta_tmp, meta)
+    cache.install(npy)
     return ImageSet(np.load(npy, mmap_mode="r", allow_pickle=False), kept, partition, skipped)
 
 
-def _shrink(path: Path, n: int) -> None:
-    """Keep the first n images of a .npy, in place of the file (skipped files left a tail unused)."""
-    full = np.load(path, mmap_mode="r")
-    small_path = path.with_name(path.name + ".small.npy")
-    small = np.lib.format.open_memmap(small_path, mode="w+", dtype=np.uint8, shape=(n, *full.shape[1:]))
-    for i in range(0, n, 4096):
-        j = min(n, i + 4096)
-        small[i:j] = full[i:j]
-    small.flush()
-    del small, full
-    os.replace(small_path, path)
+def verify_cache(images: np.ndarray) -> None:
+    """Check a cached array against the image count and checksum recorded beside it; DataError if not."""
+    path = Path(getattr(images, "filename", "") or "")
+    meta = path.with_suffix(".json")
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{meta}: cannot read the cache's record ({e}); delete the cache to rebuild it") from None
+    if images.shape[0] != info.get("count"):
+        raise DataError(f"{path}: holds {images.shape[0]} images, its record says {info.get('count')}; "
+                        f"delete it to rebuild")
+    if info.get("checksum") is None:
+        return  # a cache written before checksums were recorded
+    if cache.checksum_of(path) != info["checksum"]:
+        raise DataError(f"{path}: checksum mismatch, the file changed since it was written; delete it to rebuild")
+
+
+class _Reader:
+    """Decodes a name of one source (folder or zip); pickles for worker processes, each of which
+    opens the zip once for itself."""
+
+    def __init__(self, root, zip_path, size, crop):
+        self.root, self.zip_path, self.size, self.crop = root, zip_path, size, crop
+        self._zf = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_zf": None}
+
+    def __call__(self, name):
+        if self.zip_path is None:
+            return _decode(self.root / name, self.size, self.crop)
+        if self._zf is None:
+            self._zf = zipfile.ZipFile(self.zip_path)
+        return _decode(_member(self._zf, name), self.size, self.crop)
 
 
 class _Refused(Exception):
     """A file refused before reading; str() is the skip reason."""
-
-
-def _blocks(zf: zipfile.ZipFile | None, names: list[str]):
-    """names in order, cut into runs of at most _BLOCK files and (from a zip) _BLOCK_BYTES bytes."""
-    block, held = [], 0
-    for name in names:
-        size = min(zf.getinfo(name).file_size, MAX_FILE_BYTES) if zf else 0
-        if block and (len(block) == _BLOCK or held + size > _BLOCK_BYTES):
-            yield block
-            block, held = [], 0
-        block.append(name)
-        held += size
-    if block:
-        yield block
 
 
 def _member(zf: zipfile.ZipFile, name: str) -> bytes | Exception:

@@ -2,7 +2,8 @@
 
 Load (or synthesise) faces, build the seed's VAE, train it with Adam, and after every epoch write
 the checkpoint, reconstructions, samples, metrics and loss curves into --out. Every random draw
-derives from (seed, epoch, step), so a resumed run repeats an uninterrupted one exactly.
+derives from (seed, epoch, step), so a resumed run repeats an uninterrupted one exactly. Under
+`mpiexec -n K ... --distributed` each rank takes its shard of every global batch; rank 0 writes.
 """
 
 import argparse
@@ -14,15 +15,16 @@ import re
 import shlex
 import sys
 import time
+import traceback
 
 import numpy as np
 
-from scratchvae import checkpoint, images, threads
-from scratchvae.data import batch_to_float as to_float
+from scratchvae import checkpoint, distributed, images, threads
 from scratchvae.errors import TrainingDiverged, UserError
 from scratchvae.interrupt import StopRequest, sigterm_as_interrupt
 from scratchvae.model import VAE, VAEConfig
 from scratchvae.optim import Adam
+from scratchvae.prefetch import ImageReader, Prefetcher
 
 # The built-in data set: sized so the no-argument run finishes within 10 minutes on 2 cores.
 SYNTHETIC_COUNT = 1344
@@ -82,6 +84,13 @@ def build_parser():
     p.add_argument("--threads", type=int, help="threads for Numba and BLAS (default: all cores)")
     p.add_argument("--cache-dir", help="where preprocessed images are cached (default: the user cache folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or model summary")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of mpiexec -n K (needs scratchvae[mpi]); --batch-size "
+                        "is the global batch, --threads the cores of each rank (default: a machine's cores "
+                        "shared by its ranks)")
+    p.add_argument("--rank-timeout", type=float, default=distributed.DEFAULT_TIMEOUT,
+                   help=f"with --distributed: abort the job when a rank waits this many seconds for the others "
+                        f"(default {distributed.DEFAULT_TIMEOUT:g})")
     return p
 
 
@@ -206,13 +215,14 @@ def synthetic_data(n, size, seed, cache_dir):
     return pixels
 
 
-def load_data(s, cache_dir, quiet, out):
-    """(uint8 images (N,S,S,3), train indices, held-out indices)."""
+def load_data(s, cache_dir, quiet, out, root=True):
+    """(uint8 images (N,S,S,3), train indices, held-out indices); only the root rank reports."""
     from scratchvae import data
+    say = print if root else _silent
     if s["data"] is None:
         n = SYNTHETIC_COUNT if s["limit"] is None else min(s["limit"], SYNTHETIC_COUNT)
         pixels, partition = synthetic_data(n, s["image_size"], s["seed"], cache_dir), None
-        print(f"data: {n} built-in synthetic faces at {s['image_size']}x{s['image_size']} (pass --data for real ones)")
+        say(f"data: {n} built-in synthetic faces at {s['image_size']}x{s['image_size']} (pass --data for real ones)")
     else:
         try:
             found = data.load_images(s["data"], s["image_size"], crop=s["crop"], limit=s["limit"],
@@ -220,9 +230,10 @@ def load_data(s, cache_dir, quiet, out):
         except data.DataError as e:
             raise UserError(str(e)) from None
         pixels, partition = found.images, found.partition
-        print(f"data: {len(pixels)} images from {s['data']} at {s['image_size']}x{s['image_size']}"
+        say(f"data: {len(pixels)} images from {s['data']} at {s['image_size']}x{s['image_size']}"
               + (f"; skipped {len(found.skipped)} file(s) that could not be used:" if found.skipped else ""))
-        report_skipped(found.skipped, out)
+        if root:
+            report_skipped(found.skipped, out)
     try:
         train_idx, val_idx = data.split_indices(len(pixels), s["val_fraction"], s["batch_size"], s["seed"], partition)
     except data.DataError as e:
@@ -243,6 +254,10 @@ def report_skipped(skipped, out):
         print(f"  ... and {len(skipped) - SHOW_SKIPPED} more, all listed in {path}")
 
 
+def _silent(*args, **kwargs):
+    pass
+
+
 # ------------------------------------------------------------------ one epoch
 
 def step_noise(seed, epoch, step, shape):
@@ -254,23 +269,31 @@ def epoch_order(seed, epoch, train_idx):
     return np.random.default_rng([seed, epoch, 1 << 30]).permutation(train_idx)
 
 
-def held_out(vae, pixels, val_idx, s, epoch):
-    """Inference-mode loss terms on the held-out images, z sampled as in training."""
-    sums, count = {}, 0
-    for start in range(0, len(val_idx), s["batch_size"]):
+TERMS = ("total", "reconstruction", "kl", "mse", "psnr")
+
+
+def held_out(vae, reader, val_idx, s, epoch, comm=None):
+    """Inference-mode loss terms on the held-out images, z sampled as in training; under MPI each
+    rank takes every K-th batch and the sums are shared."""
+    comm = comm or distributed.Single()
+    sums = np.zeros(len(TERMS) + 1)  # the terms times their image counts, then the count
+    for j, start in enumerate(range(0, len(val_idx), s["batch_size"])):
+        if j % comm.size != comm.rank:
+            continue
         idx = val_idx[start:start + s["batch_size"]]
         eps = step_noise(s["seed"], epoch, (1 << 20) + start, (len(idx), s["z_dim"]))
-        terms = vae.evaluate(to_float(pixels[idx]), eps, training=False)
-        for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v * len(idx)
-        count += len(idx)
-    result = {k: v / count for k, v in sums.items()}
+        terms = vae.evaluate(reader.read(idx), eps, training=False)
+        for i, k in enumerate(TERMS):
+            sums[i] += terms[k] * len(idx)
+        sums[-1] += len(idx)
+    comm.sum_(sums)
+    result = {k: float(sums[i] / sums[-1]) for i, k in enumerate(TERMS)}
     result["psnr"] = float(10 * np.log10(1 / max(result["mse"], 1e-12)))
     return result
 
 
-def save_pictures(vae, pixels, val_idx, s, history, out):
-    shown = to_float(pixels[val_idx[:N_RECON]])
+def save_pictures(vae, reader, val_idx, s, history, out):
+    shown = reader.read(val_idx[:N_RECON])
     z_mean, _ = vae.encode(shown)
     images.save_rows(os.path.join(out, "reconstructions.png"), [shown, vae.decode(z_mean)],
                      labels=["held-out", "reconstructed"])
@@ -319,7 +342,9 @@ def format_terms(t):
 
 # ------------------------------------------------------------------ the recipe
 
-def run(args):
+def prepare(args, comm, held):
+    """Rank 0's part of the start: the output folder, the checkpoint to resume and the settings.
+    Returns what every rank needs (JSON-able); the loaded model and optimizer go into `held`."""
     out = args.out if args.out is not None else default_out(args.resume)
     saved_meta = None
     ckpt_path = os.path.join(out, "checkpoint.npz")
@@ -337,108 +362,169 @@ def run(args):
     s = resolve_settings(args, saved_meta["train"] if saved_meta else None)
     epochs = args.epochs if args.epochs is not None else (SYNTHETIC_EPOCHS if s["data"] is None else DATA_EPOCHS)
     config = check_settings(s, epochs)
+    if s["batch_size"] % comm.size:
+        raise UserError(f"--batch-size {s['batch_size']} does not split evenly over {comm.size} ranks: "
+                        f"use a multiple of {comm.size}")
     prepare_out(out)
-    try:
-        n_threads = threads.set_threads(args.threads)
-    except ValueError as e:
-        raise UserError(f"--threads: {e}") from None
-
-    opt = Adam(lr=s["lr"])
+    adam_t = 0
     if saved_meta:
         if vae.config != config:
             raise UserError(f"--resume: {ckpt_path} has another model configuration; train into a new --out")
+        opt = Adam(lr=s["lr"])
         try:
             opt.load_state_dict({k[5:]: v for k, v in arrays.items() if k.startswith("adam/")}, vae.params())
         except (KeyError, ValueError, TypeError) as e:
             raise UserError(f"--resume: optimizer state in {ckpt_path} is unusable ({e}); "
                             f"train into a new --out") from None
+        if saved_meta["epoch"] >= epochs:
+            raise UserError(f"--resume: the checkpoint already has {saved_meta['epoch']} epochs; "
+                            f"pass --epochs above that")
+        held["vae"], held["opt"], adam_t = vae, opt, opt.t
+    meta = None if saved_meta is None else {k: saved_meta.get(k) for k in
+                                            ("epoch", "step_in_epoch", "step", "history", "partial", "images")}
+    return {"out": out, "s": s, "epochs": epochs, "meta": meta, "adam_t": adam_t}
+
+
+def run(args, comm=None):
+    comm = comm or distributed.Single()
+    say = print if comm.is_root else _silent
+    held = {}
+    plan = comm.on_root(prepare, args, comm, held)
+    out, s, epochs, saved_meta = plan["out"], plan["s"], plan["epochs"], plan["meta"]
+    config = check_settings(s, epochs)
+    ckpt_path = os.path.join(out, "checkpoint.npz")
+
+    def use_threads():
+        try:
+            return threads.set_threads(args.threads if args.threads is not None or comm.size == 1
+                                       else distributed.default_threads(comm))
+        except ValueError as e:
+            raise UserError(f"--threads: {e}") from None
+    n_threads = comm.agree(use_threads)
+
+    if saved_meta:
+        vae, opt = held.get("vae") or VAE(config, seed=s["seed"]), held.get("opt") or Adam(lr=s["lr"])
+        if not comm.is_root and plan["adam_t"]:
+            opt.t = plan["adam_t"]
+            opt.m = {k: np.zeros_like(p) for k, p in vae.params().items()}
+            opt.v = {k: np.zeros_like(p) for k, p in vae.params().items()}
         start_epoch, start_step = saved_meta["epoch"], saved_meta["step_in_epoch"]
         global_step, history, partial = saved_meta["step"], saved_meta["history"], saved_meta["partial"]
-        if start_epoch >= epochs:
-            raise UserError(f"--resume: the checkpoint already has {start_epoch} epochs; pass --epochs above that")
     else:
-        vae = VAE(config, seed=s["seed"])
+        vae, opt = VAE(config, seed=s["seed"]), Adam(lr=s["lr"])
         start_epoch, start_step, global_step, history, partial = 0, 0, 0, [], None
+    sync = distributed.DataParallel(vae, comm)
+    sync.broadcast(vae.params(), vae.state(), opt.m, opt.v)  # every rank starts from rank 0's weights
 
-    pixels, train_idx, val_idx = load_data(s, args.cache_dir, args.quiet, out)
+    def data_for_this_rank():
+        with comm.leader_first():  # one rank per machine decodes into the cache, the others then read it
+            return load_data(s, args.cache_dir, args.quiet or not comm.is_root, out, root=comm.is_root)
+    pixels, train_idx, val_idx = comm.agree(data_for_this_rank)
     if not args.quiet and not saved_meta:
-        print(vae.summary())
+        say(vae.summary())
     steps = len(train_idx) // s["batch_size"]
     if saved_meta:
-        if start_step >= steps:
-            raise UserError(f"--resume: the checkpoint stopped at step {start_step} of an epoch, but the data now "
-                            f"gives {steps} steps per epoch; train into a new --out")
+        def check_steps():
+            if start_step >= steps:
+                raise UserError(f"--resume: the checkpoint stopped at step {start_step} of an epoch, but the data "
+                                f"now gives {steps} steps per epoch; train into a new --out")
+        comm.agree(check_steps)
         if saved_meta.get("images", len(pixels)) != len(pixels):
-            print(f"note: the data now holds {len(pixels)} images, the checkpoint was trained on "
-                  f"{saved_meta['images']}; the resumed run will not repeat an uninterrupted one exactly")
-    print(f"training: {len(train_idx)} images, {len(val_idx)} held out, {steps} steps per epoch, "
-          f"batch {s['batch_size']}, {n_threads} threads; outputs in {out}")
+            say(f"note: the data now holds {len(pixels)} images, the checkpoint was trained on "
+                f"{saved_meta['images']}; the resumed run will not repeat an uninterrupted one exactly")
+    ranks = f" on each of {comm.size} ranks" if comm.size > 1 else ""
+    say(f"training: {len(train_idx)} images, {len(val_idx)} held out, {steps} steps per epoch, "
+        f"batch {s['batch_size']}, {n_threads} threads{ranks}; outputs in {out}")
 
     from tqdm import tqdm
     resume_cmd = f"python -m scratchvae.train --out {shlex.quote(out)} --resume --epochs {epochs}"
+    if comm.size > 1:
+        resume_cmd = f"mpiexec -n {comm.size} {resume_cmd} --distributed"
+    reader = ImageReader(pixels)
+    mine = distributed.shard(s["batch_size"], comm)  # this rank's rows of every global batch
     with StopRequest() as stop:
+        def stopping():
+            """0, or the exit code once any rank got a signal: every rank stops at the same step."""
+            return comm.max(stop.exit_code if stop else 0)
+
         for epoch in range(start_epoch, epochs):
             order = epoch_order(s["seed"], epoch, train_idx)
+            batches = (np.sort(order[step * s["batch_size"]:(step + 1) * s["batch_size"]])[mine]
+                       for step in range(start_step, steps))
             sums = dict(partial["sums"]) if partial else {}
             t0, seen = time.perf_counter(), 0
             bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
-                       disable=args.quiet, dynamic_ncols=True, leave=False)
-            for step in range(start_step, steps):
-                idx = np.sort(order[step * s["batch_size"]:(step + 1) * s["batch_size"]])
-                eps = step_noise(s["seed"], epoch, step, (len(idx), s["z_dim"]))
-                # Overflow is detected below and reported once, not as NumPy warnings per layer.
-                with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                    terms = vae.forward_backward(to_float(pixels[idx]), eps)
-                    if not np.isfinite(terms["total"]):
-                        raise TrainingDiverged(f"the loss became {terms['total']} at epoch {epoch + 1}, "
-                                               f"step {step + 1}: {_cause(s, ckpt_path)}")
-                    try:
-                        opt.step(vae.params(), vae.grads())
-                    except FloatingPointError:
-                        raise TrainingDiverged(f"a gradient became non-finite at epoch {epoch + 1}, step {step + 1}: "
-                                               f"{_cause(s, ckpt_path)}") from None
-                global_step += 1
-                seen += len(idx)
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                sums["steps"] = sums.get("steps", 0) + 1
-                bar.update(1)
-                bar.set_postfix_str(f"loss {terms['total']:.1f} kl {terms['kl']:.1f} "
-                                    f"{seen / (time.perf_counter() - t0):.1f} img/s")
-                if stop and step + 1 < steps:
-                    bar.close()
-                    with _writing(out):
-                        save_checkpoint(vae, opt, out, s, epoch, step + 1, global_step, history, {"sums": sums},
-                                        len(pixels))
-                    print(f"stopped by {stop.signal_name} at epoch {epoch + 1}, step {step + 1} of {steps}; "
-                          f"checkpoint saved. Resume with: {resume_cmd}")
-                    return stop.exit_code
+                       disable=args.quiet or not comm.is_root, dynamic_ncols=True, leave=False)
+            with Prefetcher(reader.read, batches) as feed:
+                for step, x in zip(range(start_step, steps), feed):
+                    eps = step_noise(s["seed"], epoch, step, (s["batch_size"], s["z_dim"]))[mine]
+                    # Overflow is detected below and reported once, not as NumPy warnings per layer.
+                    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                        terms = vae.forward_backward(x, eps)
+                        sync.finish_gradients()
+                        terms = sync.mean_terms(terms, s["beta"])
+                        if not np.isfinite(terms["total"]):
+                            raise _everywhere(TrainingDiverged(
+                                f"the loss became {terms['total']} at epoch {epoch + 1}, step {step + 1}: "
+                                f"{_cause(s, ckpt_path)}"))
+                        try:
+                            opt.step(vae.params(), vae.grads())
+                        except FloatingPointError:
+                            raise _everywhere(TrainingDiverged(
+                                f"a gradient became non-finite at epoch {epoch + 1}, step {step + 1}: "
+                                f"{_cause(s, ckpt_path)}")) from None
+                    global_step += 1
+                    seen += s["batch_size"]
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    sums["steps"] = sums.get("steps", 0) + 1
+                    bar.update(1)
+                    bar.set_postfix_str(f"loss {terms['total']:.1f} kl {terms['kl']:.1f} "
+                                        f"{seen / (time.perf_counter() - t0):.1f} img/s")
+                    code = stopping()
+                    if code and step + 1 < steps:
+                        bar.close()
+                        if comm.is_root:
+                            with _writing(out):
+                                save_checkpoint(vae, opt, out, s, epoch, step + 1, global_step, history,
+                                                {"sums": sums}, len(pixels))
+                        say(f"stopped by {stop.signal_name or 'a signal'} at epoch {epoch + 1}, step {step + 1} "
+                            f"of {steps}; checkpoint saved. Resume with: {resume_cmd}")
+                        return code
             bar.close()
             elapsed = time.perf_counter() - t0
             n_steps = sums.pop("steps")
             train = {k: v / n_steps for k, v in sums.items()}
-            val = held_out(vae, pixels, val_idx, s, epoch)
+            val = held_out(vae, reader, val_idx, s, epoch, comm)
             row = {"epoch": epoch + 1, "step": global_step,
                    **{f"train_{k}": round(v, 6) for k, v in train.items()},
                    **{f"val_{k}": round(v, 6) for k, v in val.items()},
                    "images_per_s": round(seen / elapsed, 2), "seconds": round(elapsed, 1)}
             history.append(row)
-            with _writing(out):
-                save_checkpoint(vae, opt, out, s, epoch + 1, 0, global_step, history, None, len(pixels))
-                save_pictures(vae, pixels, val_idx, s, history, out)
-            print(f"epoch {epoch + 1}/{epochs}  train {format_terms(train)} | held-out {format_terms(val)} | "
-                  f"{seen / elapsed:.1f} img/s, {elapsed:.0f} s")
+            if comm.is_root:
+                with _writing(out):
+                    save_checkpoint(vae, opt, out, s, epoch + 1, 0, global_step, history, None, len(pixels))
+                    save_pictures(vae, reader, val_idx, s, history, out)
+            say(f"epoch {epoch + 1}/{epochs}  train {format_terms(train)} | held-out {format_terms(val)} | "
+                f"{seen / elapsed:.1f} img/s, {elapsed:.0f} s")
             start_step, partial = 0, None
-            if stop:
+            code = stopping()
+            if code:
                 if epoch + 1 < epochs:
-                    print(f"stopped by {stop.signal_name} after epoch {epoch + 1}; checkpoint saved. "
-                          f"Resume with: {resume_cmd}")
+                    say(f"stopped by {stop.signal_name or 'a signal'} after epoch {epoch + 1}; checkpoint saved. "
+                        f"Resume with: {resume_cmd}")
                 else:
-                    print(f"stopped by {stop.signal_name} after the last epoch; training is complete "
-                          f"and everything is saved in {out}")
-                return stop.exit_code
-    print(f"done: {out}/checkpoint.npz, samples.png, reconstructions.png, loss.png, metrics.csv")
+                    say(f"stopped by {stop.signal_name or 'a signal'} after the last epoch; training is complete "
+                        f"and everything is saved in {out}")
+                return code
+    say(f"done: {out}/checkpoint.npz, samples.png, reconstructions.png, loss.png, metrics.csv")
     return 0
+
+
+def _everywhere(error):
+    """Mark an error that every rank raises at the same point (it comes from shared values)."""
+    error.agreed = True
+    return error
 
 
 @contextlib.contextmanager
@@ -453,18 +539,37 @@ def _writing(out):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    comm = distributed.Single()
     try:
         with sigterm_as_interrupt():
-            return run(args)
+            if args.distributed:
+                comm = distributed.connect(args.rank_timeout)
+            return run(args, comm)
     except KeyboardInterrupt:
-        print("\ninterrupted outside the training loop; no checkpoint was written or changed", file=sys.stderr)
-        return 130
+        return _fail(comm, "\ninterrupted outside the training loop; no checkpoint was written or changed", 130,
+                     agreed=False)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(comm, f"error: {e}", 2, getattr(e, "agreed", False))
     except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+        return _fail(comm, f"error: {e}", 3, getattr(e, "agreed", False))
+    except BaseException:
+        if comm.size > 1:  # a bug on one rank: show it, and do not leave the others waiting
+            traceback.print_exc()
+            comm.abort(1)
+        raise
+
+
+def _fail(comm, message, code, agreed):
+    """Report an error and return its exit code. Under MPI an error that every rank raised alike is
+    printed by rank 0; one that only this rank raised is printed here and aborts the whole job."""
+    if comm.size == 1 or agreed:
+        if comm.is_root:
+            print(message, file=sys.stderr)
+        return code
+    if comm.is_root or code != 130:
+        print(message if comm.is_root else message.replace("error: ", f"error on rank {comm.rank}: ", 1),
+              file=sys.stderr)
+    comm.abort(code)
 
 
 if __name__ == "__main__":

@@ -321,19 +321,9 @@ def bn_act_forward(y, x, mean, invstd, gamma, beta, alpha):
 
 def bn_act_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha):
     """Backward of bn_act_forward with batch statistics, in two fused passes over x and dy."""
-    t = x.dtype.type
-    scale = (invstd * gamma).astype(x.dtype)
-    shift = (beta - mean * scale).astype(x.dtype)
-    part1, chunk = _partials(dy)
-    part2 = np.empty_like(part1)
-    _bn_act_sums(part1, part2, dy, x, mean, scale, shift, t(alpha), chunk)
-    dbeta[...] = part1.sum(axis=0)
-    dgamma[...] = part2.sum(axis=0) * invstd
-    inv_m = t(1.0 / x.shape[0])
-    k = gamma * invstd
-    b = -k * invstd * dgamma * inv_m
-    _bn_act_dx(dx, dy, x, scale, shift, t(alpha), k.astype(x.dtype), b.astype(x.dtype),
-               (-b * mean - k * dbeta * inv_m).astype(x.dtype))
+    bn_act_grad_sums(dbeta, dgamma, dy, x, mean, invstd, gamma, beta, alpha)
+    bn_act_dx(dx, dy, x, mean, invstd, gamma, beta, alpha, dbeta, dgamma, x.shape[0])
+    dgamma *= invstd
 
 
 # ---------------------------------------------------------------- thin adjoint: GEMM then gather
@@ -373,3 +363,36 @@ def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
     cols[(n,p,q), (i,j,c)], with Ho = ceil(H / stride): a gather, parallel over output rows."""
     ho, wo = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
     _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo)
+
+
+# ---------------------------------------------------------------- BatchNorm over ranks: sums, then maps
+
+def centered_sq_sums(out, x, mean):
+    """out[c] = sum_m (x[m,c] - mean[c])^2."""
+    part, chunk = _partials(x)
+    _centered_sq_sums(part, x, mean, chunk)
+    out[...] = part.sum(axis=0)
+
+
+def bn_act_grad_sums(s1, s2, dy, x, mean, invstd, gamma, beta, alpha):
+    """s1[c] = sum_m g[m,c]; s2[c] = sum_m g[m,c] * (x[m,c] - mean[c]); g = dy through the activation."""
+    t = x.dtype.type
+    scale = (invstd * gamma).astype(x.dtype)
+    shift = (beta - mean * scale).astype(x.dtype)
+    part1, chunk = _partials(dy)
+    part2 = np.empty_like(part1)
+    _bn_act_sums(part1, part2, dy, x, mean, scale, shift, t(alpha), chunk)
+    s1[...] = part1.sum(axis=0)
+    s2[...] = part2.sum(axis=0)
+
+
+def bn_act_dx(dx, dy, x, mean, invstd, gamma, beta, alpha, s1, s2, count):
+    """dx = gamma*invstd*(g - s1/count - (x-mean)*invstd^2*s2/count): s1, s2 summed over all `count` rows."""
+    t = x.dtype.type
+    scale = (invstd * gamma).astype(x.dtype)
+    shift = (beta - mean * scale).astype(x.dtype)
+    inv_m = t(1.0 / count)
+    k = gamma * invstd
+    b = -k * invstd * (s2 * invstd) * inv_m
+    _bn_act_dx(dx, dy, x, scale, shift, t(alpha), k.astype(x.dtype), b.astype(x.dtype),
+               (-b * mean - k * s1 * inv_m).astype(x.dtype))

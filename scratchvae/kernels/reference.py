@@ -163,3 +163,26 @@ def _out_hw(h, w, rows_per_image, kh, kw, stride, pad_top, pad_left):
         raise ValueError(f"im2col rows {rows_per_image} do not match output {ho}x{wo}")
     return ho, wo
 
+
+
+# ---------------------------------------------------------------- BatchNorm over ranks: sums, then maps
+
+def centered_sq_sums(out, x, mean):
+    """out[c] = sum_m (x[m,c] - mean[c])^2."""
+    out[...] = ((x - mean) ** 2).sum(axis=0)
+
+
+def bn_act_grad_sums(s1, s2, dy, x, mean, invstd, gamma, beta, alpha):
+    """s1[c] = sum_m g[m,c]; s2[c] = sum_m g[m,c] * (x[m,c] - mean[c]); g = dy through the activation."""
+    pre = (x - mean) * invstd * gamma + beta
+    g = np.where(pre > 0, dy, dy * dy.dtype.type(alpha))
+    s1[...] = g.sum(axis=0)
+    s2[...] = (g * (x - mean)).sum(axis=0)
+
+
+def bn_act_dx(dx, dy, x, mean, invstd, gamma, beta, alpha, s1, s2, count):
+    """dx = gamma*invstd*(g - s1/count - (x-mean)*invstd^2*s2/count): s1, s2 summed over all `count` rows."""
+    pre = (x - mean) * invstd * gamma + beta
+    g = np.where(pre > 0, dy, dy * dy.dtype.type(alpha))
+    xhat = (x - mean) * invstd
+    dx[...] = gamma * invstd * (g - s1 / count - xhat * (s2 * invstd) / count)

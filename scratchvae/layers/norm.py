@@ -3,6 +3,8 @@
 Training uses the batch mean and biased variance and moves `moving = m*moving + (1-m)*batch`;
 inference uses the moving statistics. Defaults follow Keras: momentum 0.99, epsilon 1e-3.
 A following LeakyReLU can be fused in (`fuse`): one pass forward, two backward, same results.
+With a `reducer` (sums an array over the ranks of a data-parallel job, in place) the batch is the
+global one: per-channel sums are reduced before the mean, the variance and the backward's dx.
 """
 
 import numpy as np
@@ -14,9 +16,11 @@ from scratchvae.layers.base import Layer
 class BatchNorm(Layer):
     kind = "BatchNormalization"
 
-    def __init__(self, features, momentum=0.99, epsilon=1e-3, dtype=np.float32, rng=None, name=None):
+    def __init__(self, features, momentum=0.99, epsilon=1e-3, dtype=np.float32, rng=None, name=None,
+                 reducer=None):
         super().__init__(dtype, name)
         self.features, self.momentum, self.epsilon = features, momentum, epsilon
+        self.reducer = reducer  # None: this process's batch is the whole batch
         self.alpha = 1.0  # slope of a fused LeakyReLU for negative inputs; 1 means none
         self._add_param("gamma", np.ones(features))
         self._add_param("beta", np.zeros(features))
@@ -37,12 +41,16 @@ class BatchNorm(Layer):
         if x.dtype != self.dtype:
             raise TypeError(f"{self.name}: expected {self.dtype} input, got {x.dtype}")
         x2d = x.reshape(-1, self.features)
+        count = x2d.shape[0]
         if training:
-            if x2d.shape[0] < 2:
-                raise ValueError(f"{self.name}: batch statistics need at least 2 values per feature")
             mean = np.empty(self.features, self.dtype)
             var = np.empty(self.features, self.dtype)
-            K.bn_stats(mean, var, x2d)
+            if self.reducer is None:
+                if count < 2:
+                    raise ValueError(f"{self.name}: batch statistics need at least 2 values per feature")
+                K.bn_stats(mean, var, x2d)
+            else:
+                count = self._global_stats(mean, var, x2d)
             m = self.dtype.type(self.momentum)
             for key, batch in (("moving_mean", mean), ("moving_variance", var)):
                 self.state[key][...] = m * self.state[key] + (1 - m) * batch
@@ -52,17 +60,50 @@ class BatchNorm(Layer):
         y = self.output("y", x.shape, training)
         K.bn_act_forward(y.reshape(-1, self.features), x2d, mean, invstd, self.params["gamma"],
                          self.params["beta"], self.alpha)
-        self.cache = (x2d, mean, invstd, training)
+        self.cache = (x2d, mean, invstd, training, count)
         return y
 
+    def _global_stats(self, mean, var, x2d):
+        """Mean and biased variance over every rank's rows (two passes: the variance about the
+        global mean); returns the global row count."""
+        f = self.features
+        sums = np.empty(f, self.dtype)
+        K.sum_rows(sums, x2d)
+        total = self._reduce(sums, [x2d.shape[0]])
+        count = int(total[f])
+        if count < 2:
+            raise ValueError(f"{self.name}: batch statistics need at least 2 values per feature")
+        mean[...] = total[:f] / count
+        K.centered_sq_sums(var, x2d, mean)
+        var[...] = self._reduce(var) / count
+        return count
+
+    def _reduce(self, *parts):
+        """The concatenated parts summed over the ranks, in float64 (exact for the count, and
+        for two ranks independent of the order in which they arrive)."""
+        buf = np.concatenate([np.asarray(p, np.float64).ravel() for p in parts])
+        self.reducer(buf)
+        return buf
+
     def backward(self, dy):
-        x2d, mean, invstd, training = self.cache
+        x2d, mean, invstd, training, count = self.cache
         dy2d = dy.reshape(-1, self.features)
         dx = dy  # in place: the kernels read each dy element before writing dx there
         gamma, beta = self.params["gamma"], self.params["beta"]
-        if training:
+        if training and self.reducer is None:
             K.bn_act_backward(dx.reshape(-1, self.features), self.grads["gamma"], self.grads["beta"],
                               dy2d, x2d, mean, invstd, gamma, beta, self.alpha)
+        elif training:
+            # The parameter gradients stay this rank's own sums (the job sums them with every other
+            # gradient); dx needs the sums over every rank.
+            f = self.features
+            s1, s2 = np.empty(f, self.dtype), np.empty(f, self.dtype)
+            K.bn_act_grad_sums(s1, s2, dy2d, x2d, mean, invstd, gamma, beta, self.alpha)
+            self.grads["beta"][...] = s1
+            self.grads["gamma"][...] = s2 * invstd
+            total = self._reduce(s1, s2).astype(self.dtype)
+            K.bn_act_dx(dx.reshape(-1, self.features), dy2d, x2d, mean, invstd, gamma, beta, self.alpha,
+                        total[:f], total[f:], count)
         else:
             # Moving statistics are constants here: an activation's mask, then a per-channel affine map.
             ones, zeros = np.ones_like(invstd), np.zeros_like(invstd)

@@ -1,0 +1,258 @@
+"""Data-parallel training under `mpiexec -n 2` on this machine: the same weights as one process with
+the same global batch, a stop and resume across ranks, and a rank that dies or hangs ends the job."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scratchvae import checkpoint, kernels, train
+from scratchvae.layers import BatchNorm
+from scratchvae.model import VAE
+
+ROOT = Path(__file__).resolve().parents[1]
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+TINY = ["--image-size", "16", "--filters", "4", "--blocks", "2", "--z-dim", "4", "--batch-size", "16",
+        "--lr", "3e-3", "--limit", "96", "--threads", "1", "--quiet"]
+
+
+def mpi(out, *extra, ranks=2):
+    """The command line of a K-rank training job writing into `out`."""
+    assert MPIEXEC, "mpiexec not found: pip install 'scratchvae[mpi]' (the test extra includes it)"
+    return [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "scratchvae.train", *TINY, "--distributed",
+            "--out", str(out), *extra]
+
+
+def run_mpi(out, *extra, ranks=2, timeout=120):
+    done = subprocess.run(mpi(out, *extra, ranks=ranks), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout + done.stderr
+
+
+def start_mpi(out, *extra):
+    return subprocess.Popen(mpi(out, *extra), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_file(path, proc, timeout=90):
+    end = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the job ended early: {proc.communicate()[0]}"
+        assert time.monotonic() < end, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def rank_pid(out, rank):
+    """The pid of the rank of the job writing into `out` (found in /proc by its command line)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"scratchvae.train" in cmd and str(out).encode() in cmd and f"PMI_RANK={rank}".encode() in env:
+            return int(entry)
+    raise AssertionError(f"no rank {rank} of the job in {out}")
+
+
+def assert_close_runs(a_dir, b_dir, tol=1e-5):
+    """Parameters, BatchNorm statistics and Adam moments within tol; the same epochs and steps."""
+    a, a_arrays, a_meta = VAE.load(a_dir / "checkpoint.npz", with_extras=True)
+    b, b_arrays, b_meta = VAE.load(b_dir / "checkpoint.npz", with_extras=True)
+    assert sorted(a_arrays) == sorted(b_arrays)
+    for name in a_arrays:
+        np.testing.assert_allclose(a_arrays[name], b_arrays[name], rtol=0, atol=tol, err_msg=name)
+    assert (a_meta["epoch"], a_meta["step"]) == (b_meta["epoch"], b_meta["step"])
+    for ra, rb in zip(a_meta["history"], b_meta["history"]):
+        for key in ("train_total", "val_total", "val_mse"):
+            assert ra[key] == pytest.approx(rb[key], rel=1e-4), key
+
+
+def test_two_ranks_stop_resume_and_equal_one_process(tmp_path):
+    out = tmp_path / "two"
+    proc = start_mpi(out, "--epochs", "400")
+    try:
+        wait_for_file(out / "checkpoint.npz", proc)  # epoch 1 is done: stop the job mid-way
+        proc.send_signal(signal.SIGINT)  # mpiexec forwards it to every rank; they agree on where to stop
+        log = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, log
+    assert "checkpoint saved. Resume with: mpiexec -n 2 python -m scratchvae.train" in log
+    meta = checkpoint.load(out / "checkpoint.npz")[1]
+    epochs = meta["epoch"] + 1
+    code, log = run_mpi(out, "--resume", "--epochs", str(epochs))
+    assert code == 0, log
+    assert log.count("done:") == 1  # only rank 0 reports
+    assert train.main([*TINY, "--epochs", str(epochs), "--out", str(tmp_path / "one")]) == 0
+    assert_close_runs(tmp_path / "one", out)
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(tmp_path):
+    code, log = run_mpi(tmp_path / "o", "--batch-size", "15", "--epochs", "1")
+    assert code == 2
+    assert log.count("error: --batch-size 15 does not split evenly over 2 ranks") == 1, log
+    assert "Traceback" not in log
+
+
+def test_a_killed_rank_ends_the_job(tmp_path):
+    out = tmp_path / "run"
+    proc = start_mpi(out, "--epochs", "100000")
+    try:
+        wait_for_file(out / "checkpoint.npz", proc)
+        os.kill(rank_pid(out, 1), signal.SIGKILL)
+        t = time.monotonic()
+        log = proc.communicate(timeout=30)[0]
+        assert time.monotonic() - t < 20
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "BAD TERMINATION" in log and "Killed" in log, log
+
+
+def test_a_hung_rank_is_aborted_after_the_timeout(tmp_path):
+    out = tmp_path / "run"
+    proc = start_mpi(out, "--epochs", "100000", "--rank-timeout", "3")
+    stopped = None
+    try:
+        wait_for_file(out / "checkpoint.npz", proc)
+        stopped = rank_pid(out, 1)
+        os.kill(stopped, signal.SIGSTOP)  # alive but silent: mpiexec cannot tell, the watchdog can
+        t = time.monotonic()
+        log = proc.communicate(timeout=60)[0]
+        assert time.monotonic() - t < 30
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if stopped is not None:
+            try:
+                os.kill(stopped, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert proc.returncode == 4, (proc.returncode, log)
+    assert "error: rank 0 waited 3 s in " in log and "another rank has stopped or hangs" in log, log
+
+
+FLOAT64_STEPS = """
+import sys
+import numpy as np
+from scratchvae import distributed, threads, train
+from scratchvae.model import VAE, VAEConfig
+from scratchvae.optim import Adam
+
+threads.set_threads(1)
+comm = distributed.connect()
+cfg = VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4)
+batch = 4 * comm.size
+pixels = np.random.default_rng(0).integers(0, 256, (3 * batch, 16, 16, 3), dtype=np.uint8)
+mine = distributed.shard(batch, comm)
+
+def steps(vae, comm, part):
+    # the gradients of every step (Adam is blind to their scale, so they are compared too), then weights
+    sync, opt, seen = distributed.DataParallel(vae, comm), Adam(lr=3e-3), {}
+    for step in range(3):
+        x = pixels[step * batch:(step + 1) * batch].astype(np.float64) / 255
+        eps = train.step_noise(0, 0, step, (batch, cfg.z_dim)).astype(np.float64)
+        vae.forward_backward(x[part], eps[part])
+        sync.finish_gradients()
+        seen.update({f"{step}/{k}": g.copy() for k, g in vae.grads().items()})
+        opt.step(vae.params(), vae.grads())
+    return {**seen, **vae.params(), **vae.state()}
+
+ranks = steps(VAE(cfg, dtype=np.float64), comm, mine)
+if comm.rank == 0:
+    one = steps(VAE(cfg, dtype=np.float64), distributed.Single(), slice(None))
+    worst = max(float(np.abs(ranks[k] - one[k]).max() / max(np.abs(one[k]).max(), 1.0)) for k in one)
+    print(f"worst {worst:.3g}")
+    sys.exit(0 if worst < 1e-12 else 1)
+"""
+
+
+@pytest.mark.parametrize("ranks", [3, 4])
+def test_the_math_is_exact_in_float64_at_any_rank_count(ranks):
+    """In float64 three steps over K ranks (gradients, weights, statistics) equal one process to
+    1e-12 (in float32, Adam turns the
+    rounding of gradients that nearly cancel into visible differences within a few steps, more of
+    them the more ranks split the batch: the CLI test above runs two ranks)."""
+    assert MPIEXEC
+    done = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-c", FLOAT64_STEPS], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_batchnorm_over_two_ranks_equals_one_batch(rng):
+    """Two BatchNorm layers, each seeing half the batch and summing through a shared reducer (two
+    threads stand in for two ranks), give the outputs and input gradients of one layer on all of it."""
+    x = rng.standard_normal((6, 3, 3, 5))
+    dy = rng.standard_normal(x.shape)
+    with kernels.using("numpy"):
+        whole = BatchNorm(5, dtype=np.float64)
+        whole.params["gamma"][...] = rng.uniform(0.5, 2, 5)
+        whole.params["beta"][...] = rng.standard_normal(5)
+        y = whole.forward(x, True).copy()
+        dx = whole.backward(dy.copy()).copy()
+
+        barrier, pending, lock = threading.Barrier(2), [], threading.Lock()
+
+        def reducer(a):
+            with lock:
+                pending.append(a)
+            barrier.wait()
+            total = pending[0] + pending[1]
+            barrier.wait()
+            a[...] = total
+            if barrier.wait() == 0:
+                pending.clear()
+            barrier.wait()
+
+        halves = [BatchNorm(5, dtype=np.float64, reducer=reducer) for _ in range(2)]
+        results = [None, None]
+
+        def rank(r):
+            layer = halves[r]
+            for key in ("gamma", "beta"):
+                layer.params[key][...] = whole.params[key]
+            part = slice(3 * r, 3 * r + 3)
+            results[r] = (layer.forward(x[part], True).copy(), layer.backward(dy[part].copy()).copy(),
+                          layer.grads["gamma"].copy(), layer.grads["beta"].copy())
+
+        threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+    np.testing.assert_allclose(np.concatenate([results[0][0], results[1][0]]), y, atol=1e-12)
+    np.testing.assert_allclose(np.concatenate([results[0][1], results[1][1]]), dx, atol=1e-12)
+    # parameter gradients stay each rank's own sums: together they are the whole batch's
+    np.testing.assert_allclose(results[0][2] + results[1][2], whole.grads["gamma"], atol=1e-12)
+    np.testing.assert_allclose(results[0][3] + results[1][3], whole.grads["beta"], atol=1e-12)
+    for key in ("moving_mean", "moving_variance"):
+        np.testing.assert_allclose(halves[0].state[key], whole.state[key], atol=1e-12)
+
+
+def test_the_split_kernels_match_the_fused_backward(backend, rng):
+    """bn_act_grad_sums + bn_act_dx (the path with a reducer) agree with bn_act_backward."""
+    x = rng.standard_normal((50, 7)).astype(np.float32)
+    dy = rng.standard_normal((50, 7)).astype(np.float32)
+    mean, invstd = x.mean(0), (1 / x.std(0)).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 2, 7).astype(np.float32), rng.standard_normal(7).astype(np.float32)
+    dx, dgamma, dbeta = np.empty_like(x), np.empty(7, np.float32), np.empty(7, np.float32)
+    kernels.bn_act_backward(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, 0.3)
+    s1, s2, dx2 = np.empty(7, np.float32), np.empty(7, np.float32), np.empty_like(x)
+    kernels.bn_act_grad_sums(s1, s2, dy, x, mean, invstd, gamma, beta, 0.3)
+    kernels.bn_act_dx(dx2, dy, x, mean, invstd, gamma, beta, 0.3, s1, s2, 50)
+    np.testing.assert_allclose(s1, dbeta, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s2 * invstd, dgamma, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx2, dx, rtol=1e-5, atol=1e-5)
+    sq = np.empty(7, np.float32)
+    kernels.centered_sq_sums(sq, x, mean)
+    np.testing.assert_allclose(sq, ((x - mean) ** 2).sum(0), rtol=1e-5)
