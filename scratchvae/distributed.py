@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from scratchvae import kernels as K
 from scratchvae.errors import UserError
 from scratchvae.layers import BatchNorm
 
@@ -275,7 +276,7 @@ class DataParallel:
         """Every rank's gradients become their mean over the ranks (and the noise-only ones zero)."""
         if self.comm.size == 1:
             for layer, key in self.noise_only:
-                layer.grads[key][...] = 0
+                K.fill(layer.grads[key], 0)
             return
         t = time.perf_counter()
         self.comm.wait_all(self.pending)

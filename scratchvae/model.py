@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from scratchvae import checkpoint, losses
+from scratchvae import kernels as K
 from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU, Reshape, Sigmoid
 
 
@@ -149,34 +150,40 @@ class VAE:
         want = (cfg.image_size, cfg.image_size, cfg.channels)
         if x.ndim != 4 or x.shape[1:] != want:
             raise ValueError(f"expected images of shape (N, {want[0]}, {want[1]}, {want[2]}), got {x.shape}")
-        return np.ascontiguousarray(x, dtype=self.dtype)
+        return self._on_backend(x)
+
+    def _on_backend(self, a):
+        """`a` as the active backend's array (uploaded once when it is a host array and the backend is a device)."""
+        return a if K.is_device_array(a) else K.from_host(np.ascontiguousarray(a, dtype=self.dtype))
 
     def encode(self, x, training=False):
         h = self.trunk.forward(self._check_images(x), training)
         return tuple(head.forward(h, training) for head in self.heads)
 
     def decode(self, z, training=False):
-        return self.decoder.forward(np.ascontiguousarray(z, dtype=self.dtype), training)
+        return self.decoder.forward(self._on_backend(z), training)
 
     def evaluate(self, x, eps, training=False):
         """Loss terms of a batch without gradients (held-out: training=False), z sampled with eps."""
+        x = self._check_images(x)
         z_mean, z_log_var = self.encode(x, training)
-        z, _ = losses.reparameterize(z_mean, z_log_var, np.asarray(eps, self.dtype))
+        z, _ = losses.reparameterize(z_mean, z_log_var, self._on_backend(eps))
         x_hat = self.decode(z, training)
-        return losses.loss_terms(self._check_images(x), x_hat, z_mean, z_log_var, self.config.beta)
+        return losses.loss_terms(x, x_hat, z_mean, z_log_var, self.config.beta)
 
     def forward_backward(self, x, eps):
         """One training-mode pass: loss terms as floats, gradients left in `grads()`."""
         x = self._check_images(x)
-        eps = np.ascontiguousarray(eps, dtype=self.dtype)
+        eps = self._on_backend(eps)
         z_mean, z_log_var = self.encode(x, training=True)
         z, sigma = losses.reparameterize(z_mean, z_log_var, eps)
         x_hat = self.decoder.forward(z, True)
-        terms = losses.loss_terms(x, x_hat, z_mean, z_log_var, self.config.beta)
-        dz = self.decoder.backward(losses.reconstruction_grad(x, x_hat, self.config.beta))
+        m, dx_hat = losses.mse_and_grad(x, x_hat, self.config.beta)
+        terms = losses.terms(m, losses.kl_divergence(z_mean, z_log_var), self.config.beta)
+        dz = self.decoder.backward(dx_hat)
         d_mean, d_logvar = losses.latent_grads(dz, z_mean, z_log_var, eps, sigma)
         dh = self.heads[0].backward(d_mean)
-        dh += self.heads[1].backward(d_logvar)
+        K.add(dh, self.heads[1].backward(d_logvar))
         self.trunk.backward(dh)
         return terms
 
@@ -213,8 +220,8 @@ class VAE:
     # ------------------------------------------------------------ checkpoints
     def save(self, path, extra_arrays=None, meta=None):
         """Write config, parameters and BN statistics (plus any extra arrays) to one .npz."""
-        arrays = {f"param/{k}": v for k, v in self.params().items()}
-        arrays.update({f"state/{k}": v for k, v in self.state().items()})
+        arrays = {f"param/{k}": K.to_host(v) for k, v in self.params().items()}
+        arrays.update({f"state/{k}": K.to_host(v) for k, v in self.state().items()})
         arrays.update(extra_arrays or {})
         checkpoint.save(path, arrays, {"config": self.config.to_dict(), "dtype": self.dtype.name, **(meta or {})})
 

@@ -20,7 +20,10 @@ class Adam:
 
     def step(self, params, grads):
         """Update every params[name] in place from grads[name]; returns the gradient's global norm."""
-        norm = float(np.sqrt(sum(float(np.vdot(g, g)) for g in grads.values())))
+        squares = K.zeros((len(grads),), np.float64)
+        for i, g in enumerate(grads.values()):
+            K.sum_squares(squares[i:i + 1], g)
+        norm = float(np.sqrt(sum(K.to_host(squares).tolist())))  # one device sync per step
         if not np.isfinite(norm):
             raise FloatingPointError("non-finite gradient: parameters left unchanged")
         scale = 1.0
@@ -30,8 +33,8 @@ class Adam:
         alpha = self.lr * np.sqrt(1 - self.beta_2 ** self.t) / (1 - self.beta_1 ** self.t)
         for name, p in params.items():
             if name not in self.m:
-                self.m[name] = np.zeros_like(p)
-                self.v[name] = np.zeros_like(p)
+                self.m[name] = K.zeros(p.shape, p.dtype)
+                self.v[name] = K.zeros(p.shape, p.dtype)
             K.adam_update(p.reshape(-1), self.m[name].reshape(-1), self.v[name].reshape(-1),
                           grads[name].reshape(-1), alpha, self.beta_1, self.beta_2, self.epsilon, scale)
         return norm
@@ -40,8 +43,8 @@ class Adam:
         """Arrays for the checkpoint: step count and the two moments, by dotted name."""
         out = {"t": np.array(self.t, dtype=np.int64)}
         for name in self.m:
-            out[f"m.{name}"] = self.m[name]
-            out[f"v.{name}"] = self.v[name]
+            out[f"m.{name}"] = K.to_host(self.m[name])
+            out[f"v.{name}"] = K.to_host(self.v[name])
         return out
 
     def load_state_dict(self, arrays, params):
@@ -55,4 +58,4 @@ class Adam:
                 a = arrays.get(f"{key}.{name}")
                 if a is None or a.shape != p.shape:
                     raise ValueError(f"optimizer state for {name} is missing or has the wrong shape")
-                store[name] = np.array(a, dtype=p.dtype)
+                store[name] = K.from_host(np.array(a, dtype=p.dtype))

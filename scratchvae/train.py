@@ -19,7 +19,8 @@ import traceback
 
 import numpy as np
 
-from scratchvae import checkpoint, distributed, images, threads
+from scratchvae import checkpoint, device, distributed, images, threads
+from scratchvae import kernels as K
 from scratchvae.errors import TrainingDiverged, UserError
 from scratchvae.interrupt import StopRequest, sigterm_as_interrupt
 from scratchvae.model import VAE, VAEConfig
@@ -82,6 +83,9 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh even though --out holds a checkpoint (it is replaced after the first epoch)")
     p.add_argument("--threads", type=int, help="threads for Numba and BLAS (default: all cores)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cpu (Numba kernels, default) or cuda (numba.cuda kernels; needs scratchvae[cuda] "
+                        "and an NVIDIA GPU); weights, activations and Adam state then stay on the GPU")
     p.add_argument("--cache-dir", help="where preprocessed images are cached (default: the user cache folder)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or model summary")
     p.add_argument("--distributed", action="store_true",
@@ -295,10 +299,10 @@ def held_out(vae, reader, val_idx, s, epoch, comm=None):
 def save_pictures(vae, reader, val_idx, s, history, out):
     shown = reader.read(val_idx[:N_RECON])
     z_mean, _ = vae.encode(shown)
-    images.save_rows(os.path.join(out, "reconstructions.png"), [shown, vae.decode(z_mean)],
+    images.save_rows(os.path.join(out, "reconstructions.png"), [shown, K.to_host(vae.decode(z_mean))],
                      labels=["held-out", "reconstructed"])
     z = np.random.default_rng([s["seed"], 424242]).standard_normal((N_SAMPLES, s["z_dim"]), dtype=np.float32)
-    images.save_grid(os.path.join(out, "samples.png"), vae.decode(z), ncols=8)
+    images.save_grid(os.path.join(out, "samples.png"), K.to_host(vae.decode(z)), ncols=8)
     epochs = [h["epoch"] for h in history]
     images.plot_curves(os.path.join(out, "loss.png"),
                        {"train total": [h["train_total"] for h in history],
@@ -321,7 +325,7 @@ def save_checkpoint(vae, opt, out, s, epoch, step, global_step, history, partial
     """Write the resumable checkpoint; never one holding a NaN or an infinity."""
     path = os.path.join(out, "checkpoint.npz")
     adam = {f"adam/{k}": v for k, v in opt.state_dict().items()}
-    bad = checkpoint.non_finite({**vae.params(), **vae.state(), **adam})
+    bad = checkpoint.non_finite({**{k: K.to_host(v) for k, v in {**vae.params(), **vae.state()}.items()}, **adam})
     if bad is not None:
         raise TrainingDiverged(f"{bad} is not finite after {global_step} steps: {_cause(s, path)}")
     vae.save(path, extra_arrays=adam,
@@ -386,7 +390,20 @@ def prepare(args, comm, held):
 
 
 def run(args, comm=None):
+    """The recipe on the chosen device; the kernel backend is restored afterwards."""
     comm = comm or distributed.Single()
+    previous = K.active_name()
+    try:
+        if args.device != "cpu":
+            if comm.size > 1:
+                raise UserError(f"--device {args.device} with --distributed is not supported yet: use one of them")
+            device.use(args.device)  # before any model is built or loaded, so its arrays live there
+        return _run(args, comm)
+    finally:
+        K.use(previous)
+
+
+def _run(args, comm):
     say = print if comm.is_root else _silent
     held = {}
     plan = comm.on_root(prepare, args, comm, held)

@@ -396,3 +396,10 @@ def bn_act_dx(dx, dy, x, mean, invstd, gamma, beta, alpha, s1, s2, count):
     b = -k * invstd * (s2 * invstd) * inv_m
     _bn_act_dx(dx, dy, x, scale, shift, t(alpha), k.astype(x.dtype), b.astype(x.dtype),
                (-b * mean - k * s1 * inv_m).astype(x.dtype))
+
+
+# Small or already NumPy-bound: the reference code is the CPU code.
+from scratchvae.kernels.reference import (add, bn_act_backward_frozen, bn_invstd, copy, fill,  # noqa: E402
+                                          gather_weights, is_device_array, kl_sum, latent_grads,
+                                          may_share_memory, moving_update, mse_and_grad, reparameterize,
+                                          sum_squares)

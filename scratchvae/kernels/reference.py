@@ -186,3 +186,85 @@ def bn_act_dx(dx, dy, x, mean, invstd, gamma, beta, alpha, s1, s2, count):
     g = np.where(pre > 0, dy, dy * dy.dtype.type(alpha))
     xhat = (x - mean) * invstd
     dx[...] = gamma * invstd * (g - s1 / count - xhat * (s2 * invstd) / count)
+
+
+# ---------------------------------------------------------------- for a device-resident step
+
+def is_device_array(a):
+    return False
+
+
+def may_share_memory(a, b):
+    return np.may_share_memory(a, b)
+
+
+def fill(a, value):
+    """a[...] = value."""
+    a[...] = value
+
+
+def copy(out, a):
+    """out[...] = a."""
+    out[...] = a
+
+
+def add(y, a):
+    """y += a."""
+    y += a
+
+
+def bn_invstd(invstd, var, eps):
+    """invstd = 1 / sqrt(var + eps)."""
+    invstd[...] = 1 / np.sqrt(var + var.dtype.type(eps))
+
+
+def moving_update(moving, batch, momentum):
+    """moving = momentum * moving + (1 - momentum) * batch."""
+    m = moving.dtype.type(momentum)
+    moving[...] = m * moving + (1 - m) * batch
+
+
+def bn_act_backward_frozen(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha):
+    """Backward with constant (moving) statistics: dbeta = sum g, dgamma = sum g*xhat, dx = g*gamma*invstd."""
+    pre = (x - mean) * invstd * gamma + beta
+    g = np.where(pre > 0, dy, dy * dy.dtype.type(alpha))
+    dbeta[...] = g.sum(axis=0)
+    dgamma[...] = (g * (x - mean)).sum(axis=0) * invstd
+    dx[...] = g * (gamma * invstd)
+
+
+def gather_weights(wsub, kernel, taps_h, taps_w):
+    """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of conv_adjoint."""
+    wsub[...] = kernel[np.ix_(taps_h, taps_w)].transpose(0, 1, 3, 2).reshape(-1, kernel.shape[2])
+
+
+def sum_squares(out, a):
+    """out[0] = sum_i a_i^2."""
+    out[0] = np.vdot(a, a)
+
+
+def mse_and_grad(sq_sum, dx_hat, x_hat, x, scale):
+    """sq_sum[0] = sum (x_hat - x)^2; dx_hat = scale * (x_hat - x)."""
+    d = x_hat - x
+    sq_sum[0] = np.sum(np.square(d, dtype=np.float64))
+    dx_hat[...] = d * d.dtype.type(scale)
+
+
+def kl_sum(out, z_mean, z_log_var, lo, hi):
+    """out[0] = -1/2 sum (1 + lv - mu^2 - exp(lv)) over batch and latent, lv = clip(log s^2, lo, hi)."""
+    lv = np.clip(z_log_var, lo, hi).astype(np.float64)
+    out[0] = -0.5 * np.sum(1.0 + lv - np.square(z_mean, dtype=np.float64) - np.exp(lv))
+
+
+def reparameterize(z, sigma, z_mean, z_log_var, eps, lo, hi):
+    """sigma = exp(clip(lv, lo, hi) / 2); z = mu + sigma * eps."""
+    sigma[...] = np.exp(np.clip(z_log_var, lo, hi) * z.dtype.type(0.5))
+    z[...] = z_mean + sigma * eps
+
+
+def latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi):
+    """d_mean = dz + mu/n; d_logvar = (dz*eps*sigma/2 + (sigma^2-1)/(2n)) * [lo <= lv <= hi], n = batch."""
+    t, n = dz.dtype.type, z_mean.shape[0]
+    d_mean[...] = dz + z_mean * t(1.0 / n)
+    inside = (z_log_var >= lo) & (z_log_var <= hi)
+    d_logvar[...] = (dz * eps * sigma * t(0.5) + (sigma * sigma - t(1)) * t(0.5 / n)) * inside

@@ -74,19 +74,20 @@ class Layer:
 
     def work(self, key, shape):
         """A transient buffer shared by all layers: valid only within the current call."""
-        return _grow(_SHARED, (key, self.dtype), shape, self.dtype)
+        return _grow(_SHARED, (key, self.dtype, K.active_name()), shape, self.dtype)
 
     def grad_buffer(self, shape, avoid):
         """A slot for a backward result that does not overlap `avoid` (this call's dy)."""
         for slot in ("grad_a", "grad_b"):
-            buf = _SHARED.get((slot, self.dtype))
-            if buf is None or not np.shares_memory(buf, avoid):
-                return _grow(_SHARED, (slot, self.dtype), shape, self.dtype)
+            key = (slot, self.dtype, K.active_name())
+            buf = _SHARED.get(key)
+            if buf is None or not K.may_share_memory(buf, avoid):
+                return _grow(_SHARED, key, shape, self.dtype)
         raise AssertionError("dy overlaps both gradient slots")
 
     def _add_param(self, key, value):
-        self.params[key] = np.ascontiguousarray(value, dtype=self.dtype)
-        self.grads[key] = np.zeros_like(self.params[key])
+        self.params[key] = K.from_host(np.ascontiguousarray(value, dtype=self.dtype))
+        self.grads[key] = K.zeros(self.params[key].shape, self.dtype)
 
     def _check_input(self, x, ndim):
         if x.dtype != self.dtype:

@@ -52,7 +52,7 @@ def conv_adjoint(layer, dx, dy, kernel, stride, pt, pl):
             hm, wm = -(-(h - a) // stride), -(-(w - b) // stride)
             if hm > 0 and wm > 0:
                 phases.append((a, b, hm, wm, taps_h, offs_h, taps_w, offs_w))
-    per_image = max(hm * wm * len(th) * len(tw) * o for _, _, hm, wm, th, _, tw, _ in phases) * dx.itemsize
+    per_image = max(hm * wm * len(th) * len(tw) * o for _, _, hm, wm, th, _, tw, _ in phases) * dx.dtype.itemsize
     chunks = image_chunks(n, per_image)
     rows = max(hm * wm for _, _, hm, wm, *_ in phases) * (chunks[0].stop - chunks[0].start)
     cols_buf = layer.work("cols", (rows * max(len(th) * len(tw) for *_, th, _, tw, _ in phases) * o,))
@@ -60,12 +60,13 @@ def conv_adjoint(layer, dx, dy, kernel, stride, pt, pl):
     for a, b, hm, wm, taps_h, offs_h, taps_w, offs_w in phases:
         width = len(taps_h) * len(taps_w) * o
         # rows (t, u, o) of the phase's weights, columns c
-        wsub = K.from_host(np.ascontiguousarray(kernel[taps_h][:, taps_w].transpose(0, 1, 3, 2)).reshape(-1, c))
+        wsub = layer.work("wsub", (len(taps_h) * len(taps_w) * o, c))
+        K.gather_weights(wsub, kernel, taps_h, taps_w)
         for sl in chunks:
             m = (sl.stop - sl.start) * hm * wm
             part = part_buf[:m * c].reshape(m, c)  # (n*Hm*Wm, C)
             if width == 0:
-                part[...] = 0
+                K.fill(part, 0)
             else:
                 cols = cols_buf[:m * width].reshape(m, width)
                 K.gather_taps(cols, dy[sl], hm, wm, 1, offs_h, offs_w)
@@ -79,7 +80,7 @@ def adjoint_by_gather(layer, dx, dy, kernel, stride, pt, pl):
     kh, kw, _, o = kernel.shape
     w2 = kernel.reshape(kh * kw * c, o)  # rows (i, j, c)
     rows = dy.shape[1] * dy.shape[2]
-    for sl in image_chunks(n, rows * kh * kw * c * dx.itemsize):
+    for sl in image_chunks(n, rows * kh * kw * c * dx.dtype.itemsize):
         cols = layer.work("cols", ((sl.stop - sl.start) * rows, kh * kw * c))
         K.gemm(cols, dy[sl].reshape(-1, o), w2, trans_b=True)
         K.col2im(dx[sl], cols, kh, kw, stride, pt, pl)
@@ -207,7 +208,7 @@ class Conv2DTranspose(Layer):
         if self.need_dx:
             dx = x if self.dx_into_input else self.grad_buffer(x.shape, avoid=dy)
         rows = x.shape[1] * x.shape[2]
-        for i, sl in enumerate(image_chunks(n, rows * kernel2d.shape[0] * x.itemsize)):
+        for i, sl in enumerate(image_chunks(n, rows * kernel2d.shape[0] * x.dtype.itemsize)):
             cols = im2col(self, dy[sl], k, self.stride, pt, pl)  # (n*H*W, KH*KW*O)
             x2d = x[sl].reshape(-1, c)
             K.gemm(self.grads["kernel"].reshape(-1, c), cols, x2d, trans_a=True, accumulate=i > 0)

@@ -24,8 +24,8 @@ class BatchNorm(Layer):
         self.alpha = 1.0  # slope of a fused LeakyReLU for negative inputs; 1 means none
         self._add_param("gamma", np.ones(features))
         self._add_param("beta", np.zeros(features))
-        self.state["moving_mean"] = np.zeros(features, dtype=self.dtype)
-        self.state["moving_variance"] = np.ones(features, dtype=self.dtype)
+        self.state["moving_mean"] = K.zeros((features,), self.dtype)
+        self.state["moving_variance"] = K.from_host(np.ones(features, dtype=self.dtype))
 
     def fuse(self, activation):
         """Apply `activation` (a LeakyReLU) inside this layer's passes; it becomes a pass-through."""
@@ -43,20 +43,22 @@ class BatchNorm(Layer):
         x2d = x.reshape(-1, self.features)
         count = x2d.shape[0]
         if training:
-            mean = np.empty(self.features, self.dtype)
-            var = np.empty(self.features, self.dtype)
+            mean = self.scratch("mean", (self.features,))
+            var = self.scratch("var", (self.features,))
             if self.reducer is None:
                 if count < 2:
                     raise ValueError(f"{self.name}: batch statistics need at least 2 values per feature")
                 K.bn_stats(mean, var, x2d)
             else:
                 count = self._global_stats(mean, var, x2d)
-            m = self.dtype.type(self.momentum)
-            for key, batch in (("moving_mean", mean), ("moving_variance", var)):
-                self.state[key][...] = m * self.state[key] + (1 - m) * batch
+            K.moving_update(self.state["moving_mean"], mean, self.momentum)
+            K.moving_update(self.state["moving_variance"], var, self.momentum)
         else:
-            mean, var = self.state["moving_mean"].copy(), self.state["moving_variance"].copy()
-        invstd = (1 / np.sqrt(var + self.dtype.type(self.epsilon))).astype(self.dtype)
+            mean, var = self.scratch("mean", (self.features,)), self.scratch("var", (self.features,))
+            K.copy(mean, self.state["moving_mean"])
+            K.copy(var, self.state["moving_variance"])
+        invstd = self.scratch("invstd", (self.features,))
+        K.bn_invstd(invstd, var, self.epsilon)
         y = self.output("y", x.shape, training)
         K.bn_act_forward(y.reshape(-1, self.features), x2d, mean, invstd, self.params["gamma"],
                          self.params["beta"], self.alpha)
@@ -105,16 +107,7 @@ class BatchNorm(Layer):
             K.bn_act_dx(dx.reshape(-1, self.features), dy2d, x2d, mean, invstd, gamma, beta, self.alpha,
                         total[:f], total[f:], count)
         else:
-            # Moving statistics are constants here: an activation's mask, then a per-channel affine map.
-            ones, zeros = np.ones_like(invstd), np.zeros_like(invstd)
-            pre = np.empty_like(x2d)
-            K.bn_forward(pre, x2d, mean, invstd, gamma, beta)
-            g = np.empty_like(dy2d)
-            K.leaky_backward(g, dy2d, pre, self.alpha)
-            xhat = np.empty_like(x2d)
-            K.bn_forward(xhat, x2d, mean, invstd, ones, zeros)
-            K.sum_rows(self.grads["beta"], g)
-            K.sum_rows(self.grads["gamma"], g * xhat)
-            K.bn_forward(dx.reshape(-1, self.features), g, zeros, invstd * gamma, ones, zeros)
+            K.bn_act_backward_frozen(dx.reshape(-1, self.features), self.grads["gamma"], self.grads["beta"],
+                                     dy2d, x2d, mean, invstd, gamma, beta, self.alpha)
         self.cache = None
         return dx
