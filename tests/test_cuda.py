@@ -15,6 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# NumPy only (no Numba): safe to import before the simulator is switched on in the child.
+from scratchvae.kernels.reference import (bn_act_backward_frozen, bn_invstd, gather_weights,
+                                          kl_sum, latent_grads, moving_update, mse_and_grad, reparameterize,
+                                          sum_squares)
+
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 ROOT = Path(__file__).resolve().parents[1]
 F32 = np.float32
@@ -322,66 +327,6 @@ def test_scatter_phase_and_gather_weights(rng):
     for taps_h, taps_w in (([0, 2], [1]), ([1], [0, 1, 2])):
         wsub = np.zeros((len(taps_h) * len(taps_w) * 4, 5), F32)
         assert_close(*both("gather_weights", [wsub], kernel, taps_h, taps_w, cpu_fn=gather_weights))
-
-
-# ---------------------------------------------------------------- proposed kernels, NumPy versions
-# The kernels a device-resident step still needs, as NumPy code for reference.py / cpu.py.
-
-def bn_invstd(invstd, var, eps):
-    """invstd = 1 / sqrt(var + eps)."""
-    invstd[...] = 1 / np.sqrt(var + var.dtype.type(eps))
-
-
-def moving_update(moving, batch, momentum):
-    """moving = momentum * moving + (1 - momentum) * batch."""
-    m = moving.dtype.type(momentum)
-    moving[...] = m * moving + (1 - m) * batch
-
-
-def bn_act_backward_frozen(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, alpha):
-    """Backward with constant (moving) statistics: dbeta = sum g, dgamma = sum g*xhat, dx = g*gamma*invstd."""
-    pre = (x - mean) * invstd * gamma + beta
-    g = np.where(pre > 0, dy, dy * dy.dtype.type(alpha))
-    dbeta[...] = g.sum(axis=0)
-    dgamma[...] = (g * (x - mean)).sum(axis=0) * invstd
-    dx[...] = g * (gamma * invstd)
-
-
-def gather_weights(wsub, kernel, taps_h, taps_w):
-    """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of conv_adjoint."""
-    wsub[...] = kernel[np.ix_(taps_h, taps_w)].transpose(0, 1, 3, 2).reshape(-1, kernel.shape[2])
-
-
-def sum_squares(out, a):
-    """out[0] = sum_i a_i^2."""
-    out[0] = np.vdot(a, a)
-
-
-def mse_and_grad(sq_sum, dx_hat, x_hat, x, scale):
-    """sq_sum[0] = sum (x_hat - x)^2; dx_hat = scale * (x_hat - x)."""
-    d = x_hat - x
-    sq_sum[0] = np.sum(np.square(d, dtype=np.float64))
-    dx_hat[...] = d * d.dtype.type(scale)
-
-
-def kl_sum(out, z_mean, z_log_var, lo, hi):
-    """out[0] = -1/2 sum (1 + lv - mu^2 - exp(lv)) over batch and latent, lv = clip(log s^2, lo, hi)."""
-    lv = np.clip(z_log_var, lo, hi).astype(np.float64)
-    out[0] = -0.5 * np.sum(1.0 + lv - np.square(z_mean, dtype=np.float64) - np.exp(lv))
-
-
-def reparameterize(z, sigma, z_mean, z_log_var, eps, lo, hi):
-    """sigma = exp(clip(lv, lo, hi) / 2); z = mu + sigma * eps."""
-    sigma[...] = np.exp(np.clip(z_log_var, lo, hi) * z.dtype.type(0.5))
-    z[...] = z_mean + sigma * eps
-
-
-def latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi):
-    """d_mean = dz + mu/n; d_logvar = (dz*eps*sigma/2 + (sigma^2-1)/(2n)) * [lo <= lv <= hi], n = batch."""
-    t, n = dz.dtype.type, z_mean.shape[0]
-    d_mean[...] = dz + z_mean * t(1.0 / n)
-    inside = (z_log_var >= lo) & (z_log_var <= hi)
-    d_logvar[...] = (dz * eps * sigma * t(0.5) + (sigma * sigma - t(1)) * t(0.5 / n)) * inside
 
 
 def test_proposed_batchnorm_kernels(rng):
