@@ -75,3 +75,18 @@ def test_default_out_never_replaces_an_earlier_run(tmp_path, monkeypatch, capsys
     assert (tmp_path / "runs" / "vae" / "checkpoint.npz").read_bytes() == first
     # the built-in faces were drawn once and cached
     assert len(list((tmp_path / "cache").glob("synthetic-*.npy"))) == 1
+
+
+def test_sample_command_writes_grid_reconstructions_and_walk(tmp_path):
+    from scratchvae import sample
+    assert run(tmp_path, "--limit", "64", "--epochs", "1") == 0
+    face = tmp_path / "face.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(face)
+    out = tmp_path / "s.png"
+    assert sample.main([str(tmp_path / "checkpoint.npz"), "-n", "6", "--out", str(out),
+                        "--reconstruct", str(face), str(face), "--interpolate", "--steps", "5"]) == 0
+    with Image.open(out) as grid, Image.open(tmp_path / "s_interpolation.png") as walk, \
+            Image.open(tmp_path / "s_reconstructions.png") as rec:
+        assert grid.width >= 3 * 16 and walk.width >= 5 * 16 and rec.height >= 2 * 16
+    assert sample.main([str(tmp_path / "checkpoint.npz"), "--out", str(out), "--reconstruct",
+                        str(tmp_path / "missing.jpg")]) == 2
