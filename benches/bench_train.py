@@ -11,7 +11,6 @@ time from launching `python -m scratchvae.train` to its first finished step (Num
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import tempfile
 import time
 
 import numpy as np
+
+from bench_layers import cpu_model  # benches/ is the script folder, so this sibling imports
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # One training step of the seed model costs about 6.46 GFLOP per image at 128x128 (forward 2.15):
@@ -121,17 +122,6 @@ def first_step_seconds(args):
     return best
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32)
@@ -156,12 +146,11 @@ def main():
 
     ours = rows[0][1].get("images_per_s")
     limit = sgemm * 1e9 / flops
-    print(f"machine: {cpu_name()}, {args.threads} threads; {rows[0][1].get('threads', '')}")
+    print(f"machine: {cpu_model()}, {args.threads} threads; {rows[0][1].get('threads', '')}")
     print(f"sgemm 4096^3: {sgemm:.1f} GFLOP/s; one step costs {flops / 1e9:.2f} GFLOP per image "
           f"-> matrix-product limit {limit:.1f} images/s")
     print(f"batch {args.batch}, {args.image_size}x{args.image_size}, median of {args.steps} steps after "
           f"{args.warmup} warm-up\n")
-    sep = "|" if args.markdown else " "
     head = ["", "images/s", "scratchvae speed-up", "share of sgemm limit", "peak RSS MB"]
     if args.markdown:
         print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
