@@ -28,6 +28,8 @@ TILE = 64            # gemm: a block computes a TILE x TILE tile of out ...
 TILE_K = 16          # ... stepping through k TILE_K at a time in shared memory
 TPB = 16             # ... with TPB x TPB threads,
 REG = TILE // TPB    # ... each holding REG x REG outputs in registers
+TILE_PAD = TILE + 1  # shared tiles get a padding column; a named constant, since shared.array shapes must
+                     # be compile-time literals (the simulator accepts `TILE + 1`, a real GPU does not)
 RX, RY = 32, 8       # column reductions: RX columns x RY row-threads per block
 ROWS_PER_CHUNK = 256  # column reductions: rows per block before a second pass
 MAX_CHUNKS = 1024
@@ -413,8 +415,8 @@ def _gemm_kernel(dtype):
         row0 = cuda.blockIdx.y * TILE
         col0 = cuda.blockIdx.x * TILE
         # The padding column keeps the transposing stores below free of bank conflicts.
-        sa = cuda.shared.array((TILE_K, TILE + 1), ft)  # sa[k, i] = op(a)[row0 + i, k0 + k]
-        sb = cuda.shared.array((TILE_K, TILE + 1), ft)  # sb[k, j] = op(b)[k0 + k, col0 + j]
+        sa = cuda.shared.array((TILE_K, TILE_PAD), ft)  # sa[k, i] = op(a)[row0 + i, k0 + k]
+        sb = cuda.shared.array((TILE_K, TILE_PAD), ft)  # sb[k, j] = op(b)[k0 + k, col0 + j]
         acc = cuda.local.array((REG, REG), ft)
         ra = cuda.local.array(REG, ft)
         rb = cuda.local.array(REG, ft)
