@@ -5,7 +5,10 @@ sampling images/s, and a check that the first training step on the GPU gives the
 gradient norm as the Numba CPU kernels from the same weights. PyTorch is optional (skipped with a
 note when it is not installed, or sees no GPU).
 
-    python benches/bench_gpu.py [--batch 32] [--sample-batch 64] [--image-size 128] [--steps 10]
+    python benches/bench_gpu.py [--batch 64] [--sample-batch 64] [--image-size 128] [--steps 10] [--profile]
+
+PyTorch runs in float32 with TF32 off (cuDNN and matmul), so both sides do the same arithmetic.
+--profile adds where a training step's time goes, kernel by kernel (each launch synchronised).
 """
 
 import argparse
@@ -67,6 +70,100 @@ def ours(config, args, rng):
     return out
 
 
+def profile(config, args, rng, steps=3):
+    """Per-kernel GPU time of training steps: every kernel call is timed between two synchronisations."""
+    import collections
+    from numba import cuda
+    from scratchvae.kernels import cuda as gpu
+    from scratchvae.kernels import reference
+    skip = {"empty", "zeros", "to_host", "from_host", "is_device_array", "may_share_memory"}
+    names = [n for n in dir(reference) if not n.startswith("_") and callable(getattr(gpu, n, None))
+             and n not in skip and getattr(getattr(gpu, n), "__module__", "") == gpu.__name__]
+    per_name, per_gemm = collections.defaultdict(lambda: [0, 0.0]), collections.defaultdict(lambda: [0, 0.0])
+    depth = [0]
+
+    def timed(name, fn):
+        def wrapper(*a, **kw):
+            if depth[0]:
+                return fn(*a, **kw)
+            depth[0] += 1
+            cuda.synchronize()
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                cuda.synchronize()
+                dt = time.perf_counter() - t
+                depth[0] -= 1
+                per_name[name][0] += 1
+                per_name[name][1] += dt
+                if name == "gemm":
+                    out, x, y = a[0], a[1], a[2]
+                    ta = a[3] if len(a) > 3 else kw.get("trans_a", False)
+                    tb = a[4] if len(a) > 4 else kw.get("trans_b", False)
+                    kdim = x.shape[0] if ta else x.shape[1]
+                    key = (tuple(out.shape), kdim, bool(ta), bool(tb))
+                    per_gemm[key][0] += 1
+                    per_gemm[key][1] += dt
+        return wrapper
+
+    with kernels.using("cuda"):
+        x = kernels.from_host(rng.uniform(0, 1, (args.batch, config.image_size, config.image_size,
+                                                 config.channels)).astype(np.float32))
+        eps = kernels.from_host(rng.standard_normal((args.batch, config.z_dim), dtype=np.float32))
+        vae, opt = VAE(config, seed=0), Adam(1e-4)
+        for _ in range(2):
+            vae.forward_backward(x, eps)
+            opt.step(vae.params(), vae.grads())
+        originals = {n: getattr(gpu, n) for n in names}
+        try:
+            for n, fn in originals.items():
+                setattr(gpu, n, timed(n, fn))
+            cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(steps):
+                vae.forward_backward(x, eps)
+                opt.step(vae.params(), vae.grads())
+            cuda.synchronize()
+            wall = (time.perf_counter() - t) / steps
+        finally:
+            for n, fn in originals.items():
+                setattr(gpu, n, fn)
+    total = sum(v[1] for v in per_name.values()) / steps
+    print(f"\nprofile: one training step, batch {args.batch}: {wall * 1e3:.1f} ms with a synchronisation after "
+          f"every kernel call, {total * 1e3:.1f} ms inside kernel calls, "
+          f"{sum(v[0] for v in per_name.values()) // steps} calls")
+    print("| kernel | calls | ms | share |\n|---|---|---|---|")
+    for n, (c, secs) in sorted(per_name.items(), key=lambda kv: -kv[1][1])[:16]:
+        print(f"| {n} | {c // steps} | {secs / steps * 1e3:.2f} | {secs / steps / wall:.0%} |")
+    print("| gemm out shape | k | trans a, b | calls | ms | GFLOP/s |\n|---|---|---|---|---|---|")
+    for (shape, kdim, ta, tb), (c, secs) in sorted(per_gemm.items(), key=lambda kv: -kv[1][1])[:14]:
+        flop = 2.0 * shape[0] * shape[1] * kdim * c
+        print(f"| {shape} | {kdim} | {ta:d}, {tb:d} | {c // steps} | {secs / steps * 1e3:.2f} | {flop / secs / 1e9:.0f} |")
+
+
+def gemm_variants(steps=10):
+    """GFLOP/s of the CUDA gemm on the seed model's main shapes, with and without fastmath."""
+    from numba import cuda
+    from scratchvae.kernels import cuda as gpu
+    rng = np.random.default_rng(0)
+    shapes = [(20480, 128, 1152, False), (1152, 128, 20480, True), (49152, 128, 256, False), (27, 128, 917504, True)]
+    print("\n| gemm m, n, k, trans a | fastmath off GFLOP/s | fastmath on GFLOP/s |\n|---|---|---|")
+    for m, n, k, ta in shapes:
+        a = gpu.from_host(rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32))
+        b = gpu.from_host(rng.standard_normal((k, n), dtype=np.float32))
+        out = gpu.empty((m, n), np.float32)
+        cells, results = [], []
+        for fm in (False, True):
+            gpu.GEMM_FASTMATH = fm
+            secs = median_time(lambda: gpu.gemm(out, a, b, ta), 2, steps, cuda.synchronize)
+            cells.append(f"{2.0 * m * n * k / secs / 1e9:.0f}")
+            results.append(gpu.to_host(out))
+        gpu.GEMM_FASTMATH = False
+        diff = float(np.max(np.abs(results[0] - results[1])) / np.max(np.abs(results[0])))
+        print(f"| {m}, {n}, {k}, {ta:d} | {cells[0]} | {cells[1]} (max rel. diff {diff:.1e}) |")
+
+
 def torch_rows(config, args, rng):
     try:
         import torch
@@ -74,6 +171,9 @@ def torch_rows(config, args, rng):
         return "PyTorch is not installed"
     if not torch.cuda.is_available():
         return "PyTorch sees no GPU"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
     sys.path.insert(0, str(HERE))
     from torch_reference import TorchVAE, make_optimizer
     with kernels.using("cpu"):
@@ -103,9 +203,9 @@ def torch_rows(config, args, rng):
     return rows
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--sample-batch", type=int, default=64)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=10)
@@ -113,7 +213,9 @@ def main():
     p.add_argument("--filters", type=int, default=VAEConfig.filters, help="a smaller model for a quick check")
     p.add_argument("--blocks", type=int, default=VAEConfig.blocks)
     p.add_argument("--z-dim", type=int, default=VAEConfig.z_dim)
-    args = p.parse_args()
+    p.add_argument("--profile", action="store_true", help="also time every kernel of a training step")
+    p.add_argument("--gemm", action="store_true", help="also time the gemm alone with and without fastmath")
+    args = p.parse_args(argv)
 
     from scratchvae import device
     ok, reason = device.check("cuda")
@@ -139,6 +241,10 @@ def main():
     print(f"\n| | training images/s | scratchvae / this | sampling images/s | scratchvae / this |\n|---|---|---|---|---|")
     for label, (train, sample) in rows.items():
         print(f"| {label} | {train:.1f} | {mine['train'] / train:.2f}x | {sample:.1f} | {mine['sample'] / sample:.2f}x |")
+    if args.profile:
+        profile(config, args, rng)
+    if args.gemm:
+        gemm_variants()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ images/s (when torch is installed), the ratios, the share of the sgemm limit, pe
 time from launching `python -m scratchvae.train` to its first finished step (Numba cache warm).
 
     python benches/bench_train.py [--batch 32] [--image-size 128] [--steps 6] [--threads N] [--markdown]
+    python benches/bench_train.py --device cuda    # the GPU backend against PyTorch CUDA (bench_gpu.py)
 """
 
 import argparse
@@ -124,15 +125,22 @@ def first_step_seconds(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, help="images per step (default 32; 64 with --device cuda)")
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=6, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--skip-first-step", action="store_true")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: the numba.cuda backend against PyTorch on the GPU (benches/bench_gpu.py)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.device == "cuda":
+        import bench_gpu
+        return bench_gpu.main(["--batch", str(args.batch or 64), "--image-size", str(args.image_size),
+                               "--steps", str(args.steps), "--warmup", str(args.warmup)])
+    args.batch = args.batch or 32
     if args.child:
         return child(args)
 

@@ -205,6 +205,18 @@ def test_gemm_multi_tile(rng, ta, tb, acc):
     assert_close(*both("gemm", [out], a, b, ta, tb, acc), SUM_RTOL, SUM_ATOL)
 
 
+@pytest.mark.parametrize("ta,tb,acc", [(False, False, True), (True, False, False), (False, True, False)])
+def test_gemm_split_k(rng, monkeypatch, ta, tb, acc):
+    """Few output tiles and a long k: k is cut into slices summed afterwards, with a ragged last slice."""
+    monkeypatch.setattr(gpu, "SPLIT_MIN_K", 16)
+    m, n, k = 70, 5, 53  # 2 output tiles; k in 2 slices (32, 21), each whole shared-memory steps
+    assert gpu._k_slice(2, k) == 32
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
+    out = rng.standard_normal((m, n)).astype(F32)
+    assert_close(*both("gemm", [out], a, b, ta, tb, acc), SUM_RTOL, SUM_ATOL)
+
+
 def test_gemm_small_and_degenerate(rng):
     a, b = rng.standard_normal((3, 1)).astype(F32), rng.standard_normal((1, 2)).astype(F32)
     assert_close(*both("gemm", [np.zeros((3, 2), F32)], a, b), SUM_RTOL, SUM_ATOL)

@@ -27,7 +27,12 @@ MAX_BLOCKS = 1024    # grid cap of the 1-D kernels; grid-stride loops cover the 
 TILE = 64            # gemm: a block computes a TILE x TILE tile of out ...
 TILE_K = 16          # ... stepping through k TILE_K at a time in shared memory
 TPB = 16             # ... with TPB x TPB threads,
-REG = TILE // TPB    # ... each holding REG x REG outputs in registers
+REG = TILE // TPB    # ... each holding REG x REG outputs in registers (written out for REG = 4)
+assert REG == 4
+SPLIT_BLOCKS = 264   # gemm: a grid of fewer tiles than this (two per H100/H200 SM) splits k ...
+SPLIT_MIN_K = 1024   # ... into slices of at least this many k, summed afterwards in a fixed order
+MAX_SPLITS = 256
+GEMM_FASTMATH = False  # fastmath for the gemm kernels alone (no NaN tests there); set by measurement
 TILE_PAD = TILE + 1  # shared tiles get a padding column; a named constant, since shared.array shapes must
                      # be compile-time literals (the simulator accepts `TILE + 1`, a real GPU does not)
 RX, RY = 32, 8       # column reductions: RX columns x RY row-threads per block
@@ -321,27 +326,30 @@ def _latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, inv_n, ha
 # ---------------------------------------------------------------- gathers and scatters
 
 @cuda.jit(cache=True)
-def _gather_taps(cols, x, ho, wo, stride, offs_h, offs_w, th, tw):
-    """cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x."""
+def _gather_taps(cols, x, ho, wo, stride, offs_h, offs_w, tw):
+    """cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x.
+
+    blockIdx.z is the image and blockIdx.y the tap (t, u), so each element costs two integer
+    divisions rather than six; consecutive threads take consecutive channels (coalesced)."""
     _, h, w, c = x.shape
-    width = th * tw * c
-    for i in range(cuda.grid(1), cols.size, cuda.gridsize(1)):
-        row = i // width
-        col = i - row * width
-        tu = col // c
-        ch = col - tu * c
-        t = tu // tw
-        u = tu - t * tw
-        img = row // (ho * wo)
-        pq = row - img * (ho * wo)
+    img = cuda.blockIdx.z
+    tu = cuda.blockIdx.y
+    t = tu // tw
+    oh = offs_h[t]
+    ow = offs_w[tu - t * tw]
+    col0 = tu * c
+    row0 = img * ho * wo
+    for i in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, ho * wo * c,
+                   cuda.gridDim.x * cuda.blockDim.x):
+        pq = i // c
+        ch = i - pq * c
         p = pq // wo
-        q = pq - p * wo
-        hh = p * stride + offs_h[t]
-        ww = q * stride + offs_w[u]
+        hh = p * stride + oh
+        ww = (pq - p * wo) * stride + ow
         if hh >= 0 and hh < h and ww >= 0 and ww < w:
-            cols[row, col] = x[img, hh, ww, ch]
+            cols[row0 + pq, col0 + ch] = x[img, hh, ww, ch]
         else:
-            cols[row, col] = 0
+            cols[row0 + pq, col0 + ch] = 0
 
 
 @cuda.jit(cache=True)
@@ -401,14 +409,40 @@ def _gather_weights(wsub, kernel, taps_h, taps_w, tw):
 # ---------------------------------------------------------------- kernels built per dtype
 
 @functools.cache
-def _gemm_kernel(dtype):
+def _gemm_kernel(dtype, fastmath=False):
     ft = numba.from_dtype(np.dtype(dtype))
 
-    @cuda.jit
-    def gemm_tile(out, a, b, trans_a, trans_b, accumulate):
-        """out[i, j] (+)= sum_k op(a)[i, k] op(b)[k, j] over one TILE x TILE tile of out."""
+    @cuda.jit(device=True)
+    def put(out, part, z, sliced, accumulate, i, j, v):
+        if j < out.shape[1]:
+            if sliced:
+                part[z, i, j] = v
+            elif accumulate:
+                out[i, j] += v
+            else:
+                out[i, j] = v
+
+    @cuda.jit(device=True)
+    def put_row(out, part, z, sliced, accumulate, i, j, v0, v1, v2, v3):
+        """Row i of one thread's outputs: columns j, j + TPB, j + 2 TPB, j + 3 TPB."""
+        if i < out.shape[0]:
+            put(out, part, z, sliced, accumulate, i, j, v0)
+            put(out, part, z, sliced, accumulate, i, j + TPB, v1)
+            put(out, part, z, sliced, accumulate, i, j + 2 * TPB, v2)
+            put(out, part, z, sliced, accumulate, i, j + 3 * TPB, v3)
+
+    @cuda.jit(fastmath=fastmath)
+    def gemm_tile(out, part, a, b, trans_a, trans_b, accumulate, kslice):
+        """out[i, j] (+)= sum_k op(a)[i, k] op(b)[k, j] over one TILE x TILE tile of out.
+
+        With several k slices (gridDim.z > 1), blockIdx.z takes k in [z * kslice, (z + 1) * kslice)
+        and writes part[z, i, j] instead, for sum_slices to add up."""
+        z = cuda.blockIdx.z
+        sliced = cuda.gridDim.z > 1
         m, n = out.shape
-        kdim = a.shape[0] if trans_a else a.shape[1]
+        kfull = a.shape[0] if trans_a else a.shape[1]
+        kbeg = z * kslice
+        kdim = min(kfull, kbeg + kslice)
         tx = cuda.threadIdx.x
         ty = cuda.threadIdx.y
         tid = ty * TPB + tx
@@ -417,13 +451,11 @@ def _gemm_kernel(dtype):
         # The padding column keeps the transposing stores below free of bank conflicts.
         sa = cuda.shared.array((TILE_K, TILE_PAD), ft)  # sa[k, i] = op(a)[row0 + i, k0 + k]
         sb = cuda.shared.array((TILE_K, TILE_PAD), ft)  # sb[k, j] = op(b)[k0 + k, col0 + j]
-        acc = cuda.local.array((REG, REG), ft)
-        ra = cuda.local.array(REG, ft)
-        rb = cuda.local.array(REG, ft)
-        for r in range(REG):
-            for s in range(REG):
-                acc[r, s] = 0
-        for k0 in range(0, kdim, TILE_K):
+        # The 4 x 4 outputs of this thread are named scalars, not a local array: numba leaves local
+        # arrays in (slow, off-chip) local memory unless LLVM unrolls every loop that indexes them.
+        c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = ft(0)
+        c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = ft(0)
+        for k0 in range(kbeg, kdim, TILE_K):
             for slot in range(tid, TILE_K * TILE, TPB * TPB):
                 # Consecutive threads walk the stored array's contiguous axis: coalesced loads.
                 if trans_a:
@@ -448,27 +480,45 @@ def _gemm_kernel(dtype):
                 sb[kk, j] = v
             cuda.syncthreads()
             for kk in range(TILE_K):
-                for r in range(REG):
-                    ra[r] = sa[kk, ty + r * TPB]
-                for s in range(REG):
-                    rb[s] = sb[kk, tx + s * TPB]
-                for r in range(REG):
-                    for s in range(REG):
-                        acc[r, s] += ra[r] * rb[s]
+                a0, a1, a2, a3 = sa[kk, ty], sa[kk, ty + TPB], sa[kk, ty + 2 * TPB], sa[kk, ty + 3 * TPB]
+                b0, b1, b2, b3 = sb[kk, tx], sb[kk, tx + TPB], sb[kk, tx + 2 * TPB], sb[kk, tx + 3 * TPB]
+                c00 += a0 * b0
+                c01 += a0 * b1
+                c02 += a0 * b2
+                c03 += a0 * b3
+                c10 += a1 * b0
+                c11 += a1 * b1
+                c12 += a1 * b2
+                c13 += a1 * b3
+                c20 += a2 * b0
+                c21 += a2 * b1
+                c22 += a2 * b2
+                c23 += a2 * b3
+                c30 += a3 * b0
+                c31 += a3 * b1
+                c32 += a3 * b2
+                c33 += a3 * b3
             cuda.syncthreads()
         # Thread (ty, tx) owns rows ty + r*TPB and columns tx + s*TPB: each store row is coalesced.
-        for r in range(REG):
-            i = row0 + ty + r * TPB
-            if i < m:
-                for s in range(REG):
-                    j = col0 + tx + s * TPB
-                    if j < n:
-                        if accumulate:
-                            out[i, j] += acc[r, s]
-                        else:
-                            out[i, j] = acc[r, s]
+        i = row0 + ty
+        put_row(out, part, z, sliced, accumulate, i, col0 + tx, c00, c01, c02, c03)
+        put_row(out, part, z, sliced, accumulate, i + TPB, col0 + tx, c10, c11, c12, c13)
+        put_row(out, part, z, sliced, accumulate, i + 2 * TPB, col0 + tx, c20, c21, c22, c23)
+        put_row(out, part, z, sliced, accumulate, i + 3 * TPB, col0 + tx, c30, c31, c32, c33)
 
-    return gemm_tile
+    @cuda.jit
+    def sum_slices(out, part, accumulate):
+        """out[i, j] (+)= sum_z part[z, i, j], z in order: deterministic."""
+        n = out.shape[1]
+        for t in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            i = t // n
+            j = t - i * n
+            total = out[i, j] if accumulate else ft(0)
+            for z in range(part.shape[0]):
+                total += part[z, i, j]
+            out[i, j] = total
+
+    return gemm_tile, sum_slices
 
 
 @functools.cache
@@ -693,8 +743,27 @@ def gemm(out, a, b, trans_a=False, trans_b=False, accumulate=False):
         if not accumulate:
             fill(out, 0)
         return
-    grid = (-(-n // TILE), -(-m // TILE))
-    _gemm_kernel(out.dtype)[grid, (TPB, TPB)](out, a, b, bool(trans_a), bool(trans_b), bool(accumulate))
+    tiles, sum_slices = _gemm_kernel(out.dtype, GEMM_FASTMATH)
+    gx, gy = -(-n // TILE), -(-m // TILE)
+    kslice = _k_slice(gx * gy, k)
+    splits = -(-k // kslice)
+    if splits == 1:
+        unused = _scratch("gemm-no-slices", (1, 1, 1), out.dtype)
+        tiles[(gx, gy, 1), (TPB, TPB)](out, unused, a, b, bool(trans_a), bool(trans_b), bool(accumulate), k)
+        return
+    # Few output tiles and a long k (weight gradients, thin layers): one grid would leave most of
+    # the GPU idle, so each k slice gets its own tiles, summed afterwards in a fixed order.
+    part = _scratch("gemm-slices", (splits, m, n), out.dtype)
+    tiles[(gx, gy, splits), (TPB, TPB)](out, part, a, b, bool(trans_a), bool(trans_b), False, kslice)
+    _launch(sum_slices, m * n, out, part, bool(accumulate))
+
+
+def _k_slice(tiles, k):
+    """The k slice each grid layer of a gemm with `tiles` output tiles takes (k itself: no split)."""
+    if tiles >= SPLIT_BLOCKS:
+        return k
+    splits = max(1, min(-(-SPLIT_BLOCKS // tiles), k // SPLIT_MIN_K, MAX_SPLITS))
+    return -(-(-(-k // splits)) // TILE_K) * TILE_K  # rounded up to whole shared-memory steps
 
 
 def add_bias(y, b):
@@ -921,7 +990,14 @@ def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
     th, tw = len(offs_h), len(offs_w)
     if tuple(cols.shape) != (x.shape[0] * ho * wo, th * tw * x.shape[3]):
         raise ValueError(f"gather_taps: cols {tuple(cols.shape)} does not fit x {tuple(x.shape)}")
-    _launch(_gather_taps, cols.size, cols, x, ho, wo, stride, _ints(offs_h), _ints(offs_w), th, tw)
+    n = x.shape[0]
+    if cols.size == 0:
+        return
+    if n > 65535:
+        raise ValueError(f"gather_taps: {n} images in one call; at most 65535 (the grid's z limit)")
+    per_image = max(1, 4 * MAX_BLOCKS // (th * tw * n))  # a few waves of blocks in all
+    grid = (max(1, min(-(-ho * wo * x.shape[3] // THREADS), per_image)), th * tw, n)
+    _gather_taps[grid, THREADS](cols, x, ho, wo, stride, _ints(offs_h), _ints(offs_w), tw)
 
 
 def scatter_phase(x, part, stride, a, b):
