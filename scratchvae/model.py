@@ -14,6 +14,9 @@ from scratchvae import kernels as K
 from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU, Reshape, Sigmoid
 
 
+LOAD_EXPANSION = 4  # VAE.load builds at most this many times the numbers a checkpoint holds
+
+
 @dataclass(frozen=True)
 class VAEConfig:
     image_size: int = 128
@@ -42,6 +45,15 @@ class VAEConfig:
     def bottleneck(self):
         """Spatial size after the encoder's stride-2 blocks."""
         return self.image_size // 2 ** self.blocks
+
+    def tensor_elements(self):
+        """How many numbers the model's parameters and BatchNorm statistics hold, without building it."""
+        s, f, c, z = self.bottleneck, self.filters, self.channels, self.z_dim
+        conv = 9 * c * f + f + 4 * f + (self.blocks - 1) * (9 * f * f + f + 4 * f)  # kernel, bias, BN x4
+        heads = 2 * (s * s * f * z + z)
+        decoder = (z * s * s * f + s * s * f + 4 * s * s * f + self.blocks * (9 * f * f + f + 4 * f)
+                   + 9 * f * c + c)
+        return conv + heads + decoder
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -234,6 +246,13 @@ class VAE:
             dtype = np.dtype(meta.get("dtype", "float32"))
         except (KeyError, TypeError, ValueError) as e:
             raise checkpoint.CheckpointError(f"checkpoint {path} has an unusable config: {e}") from None
+        held = sum(a.size for name, a in arrays.items() if name.startswith(("param/", "state/")))
+        if config.tensor_elements() > LOAD_EXPANSION * held + (1 << 20):
+            # A config far larger than the arrays beside it (crafted, or from another file) would
+            # allocate before the first shape check: refuse it while that costs nothing.
+            raise checkpoint.CheckpointError(
+                f"checkpoint {path} has a config for {config.tensor_elements():,} numbers but holds "
+                f"{held:,}: the config does not belong to these weights")
         vae = cls(config, dtype=dtype)
         for prefix, live in (("param/", vae.params()), ("state/", vae.state())):
             found = checkpoint.expect(arrays, live, prefix, path)

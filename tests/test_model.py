@@ -22,6 +22,14 @@ def test_default_config_matches_the_seed():
     assert all(a.dtype == np.float32 for a in vae.params().values())
 
 
+@pytest.mark.parametrize("config", [VAEConfig(), TINY, VAEConfig(image_size=32, channels=1, filters=5, blocks=3,
+                                                                  z_dim=7, encoder_activation=None)])
+def test_tensor_elements_counts_without_building(config):
+    vae = VAE(config)
+    built = sum(a.size for a in vae.params().values()) + sum(a.size for a in vae.state().values())
+    assert config.tensor_elements() == built
+
+
 def test_config_rejects_indivisible_size():
     with pytest.raises(ValueError, match="not divisible by 2\\^blocks = 16"):
         VAEConfig(image_size=100)

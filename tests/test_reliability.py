@@ -614,6 +614,8 @@ def _deep_meta(src, dst):
      "has dtype float64, expected float32"),
     (_with(lambda a, m: m["config"].update(z_dim=8)), "encoder.z_mean.kernel has shape (64, 4), expected (64, 8)"),
     (_with(lambda a, m: m["config"].update(wings=2)), "unusable config: unknown VAEConfig field(s): wings"),
+    # 50,000 filters would mean ~22 billion numbers; refused before anything is allocated
+    (_with(lambda a, m: m["config"].update(filters=50_000)), "the config does not belong to these weights"),
     (_with(lambda a, m: m.update(format="something else")), "not a scratchvae checkpoint"),
     (lambda s, d: d.write_bytes(b"\x80\x04K\x01."), "truncated, or not an .npz archive"),  # a pickle
     (_lying_header, "claims shape (10000000000,)"),
