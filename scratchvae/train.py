@@ -38,6 +38,7 @@ DATA_EPOCHS = 10
 N_SAMPLES, N_RECON = 64, 8
 SHOW_SKIPPED = 5  # skipped files named on the console; all of them go to --out/skipped.txt
 # Temporary files of our own writes (checkpoint.atomic_write_bytes, images._save) that a killed run left.
+LOCK_NAME = ".lock"  # held (flock) by the run writing into --out; the kernel releases it when the run ends
 STALE = re.compile(re.escape(checkpoint.TMP_PREFIX) + r".+(checkpoint\.npz|metrics\.csv|skipped\.txt)"
                    r"|\.(samples|reconstructions|loss)\.png\.\d+\.tmp")
 # Settings that fix the trajectory: a resumed run must use the checkpoint's values.
@@ -142,6 +143,27 @@ def check_settings(s, epochs):
                          beta=s["beta"])
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def lock_out(out):
+    """An exclusive lock on --out for this run (an open file descriptor to keep): a second run into
+    the same folder stops at once instead of interleaving checkpoints. Released however we end."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock, as before
+        return None
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd = os.open(os.path.join(out, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise UserError(f"cannot write to --out {out} ({e.strerror}): choose a folder you can write to") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"another training run is writing into {out}: let it finish, or choose another --out") \
+            from None
+    return fd
 
 
 def prepare_out(out):
@@ -359,17 +381,18 @@ def prepare(args, comm, held):
     out = args.out if args.out is not None else default_out(args.resume)
     saved_meta = None
     ckpt_path = os.path.join(out, "checkpoint.npz")
+    if args.resume and not os.path.isfile(ckpt_path):
+        raise UserError(f"--resume: no checkpoint at {ckpt_path}; run without --resume to start training")
+    if not args.resume and os.path.isfile(ckpt_path) and not args.overwrite:
+        raise UserError(f"{ckpt_path} already holds a checkpoint: pass --resume to continue it, --overwrite to "
+                        f"start again, or choose another --out")
+    held["lock"] = lock_out(out)  # kept open (and locked) until this process ends
     if args.resume:
-        if not os.path.isfile(ckpt_path):
-            raise UserError(f"--resume: no checkpoint at {ckpt_path}; run without --resume to start training")
         try:
             vae, arrays, saved_meta = VAE.load(ckpt_path, with_extras=True)
         except (checkpoint.CheckpointError, ValueError, MemoryError) as e:
             raise UserError(f"--resume: {e}") from None
         saved_meta["train"] = check_resumable(saved_meta, arrays, ckpt_path)
-    elif os.path.isfile(ckpt_path) and not args.overwrite:
-        raise UserError(f"{ckpt_path} already holds a checkpoint: pass --resume to continue it, --overwrite to "
-                        f"start again, or choose another --out")
     s = resolve_settings(args, saved_meta["train"] if saved_meta else None)
     epochs = args.epochs if args.epochs is not None else (SYNTHETIC_EPOCHS if s["data"] is None else DATA_EPOCHS)
     config = check_settings(s, epochs)
@@ -411,8 +434,16 @@ def run(args, comm=None):
 
 
 def _run(args, comm):
-    say = print if comm.is_root else _silent
     held = {}
+    try:
+        return _run_holding(args, comm, held)
+    finally:
+        if held.get("lock") is not None:
+            os.close(held["lock"])  # releases the lock on --out
+
+
+def _run_holding(args, comm, held):
+    say = print if comm.is_root else _silent
     plan = comm.on_root(prepare, args, comm, held)
     out, s, epochs, saved_meta = plan["out"], plan["s"], plan["epochs"], plan["meta"]
     config = check_settings(s, epochs)

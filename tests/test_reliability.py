@@ -5,6 +5,7 @@ to real `python -m scratchvae.train` processes; everything else runs in-process 
 """
 
 import errno
+import fcntl
 import io
 import json
 import os
@@ -187,6 +188,7 @@ def one_line_error(capsys, code=2):
     ("fewer images than a batch", "7 image files are too few, at least 32 are needed"),
     ("out below a file", "cannot write to --out"),
     ("out holds a checkpoint", "already holds a checkpoint: pass --resume"),
+    ("out in use by another run", "another training run is writing into"),
     ("resume a model without training state", "holds a model but no training state"),
     ("resume a corrupt checkpoint", "truncated, or not an .npz archive"),
     ("resume a damaged training state", "damaged training state (lr = 'fast')"),
@@ -217,6 +219,11 @@ def test_bad_arguments_fail_fast_with_one_line(tmp_path, capsys, monkeypatch, tr
         out = tmp_path / "file" / "run"
     elif case == "out holds a checkpoint":
         out = copy_run(trained, out)
+    elif case == "out in use by another run":
+        out.mkdir()
+        other = os.open(out / train.LOCK_NAME, os.O_RDWR | os.O_CREAT)  # what a live run holds
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        monkeypatch.setattr(train, "load_data", never)  # stopped before any data is read
     elif case == "resume a model without training state":
         out.mkdir()
         VAE(VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4)).save(out / "checkpoint.npz")
@@ -235,6 +242,12 @@ def test_bad_arguments_fail_fast_with_one_line(tmp_path, capsys, monkeypatch, tr
         extra += ["--resume", "--z-dim", "8"]
     assert train.main([*TINY, "--out", str(out), *extra]) == 2
     assert message in one_line_error(capsys)
+    if case == "out in use by another run":
+        os.close(other)
+    elif (out / train.LOCK_NAME).exists():  # a run that stopped after taking the lock gave it back
+        mine = os.open(out / train.LOCK_NAME, os.O_RDWR)
+        fcntl.flock(mine, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(mine)
 
 
 def run_cli(*args, timeout=120):
