@@ -10,9 +10,11 @@ import sys
 
 
 class StopRequest:
-    """Truthy once SIGINT or SIGTERM arrived; installs its handlers only inside `with`."""
+    """Truthy once SIGINT or SIGTERM arrived; installs its handlers only inside `with`.
+    announce=False keeps it silent (the other ranks of an MPI job, where rank 0 speaks for all)."""
 
-    def __init__(self):
+    def __init__(self, announce=True):
+        self.announce = announce
         self.signal_name = None
         self.signum = None
         self._previous = {}
@@ -28,13 +30,15 @@ class StopRequest:
     def _handle(self, signum, frame):
         name = signal.Signals(signum).name
         if self.signal_name is not None:
-            sys.stderr.write(f"\n{name} again: exiting now (the last saved checkpoint is intact)\n")
-            sys.stderr.flush()
+            if self.announce:
+                sys.stderr.write(f"\n{name} again: exiting now (the last saved checkpoint is intact)\n")
+                sys.stderr.flush()
             os._exit(128 + signum)
         self.signal_name, self.signum = name, signum
-        sys.stderr.write(f"\n{name}: finishing this step and saving a checkpoint "
-                         f"(press Ctrl-C again to quit at once)\n")
-        sys.stderr.flush()
+        if self.announce:
+            sys.stderr.write(f"\n{name}: finishing this step and saving a checkpoint "
+                             f"(press Ctrl-C again to quit at once)\n")
+            sys.stderr.flush()
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):

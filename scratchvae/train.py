@@ -497,7 +497,7 @@ def _run_holding(args, comm, held):
         resume_cmd = f"mpiexec -n {comm.size} {resume_cmd} --distributed"
     reader = ImageReader(pixels)
     mine = distributed.shard(s["batch_size"], comm)  # this rank's rows of every global batch
-    with StopRequest() as stop:
+    with StopRequest(announce=comm.is_root) as stop:
         def stopping():
             """0, or the exit code once any rank got a signal: every rank stops at the same step."""
             return comm.max(stop.exit_code if stop else 0)

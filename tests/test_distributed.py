@@ -87,6 +87,7 @@ def test_two_ranks_stop_resume_and_equal_one_process(tmp_path):
             proc.kill()
     assert proc.returncode == 130, log
     assert "checkpoint saved. Resume with: mpiexec -n 2 python -m scratchvae.train" in log
+    assert log.count("SIGINT: finishing this step") == 1, log  # rank 0 speaks for the job
     meta = checkpoint.load(out / "checkpoint.npz")[1]
     epochs = meta["epoch"] + 1
     code, log = run_mpi(out, "--resume", "--epochs", str(epochs))

@@ -389,11 +389,11 @@ def test_resume_after_a_stop_at_any_step_is_exact(tmp_path, monkeypatch, straigh
         return real(self, x, eps)
 
     monkeypatch.setattr(VAE, "forward_backward", counted)
-    monkeypatch.setattr(train, "StopRequest", lambda: StopAfter(stop_after, counter))
+    monkeypatch.setattr(train, "StopRequest", lambda **kw: StopAfter(stop_after, counter))
     assert train.main([*EXACT, "--out", str(tmp_path)]) == 130
     meta = checkpoint.load(tmp_path / "checkpoint.npz")[1]
     assert meta["step"] == stop_after and (meta["partial"] is None) == (stop_after == 22)
-    monkeypatch.setattr(train, "StopRequest", lambda: StopAfter(10**9, counter))
+    monkeypatch.setattr(train, "StopRequest", lambda **kw: StopAfter(10**9, counter))
     assert train.main([*EXACT, "--out", str(tmp_path), "--resume"]) == 0
     assert len(counter) == 2 * 22
     assert_same_run(straight, tmp_path)
