@@ -51,6 +51,38 @@ def test_col2im(rng, n, h, w, c, k, s):
     assert_close(*both("col2im", [np.full((n, h, w, c), np.nan, F32)], cols, k, k, s, pt, pl))
 
 
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
+@pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
+def test_col2im_act(rng, n, h, w, c, k, s, activation):
+    """col2im, then bias and the activation; the padding columns past KH*KW*C are ignored."""
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    cols = rng.standard_normal((n * ho * wo, k * k * c + 5)).astype(F32)
+    cols[:, k * k * c:] = np.nan
+    bias = rng.standard_normal(c).astype(F32)
+    ref, fast = both("col2im_act", [np.full((n, h, w, c), np.nan, F32)], cols, k, k, s, pt, pl, bias, activation, 0.3)
+    assert_close(ref, fast)
+    pre = np.empty((n, h, w, c), F32)
+    reference.col2im(pre, np.ascontiguousarray(cols[:, :k * k * c]), k, k, s, pt, pl)
+    pre += bias
+    want = {None: pre, "leaky": np.where(pre > 0, pre, 0.3 * pre), "sigmoid": 1 / (1 + np.exp(-pre))}[activation]
+    np.testing.assert_allclose(ref[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2)])
+def test_conv_transpose_act(rng, n, h, w, c, k, s):
+    """The fused inference transposed convolution: batch 1 runs a threaded GEMM and a parallel loop,
+    larger batches split the images across the cores."""
+    o = 4
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    w2 = rng.standard_normal((c, k * k * o + 3)).astype(F32)
+    bias = rng.standard_normal(o).astype(F32)
+    pt = same_padding(h * s, k, s)[1]
+    pl = same_padding(w * s, k, s)[1]
+    y = np.full((n, h * s, w * s, o), np.nan, F32)
+    assert_close(*both("conv_transpose_act", [y], x, w2, bias, k, k, s, pt, pl, "leaky", 0.3))
+
+
 @pytest.mark.parametrize("h,w,s", [(6, 6, 2), (7, 5, 2), (5, 5, 1), (7, 8, 3)])
 def test_scatter_phase_fills_each_phase_once(rng, h, w, s):
     x = np.full((2, h, w, 3), np.nan, F32)

@@ -6,7 +6,9 @@ Scalars are cast to the array dtype before the call so float32 stays float32 ins
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
+
+from scratchvae import threads
 
 name = "cpu"
 
@@ -365,6 +367,116 @@ def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
     _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo)
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r0, r1):
+    """Rows r0..r1 (of the N*H output rows) of col2im plus bias and an activation (act 0 none, 1 leaky,
+    2 sigmoid), in one pass. src_h[h, i] is the input row p that tap i brings to output row h, or -1
+    (src_w likewise for columns): the geometry worked out once per call, no divisions per pixel."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = src_h.shape[1], src_w.shape[1]
+    one = x.dtype.type(1)
+    for r in range(r0, r1):
+        b = r // h
+        hh = r - b * h
+        for ww in range(w):
+            for ch in range(c):
+                x[b, hh, ww, ch] = bias[ch]
+            for i in range(kh):
+                p = src_h[hh, i]
+                if p < 0:
+                    continue
+                for j in range(kw):
+                    q = src_w[ww, j]
+                    if q < 0:
+                        continue
+                    row = (b * ho + p) * wo + q
+                    base = (i * kw + j) * c
+                    for ch in range(c):
+                        x[b, hh, ww, ch] += cols[row, base + ch]
+            if act == 1:
+                for ch in range(c):
+                    v = x[b, hh, ww, ch]
+                    x[b, hh, ww, ch] = v if v > 0 else v * alpha
+            elif act == 2:
+                for ch in range(c):
+                    v = x[b, hh, ww, ch]
+                    if v >= 0:
+                        x[b, hh, ww, ch] = one / (one + np.exp(-v))
+                    else:
+                        e = np.exp(v)
+                        x[b, hh, ww, ch] = e / (one + e)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _col2im_act(x, cols, src_h, src_w, ho, wo, bias, act, alpha):
+    for r in prange(x.shape[0] * x.shape[1]):
+        _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r, r + 1)
+
+
+_ACTIVATIONS = {None: 0, "leaky": 1, "sigmoid": 2}
+
+
+def _sources(size, k, stride, pad):
+    """src[h, i] = p where stride*p + i - pad = h and 0 <= p < ceil(size / stride), else -1."""
+    t = np.arange(size)[:, None] + pad - np.arange(k)[None, :]
+    p = t // stride
+    ok = (t >= 0) & (t % stride == 0) & (p < -(-size // stride))
+    return np.where(ok, p, -1).astype(np.int64)
+
+
+def _col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alpha):
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}")
+    h, w = x.shape[1], x.shape[2]
+    return (_sources(h, kh, stride, pad_top), _sources(w, kw, stride, pad_left), -(-h // stride), -(-w // stride),
+            bias, _ACTIVATIONS[activation], x.dtype.type(alpha))
+
+
+def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None, alpha=1.0):
+    """x = act(col2im(cols) + bias[c]); act None, "leaky" (x if x > 0 else alpha*x) or "sigmoid".
+    Columns of cols past KH*KW*C are padding and ignored."""
+    _col2im_act(x, cols, *_col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alpha))
+
+
+_WORK = {}  # per-worker cols buffers of conv_transpose_act, kept at their largest size
+CORE_COLS_BYTES = 24 * 2 ** 20  # one worker's cols per GEMM: a few images, or one large one
+
+
+def _work(key, shape, dtype):
+    size = int(np.prod(shape))
+    buf = _WORK.get((key, dtype))
+    if buf is None or buf.size < size:
+        buf = _WORK[(key, dtype)] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0):
+    """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding).
+    The images are split across the cores, each core running its own single-threaded GEMM and
+    col2im pass (see threads.on_each_core for why not a threaded GEMM, then a parallel loop)."""
+    n, h, w, c = x.shape
+    args = _col2im_act_args(y, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
+    per_image = h * w * w2.shape[1] * w2.dtype.itemsize
+    step = max(1, CORE_COLS_BYTES // per_image)
+    workers = min(get_num_threads(), n)
+
+    def work(k):
+        lo, hi = k * n // workers, (k + 1) * n // workers
+        for i in range(lo, hi, step):
+            sl = slice(i, min(hi, i + step))
+            cols = _work(k, ((sl.stop - sl.start) * h * w, w2.shape[1]), w2.dtype)
+            np.matmul(x[sl].reshape(-1, c), w2, out=cols)
+            _col2im_act_rows(y[sl], cols, *args, 0, (sl.stop - sl.start) * y.shape[1])
+
+    if workers > 1 and threads.on_each_core(work, workers):
+        return
+    for i in range(0, n, step):  # one image, or no control over BLAS threads: threaded GEMM, parallel loop
+        sl = slice(i, min(n, i + step))
+        cols = _work(0, ((sl.stop - sl.start) * h * w, w2.shape[1]), w2.dtype)
+        np.matmul(x[sl].reshape(-1, c), w2, out=cols)
+        _col2im_act(y[sl], cols, *args)
+
+
 # ---------------------------------------------------------------- BatchNorm over ranks: sums, then maps
 
 def centered_sq_sums(out, x, mean):
@@ -400,6 +512,6 @@ def bn_act_dx(dx, dy, x, mean, invstd, gamma, beta, alpha, s1, s2, count):
 
 # Small or already NumPy-bound: the reference code is the CPU code.
 from scratchvae.kernels.reference import (add, bn_act_backward_frozen, bn_invstd, copy, fill,  # noqa: E402
-                                          gather_weights, is_device_array, kl_sum, latent_grads,
-                                          may_share_memory, moving_update, mse_and_grad, reparameterize,
-                                          sum_squares)
+                                          fold_adjoint_weights, gather_weights, is_device_array, kl_sum,
+                                          latent_grads, may_share_memory, moving_update, mse_and_grad,
+                                          reparameterize, sum_squares)
