@@ -44,6 +44,9 @@ class Layer:
         # Set by the model on layers whose output only the next layer sees: their inference
         # outputs reuse a buffer too (a model's final outputs stay fresh for callers to keep).
         self.internal = False
+        # Set by a preceding layer that applies this one inside its own inference pass
+        # (Conv2DTranspose.fuse_inference): this layer's inference forward is then the identity.
+        self.applied_by = None
         self._buffers = {}
 
     def output_shape(self, input_shape):
@@ -56,6 +59,10 @@ class Layer:
     def backward(self, dy):
         """Fills grads and returns dx; may overwrite dy (pass a copy to keep it)."""
         raise NotImplementedError
+
+    def applied_before(self, training):
+        """True when the preceding layer already applied this one (inference, fused path)."""
+        return not training and self.applied_by is not None and self.applied_by.fuses_inference()
 
     def count_params(self):
         """(trainable, non-trainable) parameter counts."""

@@ -180,6 +180,10 @@ class Conv2DTranspose(Layer):
         self._add_param("kernel", glorot_uniform(default_rng(rng), (kernel_size, kernel_size, filters, in_channels),
                                                  fan_in, fan_out))
         self._add_param("bias", np.zeros(filters))
+        # Set by the model (fuse_inference): a following BatchNorm (with its fused LeakyReLU) or Sigmoid
+        # that this layer's inference pass applies as it writes its output.
+        self.epilogue = None
+        self.fast_inference = True  # False: inference runs the training formulation (tests compare the two)
 
     def output_shape(self, input_shape):
         h, w, c = input_shape
@@ -187,19 +191,54 @@ class Conv2DTranspose(Layer):
             raise ValueError(f"{self.name}: expects {self.in_channels} channels, got {c}")
         return (h * self.stride, w * self.stride, self.filters)
 
+    def fuse_inference(self, layer):
+        """Apply `layer` (a BatchNorm, folded into kernel and bias, or a Sigmoid) inside this layer's
+        inference pass; in inference it then passes its input through. Training is unchanged."""
+        if self.epilogue is not None:
+            raise ValueError(f"{self.name}: already applies {self.epilogue.name} in inference")
+        self.epilogue = layer
+        layer.applied_by = self
+
+    def fuses_inference(self):
+        """Whether inference takes the fused path (the backend has its kernels)."""
+        return self.fast_inference and K.supports("conv_transpose_act")
+
     def forward(self, x, training):
         self._check_input(x, 4)
         n, h, w, c = x.shape
         ho, wo = h * self.stride, w * self.stride
         pt = same_padding(ho, self.k, self.stride)[1]
         pl = same_padding(wo, self.k, self.stride)[1]
+        if not training and self.fuses_inference():
+            self.geometry = None
+            return self._infer(x, pt, pl)
         self.geometry = (x, pt, pl)
         y = self.output("y", (n, ho, wo, self.filters), training)
         conv_adjoint(self, y, x, self.params["kernel"], self.stride, pt, pl)
         K.add_bias(y.reshape(-1, self.filters), self.params["bias"])
         return y
 
+    def _infer(self, x, pt, pl):
+        """Inference: a GEMM over all taps (K = input channels, KH*KW*O columns), then col2im sums
+        the taps and writes act(sum + bias) in the same pass. A following BatchNorm is folded into
+        the GEMM's weights and the bias (recomputed per call, so it never goes stale)."""
+        n, h, w, c = x.shape
+        k, o = self.k, self.filters
+        scale, shift, activation, alpha = np.ones(o, self.dtype), np.zeros(o, self.dtype), None, 1.0
+        if self.epilogue is not None:
+            scale, shift, activation, alpha = self.epilogue.inference_epilogue(scale, shift)
+        w2 = self.scratch("folded_kernel", (c, k * k * o))  # (C, (i, j, O))
+        b2 = self.scratch("folded_bias", (o,))
+        K.fold_adjoint_weights(w2, b2, self.params["kernel"], self.params["bias"], scale, shift)
+        # The output is the last fused layer's: fresh for callers when that one hands out results.
+        y = (self.epilogue or self).output("y", (n, h * self.stride, w * self.stride, o), False)
+        K.conv_transpose_act(y, x, w2, b2, k, k, self.stride, pt, pl, activation, alpha)
+        return y
+
     def backward(self, dy):
+        if self.geometry is None:
+            raise RuntimeError(f"{self.name}: backward needs a training-mode forward first (the fused "
+                               "inference pass keeps nothing for it)")
         x, pt, pl = self.geometry
         n, c, k = x.shape[0], self.in_channels, self.k
         K.sum_rows(self.grads["bias"], dy.reshape(-1, self.filters))
