@@ -69,10 +69,13 @@ def test_col2im_act(rng, n, h, w, c, k, s, activation):
     np.testing.assert_allclose(ref[0], want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2)])
-def test_conv_transpose_act(rng, n, h, w, c, k, s):
-    """The fused inference transposed convolution: batch 1 runs a threaded GEMM and a parallel loop,
-    larger batches split the images across the cores."""
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 3, 4, 2, 1, 2)])
+@pytest.mark.parametrize("split", [True, False])
+def test_conv_transpose_act(rng, monkeypatch, n, h, w, c, k, s, split):
+    """The fused inference transposed convolution, its work split across the cores (by images, or
+    by bands of output rows for batch 1) or, where BLAS's threads cannot be set, not split."""
+    if not split:
+        monkeypatch.setattr(cpu.threads, "on_each_core", lambda fn, workers: False)
     o = 4
     x = rng.standard_normal((n, h, w, c)).astype(F32)
     w2 = rng.standard_normal((c, k * k * o + 3)).astype(F32)

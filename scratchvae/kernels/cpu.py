@@ -368,10 +368,11 @@ def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r0, r1):
+def _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r0, r1, p0):
     """Rows r0..r1 (of the N*H output rows) of col2im plus bias and an activation (act 0 none, 1 leaky,
     2 sigmoid), in one pass. src_h[h, i] is the input row p that tap i brings to output row h, or -1
-    (src_w likewise for columns): the geometry worked out once per call, no divisions per pixel."""
+    (src_w likewise for columns): the geometry worked out once per call, no divisions per pixel.
+    cols holds input rows from p0 on (a band of one image when p0 > 0)."""
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     kh, kw = src_h.shape[1], src_w.shape[1]
     one = x.dtype.type(1)
@@ -389,7 +390,7 @@ def _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r0, r1):
                     q = src_w[ww, j]
                     if q < 0:
                         continue
-                    row = (b * ho + p) * wo + q
+                    row = (b * ho + p - p0) * wo + q
                     base = (i * kw + j) * c
                     for ch in range(c):
                         x[b, hh, ww, ch] += cols[row, base + ch]
@@ -410,7 +411,7 @@ def _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r0, r1):
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _col2im_act(x, cols, src_h, src_w, ho, wo, bias, act, alpha):
     for r in prange(x.shape[0] * x.shape[1]):
-        _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r, r + 1)
+        _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r, r + 1, 0)
 
 
 _ACTIVATIONS = {None: 0, "leaky": 1, "sigmoid": 2}
@@ -452,25 +453,36 @@ def _work(key, shape, dtype):
 
 def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0):
     """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding).
-    The images are split across the cores, each core running its own single-threaded GEMM and
-    col2im pass (see threads.on_each_core for why not a threaded GEMM, then a parallel loop)."""
+    The work is split across the cores (images, or bands of output rows when there are fewer
+    images than cores), each core running its own single-threaded GEMM and col2im pass (see
+    threads.on_each_core for why not a threaded GEMM, then a parallel loop)."""
     n, h, w, c = x.shape
     args = _col2im_act_args(y, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
+    src_h = args[0]
     per_image = h * w * w2.shape[1] * w2.dtype.itemsize
     step = max(1, CORE_COLS_BYTES // per_image)
-    workers = min(get_num_threads(), n)
+    workers = get_num_threads()
 
-    def work(k):
+    def images(k):
         lo, hi = k * n // workers, (k + 1) * n // workers
         for i in range(lo, hi, step):
             sl = slice(i, min(hi, i + step))
             cols = _work(k, ((sl.stop - sl.start) * h * w, w2.shape[1]), w2.dtype)
             np.matmul(x[sl].reshape(-1, c), w2, out=cols)
-            _col2im_act_rows(y[sl], cols, *args, 0, (sl.stop - sl.start) * y.shape[1])
+            _col2im_act_rows(y[sl], cols, *args, 0, (sl.stop - sl.start) * y.shape[1], 0)
 
-    if workers > 1 and threads.on_each_core(work, workers):
+    def band(k):  # output rows r0..r1 of every image, from the input rows p0..p1 that reach them
+        r0, r1 = k * y.shape[1] // workers, (k + 1) * y.shape[1] // workers
+        rows = src_h[r0:r1][src_h[r0:r1] >= 0]
+        p0, p1 = (int(rows.min()), int(rows.max()) + 1) if rows.size else (0, 0)
+        for i in range(n):
+            cols = _work(k, ((p1 - p0) * w, w2.shape[1]), w2.dtype)
+            np.matmul(x[i, p0:p1].reshape(-1, c), w2, out=cols)
+            _col2im_act_rows(y[i:i + 1], cols, *args, r0, r1, p0)
+
+    if workers > 1 and threads.on_each_core(images if n >= workers else band, workers):
         return
-    for i in range(0, n, step):  # one image, or no control over BLAS threads: threaded GEMM, parallel loop
+    for i in range(0, n, step):  # no control over BLAS's threads: a threaded GEMM, then a parallel loop
         sl = slice(i, min(n, i + step))
         cols = _work(0, ((sl.stop - sl.start) * h * w, w2.shape[1]), w2.dtype)
         np.matmul(x[sl].reshape(-1, c), w2, out=cols)
