@@ -5,6 +5,8 @@ write their own slice; cross-thread reductions go through per-chunk rows and a s
 Scalars are cast to the array dtype before the call so float32 stays float32 inside.
 """
 
+import itertools
+
 import numpy as np
 from numba import get_num_threads, njit, prange
 
@@ -368,6 +370,22 @@ def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _activate(v, act, alpha):
+    """In place over a 1-D slice: act 0 none, 1 leaky (v if v > 0 else alpha*v), 2 sigmoid."""
+    one = v.dtype.type(1)
+    if act == 1:
+        for i in range(v.size):
+            v[i] = v[i] if v[i] > 0 else v[i] * alpha
+    elif act == 2:
+        for i in range(v.size):
+            if v[i] >= 0:
+                v[i] = one / (one + np.exp(-v[i]))
+            else:
+                e = np.exp(v[i])
+                v[i] = e / (one + e)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r0, r1, p0):
     """Rows r0..r1 (of the N*H output rows) of col2im plus bias and an activation (act 0 none, 1 leaky,
     2 sigmoid), in one pass. src_h[h, i] is the input row p that tap i brings to output row h, or -1
@@ -375,7 +393,6 @@ def _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r0, r1, p0
     cols holds input rows from p0 on (a band of one image when p0 > 0)."""
     h, w, c = x.shape[1], x.shape[2], x.shape[3]
     kh, kw = src_h.shape[1], src_w.shape[1]
-    one = x.dtype.type(1)
     for r in range(r0, r1):
         b = r // h
         hh = r - b * h
@@ -394,18 +411,7 @@ def _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r0, r1, p0
                     base = (i * kw + j) * c
                     for ch in range(c):
                         x[b, hh, ww, ch] += cols[row, base + ch]
-            if act == 1:
-                for ch in range(c):
-                    v = x[b, hh, ww, ch]
-                    x[b, hh, ww, ch] = v if v > 0 else v * alpha
-            elif act == 2:
-                for ch in range(c):
-                    v = x[b, hh, ww, ch]
-                    if v >= 0:
-                        x[b, hh, ww, ch] = one / (one + np.exp(-v))
-                    else:
-                        e = np.exp(v)
-                        x[b, hh, ww, ch] = e / (one + e)
+            _activate(x[b, hh, ww], act, alpha)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -451,42 +457,83 @@ def _work(key, shape, dtype):
     return buf[:size].reshape(shape)
 
 
+TASKS_PER_CORE = 4  # pieces of work per core, taken in turn: a core slowed by another job takes fewer
+MIN_BAND_ROWS = 32  # a band's GEMM also covers the input rows it shares with its neighbours: keep that small
+
+
 def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0):
     """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding).
-    The work is split across the cores (images, or bands of output rows when there are fewer
-    images than cores), each core running its own single-threaded GEMM and col2im pass (see
-    threads.on_each_core for why not a threaded GEMM, then a parallel loop)."""
+    The work is cut into pieces (a few images, or bands of output rows when there are few images)
+    that the cores take in turn, each running a single-threaded GEMM and col2im pass per piece
+    (see threads.on_each_core for why not a threaded GEMM, then a parallel loop)."""
     n, h, w, c = x.shape
     args = _col2im_act_args(y, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
-    src_h = args[0]
-    per_image = h * w * w2.shape[1] * w2.dtype.itemsize
-    step = max(1, CORE_COLS_BYTES // per_image)
+    src_h, width = args[0], w2.shape[1]
     workers = get_num_threads()
+    pieces = workers * TASKS_PER_CORE
+    if n >= pieces:  # whole images, within a cols budget per GEMM
+        step = max(1, min(CORE_COLS_BYTES // (h * w * width * w2.dtype.itemsize), n // pieces))
+        tasks = [(slice(i, min(n, i + step)), 0, None) for i in range(0, n, step)]
+    else:  # bands of output rows of each image, from the input rows that reach them
+        bands = max(1, min(-(-pieces // n), y.shape[1] // MIN_BAND_ROWS))
+        tasks = [(slice(i, i + 1), b * y.shape[1] // bands, (b + 1) * y.shape[1] // bands)
+                 for i in range(n) for b in range(bands)]
+    counter = itertools.count()
 
-    def images(k):
-        lo, hi = k * n // workers, (k + 1) * n // workers
-        for i in range(lo, hi, step):
-            sl = slice(i, min(hi, i + step))
-            cols = _work(k, ((sl.stop - sl.start) * h * w, w2.shape[1]), w2.dtype)
-            np.matmul(x[sl].reshape(-1, c), w2, out=cols)
-            _col2im_act_rows(y[sl], cols, *args, 0, (sl.stop - sl.start) * y.shape[1], 0)
+    def work(k):
+        for t in iter(counter.__next__, None):
+            if t >= len(tasks):
+                return
+            sl, r0, r1 = tasks[t]
+            if r1 is None:  # all rows of the images in sl
+                p0, p1, r1 = 0, h, (sl.stop - sl.start) * y.shape[1]
+            else:
+                rows = src_h[r0:r1][src_h[r0:r1] >= 0]
+                p0, p1 = (int(rows.min()), int(rows.max()) + 1) if rows.size else (0, 0)
+            cols = _work(k, ((sl.stop - sl.start) * (p1 - p0) * w, width), w2.dtype)
+            np.matmul(x[sl, p0:p1].reshape(-1, c), w2, out=cols)
+            _col2im_act_rows(y[sl], cols, *args, r0, r1, p0)
 
-    def band(k):  # output rows r0..r1 of every image, from the input rows p0..p1 that reach them
-        r0, r1 = k * y.shape[1] // workers, (k + 1) * y.shape[1] // workers
-        rows = src_h[r0:r1][src_h[r0:r1] >= 0]
-        p0, p1 = (int(rows.min()), int(rows.max()) + 1) if rows.size else (0, 0)
-        for i in range(n):
-            cols = _work(k, ((p1 - p0) * w, w2.shape[1]), w2.dtype)
-            np.matmul(x[i, p0:p1].reshape(-1, c), w2, out=cols)
-            _col2im_act_rows(y[i:i + 1], cols, *args, r0, r1, p0)
-
-    if workers > 1 and threads.on_each_core(images if n >= workers else band, workers):
+    if workers > 1 and threads.on_each_core(work, workers):
         return
-    for i in range(0, n, step):  # no control over BLAS's threads: a threaded GEMM, then a parallel loop
+    step = max(1, CORE_COLS_BYTES // (h * w * width * w2.dtype.itemsize))
+    for i in range(0, n, step):  # one core, or no say over BLAS's threads: threaded GEMM, parallel loop
         sl = slice(i, min(n, i + step))
-        cols = _work(0, ((sl.stop - sl.start) * h * w, w2.shape[1]), w2.dtype)
+        cols = _work(0, ((sl.stop - sl.start) * h * w, width), w2.dtype)
         np.matmul(x[sl].reshape(-1, c), w2, out=cols)
         _col2im_act(y[sl], cols, *args)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _affine_act_columns(y, t, bias, scale, shift, j0, act, alpha):
+    """y[m, j0 + j] = act((t[m, j] + bias[j0 + j]) * scale[j0 + j] + shift[j0 + j])."""
+    for m in range(t.shape[0]):
+        row = y[m, j0:j0 + t.shape[1]]
+        for j in range(t.shape[1]):
+            row[j] = (t[m, j] + bias[j0 + j]) * scale[j0 + j] + shift[j0 + j]
+        _activate(row, act, alpha)
+
+
+def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0):
+    """y = act((x @ w + bias) * scale + shift), y (N, O): blocks of columns that the cores take in
+    turn, each a single-threaded GEMM and one pass (a threaded GEMM here would leave OpenBLAS's
+    workers spinning into the transposed convolutions that follow)."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}")
+    act, alpha = _ACTIVATIONS[activation], y.dtype.type(alpha)
+    workers = get_num_threads()
+    o = w.shape[1]
+    block = max(64, -(-o // (workers * TASKS_PER_CORE)))
+    counter = itertools.count()
+
+    def work(k):
+        for j0 in iter(lambda: next(counter) * block, None):
+            if j0 >= o:
+                return
+            _affine_act_columns(y, x @ w[:, j0:j0 + block], bias, scale, shift, j0, act, alpha)
+
+    if workers == 1 or not threads.on_each_core(work, workers):
+        _affine_act_columns(y, x @ w, bias, scale, shift, 0, act, alpha)
 
 
 # ---------------------------------------------------------------- BatchNorm over ranks: sums, then maps

@@ -162,12 +162,23 @@ def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None
     c = x.shape[3]
     col2im(x, cols[:, :kh * kw * c], kh, kw, stride, pad_top, pad_left)
     x += bias
+    _activate(x, activation, alpha)
+
+
+def _activate(y, activation, alpha):
+    """In place: None, "leaky" (y if y > 0 else alpha*y) or "sigmoid"."""
     if activation == "leaky":
-        leaky_forward(x, x, alpha)
+        leaky_forward(y, y, alpha)
     elif activation == "sigmoid":
-        sigmoid_forward(x, x)
+        sigmoid_forward(y, y)
     elif activation is not None:
         raise ValueError(f"unknown activation {activation!r}")
+
+
+def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0):
+    """y = act((x @ w + bias) * scale + shift), y (N, O): a Dense layer, then an inference BatchNorm."""
+    y[...] = (x @ w + bias) * scale + shift
+    _activate(y, activation, alpha)
 
 
 def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0):

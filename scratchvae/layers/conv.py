@@ -168,6 +168,7 @@ class Conv2D(Layer):
 
 class Conv2DTranspose(Layer):
     kind = "Conv2DTranspose"
+    fused_kernel = "conv_transpose_act"
 
     def __init__(self, in_channels, filters, kernel_size=3, strides=1, padding="same",
                  dtype=np.float32, rng=None, name=None):
@@ -180,28 +181,12 @@ class Conv2DTranspose(Layer):
         self._add_param("kernel", glorot_uniform(default_rng(rng), (kernel_size, kernel_size, filters, in_channels),
                                                  fan_in, fan_out))
         self._add_param("bias", np.zeros(filters))
-        # Set by the model (fuse_inference): a following BatchNorm (with its fused LeakyReLU) or Sigmoid
-        # that this layer's inference pass applies as it writes its output.
-        self.epilogue = None
-        self.fast_inference = True  # False: inference runs the training formulation (tests compare the two)
 
     def output_shape(self, input_shape):
         h, w, c = input_shape
         if c != self.in_channels:
             raise ValueError(f"{self.name}: expects {self.in_channels} channels, got {c}")
         return (h * self.stride, w * self.stride, self.filters)
-
-    def fuse_inference(self, layer):
-        """Apply `layer` (a BatchNorm, folded into kernel and bias, or a Sigmoid) inside this layer's
-        inference pass; in inference it then passes its input through. Training is unchanged."""
-        if self.epilogue is not None:
-            raise ValueError(f"{self.name}: already applies {self.epilogue.name} in inference")
-        self.epilogue = layer
-        layer.applied_by = self
-
-    def fuses_inference(self):
-        """Whether inference takes the fused path (the backend has its kernels)."""
-        return self.fast_inference and K.supports("conv_transpose_act")
 
     def forward(self, x, training):
         self._check_input(x, 4)
@@ -224,9 +209,7 @@ class Conv2DTranspose(Layer):
         the GEMM's weights and the bias (recomputed per call, so it never goes stale)."""
         n, h, w, c = x.shape
         k, o = self.k, self.filters
-        scale, shift, activation, alpha = np.ones(o, self.dtype), np.zeros(o, self.dtype), None, 1.0
-        if self.epilogue is not None:
-            scale, shift, activation, alpha = self.epilogue.inference_epilogue(scale, shift)
+        scale, shift, activation, alpha = self.epilogue_affine(o)
         w2 = self.scratch("folded_kernel", (c, k * k * o))  # (C, (i, j, O))
         b2 = self.scratch("folded_bias", (o,))
         K.fold_adjoint_weights(w2, b2, self.params["kernel"], self.params["bias"], scale, shift)
