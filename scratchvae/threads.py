@@ -45,7 +45,7 @@ def _call_first(names, *args):
 
 
 _pool = None
-_pool_size = 0
+_pool_key = None  # (process id, threads): a forked child or a larger count gets a pool of its own
 
 
 def on_each_core(fn, workers):
@@ -54,14 +54,14 @@ def on_each_core(fn, workers):
     nothing) where BLAS's thread count cannot be set. Used where multi-threaded BLAS calls would
     alternate with Numba's parallel loops: OpenBLAS's idle workers spin for up to ~0.1 s after
     each call and take the cores the Numba threads need (measured on 2 cores: up to 2x slower)."""
-    global _pool, _pool_size
+    global _pool, _pool_key
     previous = _call_first(_BLAS_GETTERS)
     if previous is None:
         return False
-    if _pool_size < workers:
-        if _pool is not None:
+    if _pool_key is None or _pool_key[0] != os.getpid() or _pool_key[1] < workers:
+        if _pool is not None and _pool_key[0] == os.getpid():
             _pool.shutdown()
-        _pool, _pool_size = concurrent.futures.ThreadPoolExecutor(workers, "scratchvae-core"), workers
+        _pool, _pool_key = concurrent.futures.ThreadPoolExecutor(workers, "scratchvae-core"), (os.getpid(), workers)
     _call_first(_BLAS_SETTERS, ctypes.c_int(1))
     try:
         futures = [_pool.submit(fn, k) for k in range(workers)]

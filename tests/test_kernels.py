@@ -269,3 +269,22 @@ def test_dispatch_switches_backend():
     assert kernels.active_name() == previous
     with pytest.raises(ValueError, match="unknown kernel backend"):
         kernels.use("tpu")
+
+
+def test_on_each_core_runs_every_worker_and_restores_blas_threads():
+    from scratchvae import threads
+    before = threads._call_first(threads._BLAS_GETTERS)
+    seen = []
+
+    def work(k):
+        seen.append((k, threads._call_first(threads._BLAS_GETTERS)))
+        if k == 1:
+            raise ValueError("worker 1 failed")
+
+    if before is None:
+        assert threads.on_each_core(work, 2) is False and not seen
+        return
+    with pytest.raises(ValueError, match="worker 1 failed"):
+        threads.on_each_core(work, 2)
+    assert sorted(seen) == [(0, 1), (1, 1)]  # both ran, BLAS single-threaded meanwhile
+    assert threads._call_first(threads._BLAS_GETTERS) == before

@@ -3,7 +3,8 @@
 The forward of Conv2D (and backward of Conv2DTranspose) is im2col + one GEMM. The adjoint
 direction (Conv2D's input gradient, Conv2DTranspose's forward) is split by output phase: each of
 the stride^2 phases is a small dense convolution over the taps that reach it, so no zeros are
-multiplied and nothing is scattered with +=.
+multiplied and nothing is scattered with +=. Conv2DTranspose's inference forward is one GEMM over
+all taps, then a col2im that also adds the bias and applies a fused BatchNorm and activation.
 """
 
 import numpy as np
