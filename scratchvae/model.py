@@ -127,6 +127,9 @@ class VAE:
             for layer, following in zip(seq.layers, seq.layers[1:]):
                 if isinstance(layer, BatchNorm) and isinstance(following, LeakyReLU):
                     layer.fuse(following)  # one pass instead of two; the summary still lists both
+            for layer, following in zip(seq.layers, seq.layers[1:]):
+                if isinstance(layer, (Dense, Conv2DTranspose)) and isinstance(following, (BatchNorm, Sigmoid)):
+                    layer.fuse_inference(following)  # inference: BN folded into the weights, one output pass
             for layer in seq.layers[:-1]:
                 layer.internal = True  # heads and the decoder's last layer hand out fresh arrays
             producer = None

@@ -51,6 +51,68 @@ def test_col2im(rng, n, h, w, c, k, s):
     assert_close(*both("col2im", [np.full((n, h, w, c), np.nan, F32)], cols, k, k, s, pt, pl))
 
 
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
+@pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
+def test_col2im_act(rng, n, h, w, c, k, s, activation):
+    """col2im, then bias and the activation; the padding columns past KH*KW*C are ignored."""
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    cols = rng.standard_normal((n * ho * wo, k * k * c + 5)).astype(F32)
+    cols[:, k * k * c:] = np.nan
+    bias = rng.standard_normal(c).astype(F32)
+    ref, fast = both("col2im_act", [np.full((n, h, w, c), np.nan, F32)], cols, k, k, s, pt, pl, bias, activation, 0.3)
+    assert_close(ref, fast)
+    pre = np.empty((n, h, w, c), F32)
+    reference.col2im(pre, np.ascontiguousarray(cols[:, :k * k * c]), k, k, s, pt, pl)
+    pre += bias
+    want = {None: pre, "leaky": np.where(pre > 0, pre, 0.3 * pre), "sigmoid": 1 / (1 + np.exp(-pre))}[activation]
+    np.testing.assert_allclose(ref[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 3, 4, 2, 1, 2), (19, 3, 2, 3, 3, 2),
+                                         (1, 33, 3, 2, 3, 2)])
+@pytest.mark.parametrize("split", [True, False])
+def test_conv_transpose_act(rng, monkeypatch, n, h, w, c, k, s, split):
+    """The fused inference transposed convolution, its work split across the cores (by images, or
+    by bands of output rows for small batches) or, where BLAS's threads cannot be set, not split."""
+    if split:
+        monkeypatch.setattr(cpu, "MIN_BAND_ROWS", 1)  # several bands even on these small images
+    else:
+        monkeypatch.setattr(cpu.threads, "on_each_core", lambda fn, workers: False)
+    o = 4
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    w2 = rng.standard_normal((c, k * k * o + 3)).astype(F32)
+    bias = rng.standard_normal(o).astype(F32)
+    pt = same_padding(h * s, k, s)[1]
+    pl = same_padding(w * s, k, s)[1]
+    y = np.full((n, h * s, w * s, o), np.nan, F32)
+    assert_close(*both("conv_transpose_act", [y], x, w2, bias, k, k, s, pt, pl, "leaky", 0.3))
+
+
+@pytest.mark.parametrize("n,i,o", [(1, 5, 3), (2, 7, 700), (64, 3, 130)])
+@pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
+def test_dense_act(rng, n, i, o, activation):
+    x = rng.standard_normal((n, i)).astype(F32)
+    w = rng.standard_normal((i, o)).astype(F32)
+    bias, scale, shift = (rng.standard_normal(o).astype(F32) for _ in range(3))
+    ref, fast = both("dense_act", [np.full((n, o), np.nan, F32)], x, w, bias, scale, shift, activation, 0.3)
+    assert_close(ref, fast)
+    pre = (x @ w + bias) * scale + shift
+    want = {None: pre, "leaky": np.where(pre > 0, pre, 0.3 * pre), "sigmoid": 1 / (1 + np.exp(-pre))}[activation]
+    np.testing.assert_allclose(ref[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_fold_adjoint_weights(rng):
+    """A per-output-channel affine folded into a transposed conv's GEMM weights and bias."""
+    scale, shift, bias = rng.uniform(0.5, 2, 4), rng.standard_normal(4), rng.standard_normal(4)
+    kernel = rng.standard_normal((3, 2, 4, 5))  # (kh, kw, out, in)
+    w2, b2 = np.full((5, 3 * 2 * 4 + 2), np.nan), np.empty(4)
+    reference.fold_adjoint_weights(w2, b2, kernel, bias, scale, shift)
+    np.testing.assert_array_equal(w2[:, 24:], 0)
+    np.testing.assert_allclose(w2[:, :24].reshape(5, 3, 2, 4), kernel.transpose(3, 0, 1, 2) * scale, rtol=1e-12)
+    np.testing.assert_allclose(b2, bias * scale + shift, rtol=1e-12)
+
+
 @pytest.mark.parametrize("h,w,s", [(6, 6, 2), (7, 5, 2), (5, 5, 1), (7, 8, 3)])
 def test_scatter_phase_fills_each_phase_once(rng, h, w, s):
     x = np.full((2, h, w, 3), np.nan, F32)
@@ -207,3 +269,22 @@ def test_dispatch_switches_backend():
     assert kernels.active_name() == previous
     with pytest.raises(ValueError, match="unknown kernel backend"):
         kernels.use("tpu")
+
+
+def test_on_each_core_runs_every_worker_and_restores_blas_threads():
+    from scratchvae import threads
+    before = threads._call_first(threads._BLAS_GETTERS)
+    seen = []
+
+    def work(k):
+        seen.append((k, threads._call_first(threads._BLAS_GETTERS)))
+        if k == 1:
+            raise ValueError("worker 1 failed")
+
+    if before is None:
+        assert threads.on_each_core(work, 2) is False and not seen
+        return
+    with pytest.raises(ValueError, match="worker 1 failed"):
+        threads.on_each_core(work, 2)
+    assert sorted(seen) == [(0, 1), (1, 1)]  # both ran, BLAS single-threaded meanwhile
+    assert threads._call_first(threads._BLAS_GETTERS) == before

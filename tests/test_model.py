@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from scratchvae import checkpoint, losses
+from scratchvae.layers import Conv2DTranspose, Dense
 from scratchvae.model import VAE, VAEConfig
 from tests.gradcheck import numeric_grad, rel_error
 
@@ -144,3 +145,59 @@ def test_saved_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert (tmp_path / "c.npz").stat().st_mode & 0o777 == 0o644
+
+
+def layer_by_layer(vae, z):
+    """decode with every layer running its own inference pass (no BatchNorm folded in)."""
+    for layer in vae.decoder.layers:
+        layer.fast_inference = False
+    try:
+        return vae.decode(z)
+    finally:
+        for layer in vae.decoder.layers:
+            layer.fast_inference = True
+
+
+def moved_off_init(vae, rng):
+    """Decoder BN statistics, gammas, betas and biases away from their identity initial values."""
+    for name, a in {**vae.params(), **vae.state()}.items():
+        if name.endswith(("moving_variance", "gamma")):
+            a[...] = rng.uniform(0.5, 2.0, a.shape)
+        elif name.endswith(("moving_mean", "beta", "bias")):
+            a[...] = rng.standard_normal(a.shape) * 0.3
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+def test_fused_inference_matches_layer_by_layer(backend, rng, dtype, tol):
+    """Inference folds each decoder BatchNorm into the Dense or transposed conv before it and
+    applies bias + LeakyReLU (Sigmoid last) as the output is written: the same images to
+    round-off, and still after the weights and statistics change in place (nothing goes stale)."""
+    cfg = VAEConfig(image_size=8, channels=3, filters=5, blocks=2, z_dim=3)
+    vae = VAE(cfg, seed=4, dtype=dtype)
+    moved_off_init(vae, rng)
+    z = rng.standard_normal((3, 3)).astype(dtype)
+    fusing = [layer for layer in vae.decoder.layers if isinstance(layer, (Dense, Conv2DTranspose))]
+    assert len(fusing) == 4 and all(layer.epilogue is not None and layer.fuses_inference() for layer in fusing)
+    fused = vae.decode(z)
+    assert fused.dtype == dtype and np.max(np.abs(fused - layer_by_layer(vae, z))) <= tol
+    moved_off_init(vae, rng)  # as an optimizer step or a load would
+    vae.params()["decoder.conv_t_1.kernel"] *= 1.5
+    vae.params()["decoder.dense.kernel"] *= 0.5
+    fused = vae.decode(z)
+    assert np.max(np.abs(fused - layer_by_layer(vae, z))) <= tol
+
+
+def test_training_mode_ignores_the_inference_fusion(rng):
+    """forward_backward is bit-for-bit the same whether or not the inference pass is fused."""
+    x = rng.uniform(0, 1, (3, 8, 8, 3)).astype(np.float32)
+    eps = rng.standard_normal((3, TINY.z_dim)).astype(np.float32)
+    runs = []
+    for fast in (True, False):
+        vae = VAE(TINY, seed=5)
+        for layer in vae.decoder.layers:
+            layer.fast_inference = fast
+        terms = vae.forward_backward(x, eps)
+        runs.append((terms, {k: g.copy() for k, g in vae.grads().items()}, vae.state()))
+    (t0, g0, s0), (t1, g1, s1) = runs
+    assert t0 == t1
+    assert all(np.array_equal(g0[k], g1[k]) for k in g0) and all(np.array_equal(s0[k], s1[k]) for k in s0)

@@ -45,6 +45,11 @@ def active_name():
     return _active_name
 
 
+def supports(op):
+    """Whether the active backend has kernel `op` (a fused fast path falls back to plain kernels if not)."""
+    return hasattr(backend(), op)
+
+
 class using:
     """Context manager: `with kernels.using("numpy"): ...` runs a block on another backend."""
 

@@ -5,8 +5,12 @@ write their own slice; cross-thread reductions go through per-chunk rows and a s
 Scalars are cast to the array dtype before the call so float32 stays float32 inside.
 """
 
+import itertools
+
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
+
+from scratchvae import threads
 
 name = "cpu"
 
@@ -365,6 +369,173 @@ def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
     _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo)
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _activate(v, act, alpha):
+    """In place over a 1-D slice: act 0 none, 1 leaky (v if v > 0 else alpha*v), 2 sigmoid."""
+    one = v.dtype.type(1)
+    if act == 1:
+        for i in range(v.size):
+            v[i] = v[i] if v[i] > 0 else v[i] * alpha
+    elif act == 2:
+        for i in range(v.size):
+            if v[i] >= 0:
+                v[i] = one / (one + np.exp(-v[i]))
+            else:
+                e = np.exp(v[i])
+                v[i] = e / (one + e)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r0, r1, p0):
+    """Rows r0..r1 (of the N*H output rows) of col2im plus bias and an activation (act 0 none, 1 leaky,
+    2 sigmoid), in one pass. src_h[h, i] is the input row p that tap i brings to output row h, or -1
+    (src_w likewise for columns): the geometry worked out once per call, no divisions per pixel.
+    cols holds input rows from p0 on (a band of one image when p0 > 0)."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = src_h.shape[1], src_w.shape[1]
+    for r in range(r0, r1):
+        b = r // h
+        hh = r - b * h
+        for ww in range(w):
+            for ch in range(c):
+                x[b, hh, ww, ch] = bias[ch]
+            for i in range(kh):
+                p = src_h[hh, i]
+                if p < 0:
+                    continue
+                for j in range(kw):
+                    q = src_w[ww, j]
+                    if q < 0:
+                        continue
+                    row = (b * ho + p - p0) * wo + q
+                    base = (i * kw + j) * c
+                    for ch in range(c):
+                        x[b, hh, ww, ch] += cols[row, base + ch]
+            _activate(x[b, hh, ww], act, alpha)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _col2im_act(x, cols, src_h, src_w, ho, wo, bias, act, alpha):
+    for r in prange(x.shape[0] * x.shape[1]):
+        _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r, r + 1, 0)
+
+
+_ACTIVATIONS = {None: 0, "leaky": 1, "sigmoid": 2}
+
+
+def _sources(size, k, stride, pad):
+    """src[h, i] = p where stride*p + i - pad = h and 0 <= p < ceil(size / stride), else -1."""
+    t = np.arange(size)[:, None] + pad - np.arange(k)[None, :]
+    p = t // stride
+    ok = (t >= 0) & (t % stride == 0) & (p < -(-size // stride))
+    return np.where(ok, p, -1).astype(np.int64)
+
+
+def _col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alpha):
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}")
+    h, w = x.shape[1], x.shape[2]
+    return (_sources(h, kh, stride, pad_top), _sources(w, kw, stride, pad_left), -(-h // stride), -(-w // stride),
+            bias, _ACTIVATIONS[activation], x.dtype.type(alpha))
+
+
+def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None, alpha=1.0):
+    """x = act(col2im(cols) + bias[c]); act None, "leaky" (x if x > 0 else alpha*x) or "sigmoid".
+    Columns of cols past KH*KW*C are padding and ignored."""
+    _col2im_act(x, cols, *_col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alpha))
+
+
+_WORK = {}  # per-worker cols buffers of conv_transpose_act, kept at their largest size
+CORE_COLS_BYTES = 24 * 2 ** 20  # one worker's cols per GEMM: a few images, or one large one
+
+
+def _work(key, shape, dtype):
+    size = int(np.prod(shape))
+    buf = _WORK.get((key, dtype))
+    if buf is None or buf.size < size:
+        buf = _WORK[(key, dtype)] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+TASKS_PER_CORE = 4  # pieces of work per core, taken in turn: a core slowed by another job takes fewer
+MIN_BAND_ROWS = 32  # a band's GEMM also covers the input rows it shares with its neighbours: keep that small
+
+
+def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0):
+    """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding).
+    The work is cut into pieces (a few images, or bands of output rows when there are few images)
+    that the cores take in turn, each running a single-threaded GEMM and col2im pass per piece
+    (see threads.on_each_core for why not a threaded GEMM, then a parallel loop)."""
+    n, h, w, c = x.shape
+    args = _col2im_act_args(y, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
+    src_h, width = args[0], w2.shape[1]
+    workers = get_num_threads()
+    pieces = workers * TASKS_PER_CORE
+    if n >= pieces:  # whole images, within a cols budget per GEMM
+        step = max(1, min(CORE_COLS_BYTES // (h * w * width * w2.dtype.itemsize), n // pieces))
+        tasks = [(slice(i, min(n, i + step)), 0, None) for i in range(0, n, step)]
+    else:  # bands of output rows of each image, from the input rows that reach them
+        bands = max(1, min(-(-pieces // n), y.shape[1] // MIN_BAND_ROWS))
+        tasks = [(slice(i, i + 1), b * y.shape[1] // bands, (b + 1) * y.shape[1] // bands)
+                 for i in range(n) for b in range(bands)]
+    counter = itertools.count()
+
+    def work(k):
+        for t in iter(counter.__next__, None):
+            if t >= len(tasks):
+                return
+            sl, r0, r1 = tasks[t]
+            if r1 is None:  # all rows of the images in sl
+                p0, p1, r1 = 0, h, (sl.stop - sl.start) * y.shape[1]
+            else:
+                rows = src_h[r0:r1][src_h[r0:r1] >= 0]
+                p0, p1 = (int(rows.min()), int(rows.max()) + 1) if rows.size else (0, 0)
+            cols = _work(k, ((sl.stop - sl.start) * (p1 - p0) * w, width), w2.dtype)
+            np.matmul(x[sl, p0:p1].reshape(-1, c), w2, out=cols)
+            _col2im_act_rows(y[sl], cols, *args, r0, r1, p0)
+
+    if workers > 1 and threads.on_each_core(work, workers):
+        return
+    step = max(1, CORE_COLS_BYTES // (h * w * width * w2.dtype.itemsize))
+    for i in range(0, n, step):  # one core, or no say over BLAS's threads: threaded GEMM, parallel loop
+        sl = slice(i, min(n, i + step))
+        cols = _work(0, ((sl.stop - sl.start) * h * w, width), w2.dtype)
+        np.matmul(x[sl].reshape(-1, c), w2, out=cols)
+        _col2im_act(y[sl], cols, *args)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _affine_act_columns(y, t, bias, scale, shift, j0, act, alpha):
+    """y[m, j0 + j] = act((t[m, j] + bias[j0 + j]) * scale[j0 + j] + shift[j0 + j])."""
+    for m in range(t.shape[0]):
+        row = y[m, j0:j0 + t.shape[1]]
+        for j in range(t.shape[1]):
+            row[j] = (t[m, j] + bias[j0 + j]) * scale[j0 + j] + shift[j0 + j]
+        _activate(row, act, alpha)
+
+
+def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0):
+    """y = act((x @ w + bias) * scale + shift), y (N, O): blocks of columns that the cores take in
+    turn, each a single-threaded GEMM and one pass (a threaded GEMM here would leave OpenBLAS's
+    workers spinning into the transposed convolutions that follow)."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}")
+    act, alpha = _ACTIVATIONS[activation], y.dtype.type(alpha)
+    workers = get_num_threads()
+    o = w.shape[1]
+    block = max(64, -(-o // (workers * TASKS_PER_CORE)))
+    counter = itertools.count()
+
+    def work(k):
+        for j0 in iter(lambda: next(counter) * block, None):
+            if j0 >= o:
+                return
+            _affine_act_columns(y, x @ w[:, j0:j0 + block], bias, scale, shift, j0, act, alpha)
+
+    if workers == 1 or not threads.on_each_core(work, workers):
+        _affine_act_columns(y, x @ w, bias, scale, shift, 0, act, alpha)
+
+
 # ---------------------------------------------------------------- BatchNorm over ranks: sums, then maps
 
 def centered_sq_sums(out, x, mean):
@@ -400,6 +571,6 @@ def bn_act_dx(dx, dy, x, mean, invstd, gamma, beta, alpha, s1, s2, count):
 
 # Small or already NumPy-bound: the reference code is the CPU code.
 from scratchvae.kernels.reference import (add, bn_act_backward_frozen, bn_invstd, copy, fill,  # noqa: E402
-                                          gather_weights, is_device_array, kl_sum, latent_grads,
-                                          may_share_memory, moving_update, mse_and_grad, reparameterize,
-                                          sum_squares)
+                                          fold_adjoint_weights, gather_weights, is_device_array, kl_sum,
+                                          latent_grads, may_share_memory, moving_update, mse_and_grad,
+                                          reparameterize, sum_squares)

@@ -156,6 +156,37 @@ def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
     x[...] = xpad[:, pad_top:pad_top + h, pad_left:pad_left + w]
 
 
+def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None, alpha=1.0):
+    """x = act(col2im(cols) + bias[c]); act None, "leaky" (x if x > 0 else alpha*x) or "sigmoid".
+    Columns of cols past KH*KW*C are padding and ignored."""
+    c = x.shape[3]
+    col2im(x, cols[:, :kh * kw * c], kh, kw, stride, pad_top, pad_left)
+    x += bias
+    _activate(x, activation, alpha)
+
+
+def _activate(y, activation, alpha):
+    """In place: None, "leaky" (y if y > 0 else alpha*y) or "sigmoid"."""
+    if activation == "leaky":
+        leaky_forward(y, y, alpha)
+    elif activation == "sigmoid":
+        sigmoid_forward(y, y)
+    elif activation is not None:
+        raise ValueError(f"unknown activation {activation!r}")
+
+
+def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0):
+    """y = act((x @ w + bias) * scale + shift), y (N, O): a Dense layer, then an inference BatchNorm."""
+    y[...] = (x @ w + bias) * scale + shift
+    _activate(y, activation, alpha)
+
+
+def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0):
+    """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding)."""
+    cols = x.reshape(-1, x.shape[3]) @ w2
+    col2im_act(y, cols, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
+
+
 def _out_hw(h, w, rows_per_image, kh, kw, stride, pad_top, pad_left):
     # 'same' geometry: Ho = ceil(H / stride); the row count must agree with it.
     ho, wo = -(-h // stride), -(-w // stride)
@@ -236,6 +267,14 @@ def bn_act_backward_frozen(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, 
 def gather_weights(wsub, kernel, taps_h, taps_w):
     """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of conv_adjoint."""
     wsub[...] = kernel[np.ix_(taps_h, taps_w)].transpose(0, 1, 3, 2).reshape(-1, kernel.shape[2])
+
+
+def fold_adjoint_weights(w2, b2, kernel, bias, scale, shift):
+    """w2[o, (i,j,c)] = kernel[i,j,c,o] * scale[c], 0 in padding columns; b2[c] = bias[c]*scale[c] + shift[c]."""
+    kh, kw, c, o = kernel.shape
+    w2[:, kh * kw * c:] = 0
+    w2[:, :kh * kw * c] = (kernel * scale[:, None]).reshape(-1, o).T
+    b2[...] = bias * scale + shift
 
 
 def sum_squares(out, a):

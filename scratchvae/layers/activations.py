@@ -55,8 +55,14 @@ class ReLU(Layer):
 class Sigmoid(Layer):
     kind = "Sigmoid"
 
+    def inference_epilogue(self, scale, shift):
+        """For a preceding layer that applies this one: (scale, shift) unchanged, then the activation."""
+        return scale, shift, "sigmoid", 1.0
+
     def forward(self, x, training):
         self._check_input(x, x.ndim)
+        if self.applied_before(training):
+            return x
         y = self.output("y", x.shape, training)
         K.sigmoid_forward(y, x)
         self.y = y

@@ -44,6 +44,11 @@ class Layer:
         # Set by the model on layers whose output only the next layer sees: their inference
         # outputs reuse a buffer too (a model's final outputs stay fresh for callers to keep).
         self.internal = False
+        # Inference fusion (fuse_inference): `epilogue` is the following layer this one applies in
+        # its inference pass, `applied_by` the preceding layer that applies this one.
+        self.epilogue = None
+        self.applied_by = None
+        self.fast_inference = True  # False: inference runs layer by layer (tests compare the two)
         self._buffers = {}
 
     def output_shape(self, input_shape):
@@ -56,6 +61,31 @@ class Layer:
     def backward(self, dy):
         """Fills grads and returns dx; may overwrite dy (pass a copy to keep it)."""
         raise NotImplementedError
+
+    fused_kernel = None  # the kernel of a subclass's one-pass inference (None: it has none)
+
+    def fuse_inference(self, layer):
+        """Apply `layer` (a BatchNorm, folded into kernel and bias, or a Sigmoid) inside this layer's
+        inference pass; in inference it then passes its input through. Training is unchanged."""
+        if self.epilogue is not None:
+            raise ValueError(f"{self.name}: already applies {self.epilogue.name} in inference")
+        self.epilogue = layer
+        layer.applied_by = self
+
+    def fuses_inference(self):
+        """Whether inference takes the one-pass path (the active backend has its kernel)."""
+        return self.fast_inference and self.fused_kernel is not None and K.supports(self.fused_kernel)
+
+    def applied_before(self, training):
+        """True when the preceding layer already applied this one (inference, fused path)."""
+        return not training and self.applied_by is not None and self.applied_by.fuses_inference()
+
+    def epilogue_affine(self, features):
+        """(scale, shift, activation, alpha) of the fused epilogue: act(y * scale + shift)."""
+        scale, shift = np.ones(features, self.dtype), np.zeros(features, self.dtype)
+        if self.epilogue is None:
+            return scale, shift, None, 1.0
+        return self.epilogue.inference_epilogue(scale, shift)
 
     def count_params(self):
         """(trainable, non-trainable) parameter counts."""

@@ -3,7 +3,8 @@
 The forward of Conv2D (and backward of Conv2DTranspose) is im2col + one GEMM. The adjoint
 direction (Conv2D's input gradient, Conv2DTranspose's forward) is split by output phase: each of
 the stride^2 phases is a small dense convolution over the taps that reach it, so no zeros are
-multiplied and nothing is scattered with +=.
+multiplied and nothing is scattered with +=. Conv2DTranspose's inference forward is one GEMM over
+all taps, then a col2im that also adds the bias and applies a fused BatchNorm and activation.
 """
 
 import numpy as np
@@ -168,6 +169,7 @@ class Conv2D(Layer):
 
 class Conv2DTranspose(Layer):
     kind = "Conv2DTranspose"
+    fused_kernel = "conv_transpose_act"
 
     def __init__(self, in_channels, filters, kernel_size=3, strides=1, padding="same",
                  dtype=np.float32, rng=None, name=None):
@@ -193,13 +195,34 @@ class Conv2DTranspose(Layer):
         ho, wo = h * self.stride, w * self.stride
         pt = same_padding(ho, self.k, self.stride)[1]
         pl = same_padding(wo, self.k, self.stride)[1]
+        if not training and self.fuses_inference():
+            self.geometry = None
+            return self._infer(x, pt, pl)
         self.geometry = (x, pt, pl)
         y = self.output("y", (n, ho, wo, self.filters), training)
         conv_adjoint(self, y, x, self.params["kernel"], self.stride, pt, pl)
         K.add_bias(y.reshape(-1, self.filters), self.params["bias"])
         return y
 
+    def _infer(self, x, pt, pl):
+        """Inference: a GEMM over all taps (K = input channels, KH*KW*O columns), then col2im sums
+        the taps and writes act(sum + bias) in the same pass. A following BatchNorm is folded into
+        the GEMM's weights and the bias (recomputed per call, so it never goes stale)."""
+        n, h, w, c = x.shape
+        k, o = self.k, self.filters
+        scale, shift, activation, alpha = self.epilogue_affine(o)
+        w2 = self.scratch("folded_kernel", (c, k * k * o))  # (C, (i, j, O))
+        b2 = self.scratch("folded_bias", (o,))
+        K.fold_adjoint_weights(w2, b2, self.params["kernel"], self.params["bias"], scale, shift)
+        # The output is the last fused layer's: fresh for callers when that one hands out results.
+        y = (self.epilogue or self).output("y", (n, h * self.stride, w * self.stride, o), False)
+        K.conv_transpose_act(y, x, w2, b2, k, k, self.stride, pt, pl, activation, alpha)
+        return y
+
     def backward(self, dy):
+        if self.geometry is None:
+            raise RuntimeError(f"{self.name}: backward needs a training-mode forward first (the fused "
+                               "inference pass keeps nothing for it)")
         x, pt, pl = self.geometry
         n, c, k = x.shape[0], self.in_channels, self.k
         K.sum_rows(self.grads["bias"], dy.reshape(-1, self.filters))

@@ -37,9 +37,21 @@ class BatchNorm(Layer):
             raise ValueError(f"{self.name}: expects {self.features} features, got {input_shape[-1]}")
         return tuple(input_shape)
 
+    def inference_epilogue(self, scale, shift):
+        """For a preceding layer that applies this one: its per-channel (scale, shift) composed with
+        the moving-statistics affine, then (activation, alpha) of the fused LeakyReLU (if any)."""
+        invstd = self.scratch("invstd", (self.features,))
+        K.bn_invstd(invstd, self.state["moving_variance"], self.epsilon)
+        s = (invstd * self.params["gamma"]).astype(self.dtype)  # as bn_act_forward computes it
+        t = (self.params["beta"] - self.state["moving_mean"] * s).astype(self.dtype)
+        return scale * s, shift * s + t, ("leaky" if self.alpha != 1 else None), self.alpha
+
     def forward(self, x, training):
         if x.dtype != self.dtype:
             raise TypeError(f"{self.name}: expected {self.dtype} input, got {x.dtype}")
+        if self.applied_before(training):
+            self.cache = None
+            return x
         x2d = x.reshape(-1, self.features)
         count = x2d.shape[0]
         if training:
