@@ -195,26 +195,23 @@ def test_memory_helpers(rng):
     assert not gpu.may_share_memory(buf, gpu.empty((64,), F32))
 
 
-@pytest.mark.parametrize("wide", [True, False], ids=["128x64", "64x64"])
 @pytest.mark.parametrize("ta,tb,acc", [(False, False, False), (True, False, False), (False, True, True),
                                       (True, True, False)])
-def test_gemm_multi_tile(rng, monkeypatch, wide, ta, tb, acc):
-    monkeypatch.setattr(gpu, "GEMM_WIDE", wide)
-    m, n, k = 70, 67, 19  # two 64-wide tiles each way (or 1 x 2 of 128 x 64), 2-3 k steps, ragged edges
+@pytest.mark.parametrize("m,n,k", [(70, 67, 19), (130, 5, 8)])
+def test_gemm_multi_tile(rng, ta, tb, acc, m, n, k):
+    # 1 x 2 tiles of 128 x 64 and 3 k steps (the last ragged); 2 x 1 tiles and one whole k step
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
     out = rng.standard_normal((m, n)).astype(F32)
     assert_close(*both("gemm", [out], a, b, ta, tb, acc), SUM_RTOL, SUM_ATOL)
 
 
-@pytest.mark.parametrize("wide", [True, False], ids=["128x64", "64x64"])
 @pytest.mark.parametrize("ta,tb,acc", [(False, False, True), (True, False, False), (False, True, False)])
-def test_gemm_split_k(rng, monkeypatch, wide, ta, tb, acc):
+def test_gemm_split_k(rng, monkeypatch, ta, tb, acc):
     """Few output tiles and a long k: k is cut into slices summed afterwards, with a ragged last slice."""
-    monkeypatch.setattr(gpu, "GEMM_WIDE", wide)
     monkeypatch.setattr(gpu, "SPLIT_MIN_K", 16)
-    m, n, k = 70, 5, 53  # 2 output tiles; k in 2 slices (32, 21), each whole shared-memory steps
-    assert gpu._k_slice(2, k) == 32
+    m, n, k = 70, 5, 53  # 1 output tile; k in 3 slices (24, 24, 5), each whole shared-memory steps
+    assert gpu._k_slice(1, k) == 24
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
     out = rng.standard_normal((m, n)).astype(F32)

@@ -24,19 +24,17 @@ warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in 
 # Module-level kernels are cached on disk; the per-dtype ones (closures) compile once per process.
 THREADS = 256        # threads per block of the 1-D kernels
 MAX_BLOCKS = 1024    # grid cap of the 1-D kernels; grid-stride loops cover the rest
-TILE = 64            # gemm: a block computes a TILE x TILE tile of out ...
-TILE_K = 16          # ... stepping through k TILE_K at a time in shared memory
-TPB = 16             # ... with TPB x TPB threads,
-REG = TILE // TPB    # ... each holding REG x REG outputs in registers (written out for REG = 4)
-assert REG == 4
+# gemm: a block computes a WM x WN tile of out, stepping through k WK at a time in shared memory,
+# with TPB x TPB threads, each holding 8 x 4 outputs in registers. (A 64 x 64 tile with 4 x 4 per
+# thread ran at 5-7 TFLOP/s on an H200 against this one's 9.5-10.7: see benches/RESULTS.md.)
+WM, WN, WK = 128, 64, 8
+TPB = 16
+# Shared row lengths = 4 mod 32 banks, so the transposing stores do not conflict. Named constants:
+# shared.array shapes must be compile-time literals on a real GPU (the simulator accepts `WM + 4`).
+WA, WB = WM + 4, WN + 4
 SPLIT_BLOCKS = 264   # gemm: a grid of fewer tiles than this (two per H100/H200 SM) splits k ...
 SPLIT_MIN_K = 1024   # ... into slices of at least this many k, summed afterwards in a fixed order
 MAX_SPLITS = 256
-GEMM_WIDE = True     # gemm: the 128 x 64 tile kernel below, else the 64 x 64 one
-WM, WN, WK = 128, 64, 8  # wide gemm: a block's tile of out, and its k step; 8 x 4 outputs per thread
-WA, WB = WM + 4, WN + 4  # shared row lengths = 4 mod 32 banks: the transposing stores do not conflict
-TILE_PAD = TILE + 1  # shared tiles get a padding column; a named constant, since shared.array shapes must
-                     # be compile-time literals (the simulator accepts `TILE + 1`, a real GPU does not)
 RX, RY = 32, 8       # column reductions: RX columns x RY row-threads per block
 ROWS_PER_CHUNK = 256  # column reductions: rows per block before a second pass
 MAX_CHUNKS = 1024
@@ -440,93 +438,23 @@ def _gemm_kernel(dtype):
 
     @cuda.jit(device=True)
     def put_row(out, part, z, sliced, accumulate, i, j, v0, v1, v2, v3):
-        """Row i of one thread's outputs: columns j, j + TPB, j + 2 TPB, j + 3 TPB."""
+        """Row i of one thread's outputs: columns j, j + 16, j + 32, j + 48."""
         if i < out.shape[0]:
             put(out, part, z, sliced, accumulate, i, j, v0)
-            put(out, part, z, sliced, accumulate, i, j + TPB, v1)
-            put(out, part, z, sliced, accumulate, i, j + 2 * TPB, v2)
-            put(out, part, z, sliced, accumulate, i, j + 3 * TPB, v3)
+            put(out, part, z, sliced, accumulate, i, j + 16, v1)
+            put(out, part, z, sliced, accumulate, i, j + 32, v2)
+            put(out, part, z, sliced, accumulate, i, j + 48, v3)
 
     @cuda.jit
     def gemm_tile(out, part, a, b, trans_a, trans_b, accumulate, kslice):
-        """out[i, j] (+)= sum_k op(a)[i, k] op(b)[k, j] over one TILE x TILE tile of out.
+        """out[i, j] (+)= sum_k op(a)[i, k] op(b)[k, j] over one WM x WN tile of out.
 
+        Thread (ty, tx) owns rows ty + 16 r (r < 8) and columns tx + 16 s (s < 4), as named scalars:
+        numba leaves a local array in (slow, off-chip) local memory unless LLVM unrolls every loop
+        that indexes it. The next k step's values are loaded into registers while this one's
+        products run, and each thread's load positions are worked out once, not per k step.
         With several k slices (gridDim.z > 1), blockIdx.z takes k in [z * kslice, (z + 1) * kslice)
         and writes part[z, i, j] instead, for sum_slices to add up."""
-        z = cuda.blockIdx.z
-        sliced = cuda.gridDim.z > 1
-        m, n = out.shape
-        kfull = a.shape[0] if trans_a else a.shape[1]
-        kbeg = z * kslice
-        kdim = min(kfull, kbeg + kslice)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        tid = ty * TPB + tx
-        row0 = cuda.blockIdx.y * TILE
-        col0 = cuda.blockIdx.x * TILE
-        # The padding column keeps the transposing stores below free of bank conflicts.
-        sa = cuda.shared.array((TILE_K, TILE_PAD), ft)  # sa[k, i] = op(a)[row0 + i, k0 + k]
-        sb = cuda.shared.array((TILE_K, TILE_PAD), ft)  # sb[k, j] = op(b)[k0 + k, col0 + j]
-        # The 4 x 4 outputs of this thread are named scalars, not a local array: numba leaves local
-        # arrays in (slow, off-chip) local memory unless LLVM unrolls every loop that indexes them.
-        c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = ft(0)
-        c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = ft(0)
-        for k0 in range(kbeg, kdim, TILE_K):
-            for slot in range(tid, TILE_K * TILE, TPB * TPB):
-                # Consecutive threads walk the stored array's contiguous axis: coalesced loads.
-                if trans_a:
-                    i = slot % TILE
-                    kk = slot // TILE
-                else:
-                    kk = slot % TILE_K
-                    i = slot // TILE_K
-                v = ft(0)
-                if row0 + i < m and k0 + kk < kdim:
-                    v = a[k0 + kk, row0 + i] if trans_a else a[row0 + i, k0 + kk]
-                sa[kk, i] = v
-                if trans_b:
-                    kk = slot % TILE_K
-                    j = slot // TILE_K
-                else:
-                    j = slot % TILE
-                    kk = slot // TILE
-                v = ft(0)
-                if col0 + j < n and k0 + kk < kdim:
-                    v = b[col0 + j, k0 + kk] if trans_b else b[k0 + kk, col0 + j]
-                sb[kk, j] = v
-            cuda.syncthreads()
-            for kk in range(TILE_K):
-                a0, a1, a2, a3 = sa[kk, ty], sa[kk, ty + TPB], sa[kk, ty + 2 * TPB], sa[kk, ty + 3 * TPB]
-                b0, b1, b2, b3 = sb[kk, tx], sb[kk, tx + TPB], sb[kk, tx + 2 * TPB], sb[kk, tx + 3 * TPB]
-                c00 += a0 * b0
-                c01 += a0 * b1
-                c02 += a0 * b2
-                c03 += a0 * b3
-                c10 += a1 * b0
-                c11 += a1 * b1
-                c12 += a1 * b2
-                c13 += a1 * b3
-                c20 += a2 * b0
-                c21 += a2 * b1
-                c22 += a2 * b2
-                c23 += a2 * b3
-                c30 += a3 * b0
-                c31 += a3 * b1
-                c32 += a3 * b2
-                c33 += a3 * b3
-            cuda.syncthreads()
-        # Thread (ty, tx) owns rows ty + r*TPB and columns tx + s*TPB: each store row is coalesced.
-        i = row0 + ty
-        put_row(out, part, z, sliced, accumulate, i, col0 + tx, c00, c01, c02, c03)
-        put_row(out, part, z, sliced, accumulate, i + TPB, col0 + tx, c10, c11, c12, c13)
-        put_row(out, part, z, sliced, accumulate, i + 2 * TPB, col0 + tx, c20, c21, c22, c23)
-        put_row(out, part, z, sliced, accumulate, i + 3 * TPB, col0 + tx, c30, c31, c32, c33)
-
-    @cuda.jit
-    def gemm_wide(out, part, a, b, trans_a, trans_b, accumulate, kslice):
-        """gemm_tile for a WM x WN tile: thread (ty, tx) owns rows ty + 16 r (r < 8) and columns
-        tx + 16 s (s < 4). The next k step's values are loaded into registers while this one's
-        products run, and each thread's load positions are worked out once, not per k step."""
         z = cuda.blockIdx.z
         sliced = cuda.gridDim.z > 1
         m, n = out.shape
@@ -636,7 +564,7 @@ def _gemm_kernel(dtype):
                 total += part[z, i, j]
             out[i, j] = total
 
-    return gemm_tile, gemm_wide, sum_slices
+    return gemm_tile, sum_slices
 
 
 @functools.cache
@@ -850,7 +778,7 @@ def add(y, a):
 
 
 def gemm(out, a, b, trans_a=False, trans_b=False, accumulate=False):
-    """out (+)= op(a) @ op(b): TILE x TILE blocks through shared memory, REG x REG outputs per thread."""
+    """out (+)= op(a) @ op(b): WM x WN blocks through shared memory, 8 x 4 outputs per thread."""
     m, k = (a.shape[1], a.shape[0]) if trans_a else tuple(a.shape)
     k2, n = (b.shape[1], b.shape[0]) if trans_b else tuple(b.shape)
     if k != k2 or tuple(out.shape) != (m, n):
@@ -861,9 +789,8 @@ def gemm(out, a, b, trans_a=False, trans_b=False, accumulate=False):
         if not accumulate:
             fill(out, 0)
         return
-    narrow, wide, sum_slices = _gemm_kernel(out.dtype)
-    tiles, bm, bn = (wide, WM, WN) if GEMM_WIDE else (narrow, TILE, TILE)
-    gx, gy = -(-n // bn), -(-m // bm)
+    tiles, sum_slices = _gemm_kernel(out.dtype)
+    gx, gy = -(-n // WN), -(-m // WM)
     kslice = _k_slice(gx * gy, k)
     splits = -(-k // kslice)
     if splits == 1:
@@ -882,7 +809,7 @@ def _k_slice(tiles, k):
     if tiles >= SPLIT_BLOCKS:
         return k
     splits = max(1, min(-(-SPLIT_BLOCKS // tiles), k // SPLIT_MIN_K, MAX_SPLITS))
-    return -(-(-(-k // splits)) // TILE_K) * TILE_K  # rounded up to whole shared-memory steps
+    return -(-(-(-k // splits)) // WK) * WK  # rounded up to whole shared-memory steps
 
 
 def add_bias(y, b):
