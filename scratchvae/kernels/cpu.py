@@ -423,6 +423,13 @@ def _col2im_act(x, cols, src_h, src_w, ho, wo, bias, act, alpha):
 _ACTIVATIONS = {None: 0, "leaky": 1, "sigmoid": 2}
 
 
+def _act_code(activation):
+    """The code _activate takes for `activation` (None, "leaky" or "sigmoid")."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}")
+    return _ACTIVATIONS[activation]
+
+
 def _sources(size, k, stride, pad):
     """src[h, i] = p where stride*p + i - pad = h and 0 <= p < ceil(size / stride), else -1."""
     t = np.arange(size)[:, None] + pad - np.arange(k)[None, :]
@@ -432,11 +439,10 @@ def _sources(size, k, stride, pad):
 
 
 def _col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alpha):
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}")
+    act = _act_code(activation)
     h, w = x.shape[1], x.shape[2]
     return (_sources(h, kh, stride, pad_top), _sources(w, kw, stride, pad_left), -(-h // stride), -(-w // stride),
-            bias, _ACTIVATIONS[activation], x.dtype.type(alpha))
+            bias, act, x.dtype.type(alpha))
 
 
 def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None, alpha=1.0):
@@ -518,9 +524,7 @@ def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0):
     """y = act((x @ w + bias) * scale + shift), y (N, O): blocks of columns that the cores take in
     turn, each a single-threaded GEMM and one pass (a threaded GEMM here would leave OpenBLAS's
     workers spinning into the transposed convolutions that follow)."""
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"unknown activation {activation!r}")
-    act, alpha = _ACTIVATIONS[activation], y.dtype.type(alpha)
+    act, alpha = _act_code(activation), y.dtype.type(alpha)
     workers = get_num_threads()
     o = w.shape[1]
     block = max(64, -(-o // (workers * TASKS_PER_CORE)))
