@@ -2,8 +2,8 @@
 
 `Single` is one process and `MPIRanks` a job under mpiexec; both offer the same few calls: sums
 across ranks in place, broadcasts from rank 0, agreement on errors, a watchdog against a rank that
-stops answering. `DataParallel` makes a VAE's BatchNorm layers use the global batch and averages
-its gradients over the ranks.
+stops answering. `DataParallel` drives a VAE through its construction hooks: global BatchNorm
+statistics and gradients averaged over the ranks.
 """
 
 import contextlib
@@ -15,9 +15,8 @@ import time
 
 import numpy as np
 
-from scratchvae import kernels as K
+from scratchvae import losses
 from scratchvae.errors import UserError
-from scratchvae.layers import BatchNorm
 
 DEFAULT_TIMEOUT = 300.0  # seconds a rank may wait inside one collective before the job is aborted
 
@@ -211,59 +210,31 @@ def connect(timeout=DEFAULT_TIMEOUT):
     return MPIRanks(timeout)
 
 
-def biases_into_batchnorm(vae):
-    """Gradients that are zero in exact arithmetic: the bias of a layer without an activation of its
-    own whose output goes straight into BatchNorm, which subtracts the batch mean, bias included.
-    Computed, they are rounding noise (1e-6 against 1 elsewhere) that Adam would scale up to steps of
-    about lr in arbitrary directions, different for one process and for K ranks; they are zeroed."""
-    found = []
-    for seq in (vae.trunk, vae.decoder):
-        for layer, following in zip(seq.layers, seq.layers[1:]):
-            if isinstance(following, BatchNorm) and "bias" in layer.grads and getattr(layer, "activation", None) is None:
-                found.append((layer, "bias"))
-    return found
-
-
 class DataParallel:
-    """A VAE trained as one over the ranks: BatchNorm statistics over the global batch, gradients
-    averaged. Each rank computes its loss gradients as the mean over its own shard; the shards are
-    equal, so the mean of those gradients is the gradient of the global batch's loss.
+    """A VAE trained as one over the ranks, through the model's own hooks: BatchNorm statistics over
+    the global batch (the reducer) and gradients averaged. Each rank computes its loss gradients as
+    the mean over its own shard; the shards are equal, so the mean of those gradients is the
+    gradient of the global batch's loss.
 
-    The gradients of all layers live in one flat buffer; as soon as a layer's backward is done, the
-    sum of its slice over the ranks starts (non-blocking) while the layers before it go on, so the
-    traffic overlaps the rest of the backward pass. `finish_gradients` waits for what is left."""
+    The model keeps its gradients in one flat buffer and tells us as soon as a layer's backward is
+    done; the sum of that layer's slice over the ranks then starts (non-blocking) while the layers
+    before it go on, so the traffic overlaps the rest of the backward pass. `finish_gradients`
+    waits for what is left. Build the model with `VAE(..., **sync.model_hooks())`."""
 
-    def __init__(self, vae, comm):
+    def __init__(self, comm):
         self.comm = comm
-        self.noise_only = biases_into_batchnorm(vae)
         self.pending = []
         self.waited = 0.0  # seconds spent in finish_gradients waiting for the sums (for benches)
-        if comm.size == 1:
-            return
-        layers = [layer for _, layer in vae.named_layers() if layer.grads]
-        self.flat = np.zeros(sum(g.size for layer in layers for g in layer.grads.values()), vae.dtype)
-        offset = 0
-        for layer in layers:
-            start = offset
-            for key, g in layer.grads.items():
-                # Every layer writes its gradients in place, so a view of the flat buffer serves as them.
-                layer.grads[key] = self.flat[offset:offset + g.size].reshape(g.shape)
-                offset += g.size
-            layer.backward = self._hooked(layer, layer.backward, self.flat[start:offset])
-            if isinstance(layer, BatchNorm):
-                layer.reducer = comm.sum_
 
-    def _hooked(self, layer, backward, part):
-        zero = [key for owner, key in self.noise_only if owner is layer]
+    def model_hooks(self):
+        """Constructor arguments for VAE / VAE.load: none for one process."""
+        if self.comm.size == 1:
+            return {}
+        return {"reducer": self.comm.sum_, "on_grads_ready": self._start_sum}
 
-        def hooked(dy):
-            dx = backward(dy)
-            for key in zero:
-                layer.grads[key][...] = 0
-            self.pending.append(self.comm.start_sum_(part))
-            self.comm.progress(self.pending)
-            return dx
-        return hooked
+    def _start_sum(self, name, grads):
+        self.pending.append(self.comm.start_sum_(grads))
+        self.comm.progress(self.pending)
 
     def broadcast(self, *named):
         """Rank 0's values of every array in the given dicts (parameters, statistics, moments)."""
@@ -272,28 +243,24 @@ class DataParallel:
                 for name in sorted(arrays):
                     self.comm.bcast_(arrays[name])
 
-    def finish_gradients(self):
-        """Every rank's gradients become their mean over the ranks (and the noise-only ones zero)."""
+    def finish_gradients(self, vae):
+        """Every rank's gradients become their mean over the ranks."""
         if self.comm.size == 1:
-            for layer, key in self.noise_only:
-                K.fill(layer.grads[key], 0)
             return
         t = time.perf_counter()
         self.comm.wait_all(self.pending)
         self.waited += time.perf_counter() - t
         self.pending = []
-        self.flat *= self.flat.dtype.type(1.0 / self.comm.size)
+        vae.flat_grads *= vae.flat_grads.dtype.type(1.0 / self.comm.size)
 
     def mean_terms(self, terms, beta):
         """The loss terms of the global batch from each rank's (means over equal shards)."""
         if self.comm.size == 1:
             return terms
-        keys = ("mse", "kl")
-        buf = np.array([terms[k] for k in keys], np.float64)
+        buf = np.array([terms["mse"], terms["kl"]], np.float64)
         self.comm.sum_(buf)
         mse, kl = (float(v) for v in buf / self.comm.size)
-        return {"total": beta * mse + kl, "reconstruction": beta * mse, "kl": kl, "mse": mse,
-                "psnr": float(10 * np.log10(1 / max(mse, 1e-12)))}
+        return losses.terms(mse, kl, beta)
 
 
 def shard(n, comm):

@@ -1,77 +1,33 @@
-"""The seed's VAE as wiring: encoder and decoder as lists of layers, the summary, save/load.
+"""The VAE as wiring: layers built from the spec in scratchvae/architecture.py, named tensors, the
+flat gradient buffer, the training step's passes, save/load.
 
-Default VAEConfig() is the seed's Keras model (128x128x3, 4 stride-2 blocks of 128 filters,
-z 200). All arithmetic lives in layers, kernels and losses; names are dotted `encoder.conv_1.kernel`.
+All arithmetic lives in layers, kernels and losses; tensor names are dotted `encoder.conv_1.kernel`.
+Data parallelism goes through two construction hooks: a reducer (sums an array over the ranks, used
+by BatchNorm for global batch statistics) and a callback told when a layer's gradients are ready.
 """
-
-import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 
-from scratchvae import checkpoint, losses
+from scratchvae import architecture, checkpoint, losses
 from scratchvae import kernels as K
-from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU, Reshape, Sigmoid
+from scratchvae.architecture import VAEConfig
+from scratchvae.inference import Plan
+from scratchvae.kernels.workspace import Workspace
+from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU,
+                               Reshape, Sigmoid)
 
+__all__ = ["VAE", "VAEConfig", "Sequential", "LOAD_EXPANSION"]
 
 LOAD_EXPANSION = 4  # VAE.load builds at most this many times the numbers a checkpoint holds
 
 
-@dataclass(frozen=True)
-class VAEConfig:
-    image_size: int = 128
-    channels: int = 3
-    filters: int = 128
-    blocks: int = 4
-    z_dim: int = 200
-    leaky_alpha: float = 0.3
-    encoder_activation: str | None = "relu"
-    beta: float = 2000.0
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-3
-
-    def __post_init__(self):
-        step = 2 ** self.blocks
-        for field in ("image_size", "channels", "filters", "blocks", "z_dim"):
-            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
-                raise ValueError(f"VAEConfig.{field} must be a positive integer, got {getattr(self, field)!r}")
-        if self.image_size % step:
-            raise ValueError(f"image size {self.image_size} is not divisible by 2^blocks = {step}: "
-                             f"use a multiple of {step} (e.g. {max(step, self.image_size // step * step)})")
-        if self.encoder_activation not in (None, "relu"):
-            raise ValueError("encoder_activation must be 'relu' or None")
-
-    @property
-    def bottleneck(self):
-        """Spatial size after the encoder's stride-2 blocks."""
-        return self.image_size // 2 ** self.blocks
-
-    def tensor_elements(self):
-        """How many numbers the model's parameters and BatchNorm statistics hold, without building it."""
-        s, f, c, z = self.bottleneck, self.filters, self.channels, self.z_dim
-        conv = 9 * c * f + f + 4 * f + (self.blocks - 1) * (9 * f * f + f + 4 * f)  # kernel, bias, BN x4
-        heads = 2 * (s * s * f * z + z)
-        decoder = (z * s * s * f + s * s * f + 4 * s * s * f + self.blocks * (9 * f * f + f + 4 * f)
-                   + 9 * f * c + c)
-        return conv + heads + decoder
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown VAEConfig field(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
-
-
 class Sequential:
-    """Layers applied in order; backward runs them in reverse."""
+    """Layers applied in order; backward runs them in reverse and calls `ready(layer)` after each
+    layer that has parameters (its gradients are then final)."""
 
-    def __init__(self, layers):
+    def __init__(self, layers, ready=None):
         self.layers = layers
+        self.ready = ready
 
     def forward(self, x, training):
         for layer in self.layers:
@@ -81,63 +37,116 @@ class Sequential:
     def backward(self, dy):
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
+            if layer.grads and self.ready is not None:
+                self.ready(layer)
         return dy
 
 
-def build_encoder(cfg, dtype, rng):
-    layers = []
-    c = cfg.channels
-    for i in range(1, cfg.blocks + 1):
-        layers += [Conv2D(c, cfg.filters, 3, 2, activation=cfg.encoder_activation, dtype=dtype, rng=rng,
-                          name=f"conv_{i}"),
-                   BatchNorm(cfg.filters, cfg.bn_momentum, cfg.bn_epsilon, dtype=dtype, name=f"bn_{i}"),
-                   LeakyReLU(cfg.leaky_alpha, dtype=dtype, name=f"leaky_{i}")]
-        c = cfg.filters
-    layers.append(Flatten(dtype=dtype, name="flatten"))
-    flat = cfg.bottleneck ** 2 * cfg.filters
-    heads = (Dense(flat, cfg.z_dim, dtype=dtype, rng=rng, name="z_mean"),
-             Dense(flat, cfg.z_dim, dtype=dtype, rng=rng, name="z_log_var"))
-    return Sequential(layers), heads
-
-
-def build_decoder(cfg, dtype, rng):
-    s, f = cfg.bottleneck, cfg.filters
-    layers = [Dense(cfg.z_dim, s * s * f, dtype=dtype, rng=rng, name="dense"),
-              BatchNorm(s * s * f, cfg.bn_momentum, cfg.bn_epsilon, dtype=dtype, name="bn_0"),
-              LeakyReLU(cfg.leaky_alpha, dtype=dtype, name="leaky_0"),
-              Reshape((s, s, f), dtype=dtype, name="reshape")]
-    for i in range(1, cfg.blocks + 1):
-        layers += [Conv2DTranspose(f, f, 3, 2, dtype=dtype, rng=rng, name=f"conv_t_{i}"),
-                   BatchNorm(f, cfg.bn_momentum, cfg.bn_epsilon, dtype=dtype, name=f"bn_{i}"),
-                   LeakyReLU(cfg.leaky_alpha, dtype=dtype, name=f"leaky_{i}")]
-    layers += [Conv2DTranspose(f, cfg.channels, 3, 1, dtype=dtype, rng=rng, name="conv_t_out"),
-               Sigmoid(dtype=dtype, name="sigmoid")]
-    return Sequential(layers)
+def dead_biases(specs):
+    """Layers whose bias gradient is zero in exact arithmetic: a bias with no activation of its own
+    whose output goes straight into BatchNorm, which subtracts the batch mean, bias included.
+    Computed, these gradients are rounding noise (1e-6 against 1 elsewhere) that Adam would scale up
+    to steps of about lr in arbitrary directions, different for one process and for K ranks: the
+    model zeroes them after each backward, in single-process and data-parallel training alike."""
+    return {spec.name for spec, following in zip(specs, specs[1:])
+            if following.kind == "BatchNormalization" and "bias" in architecture.param_shapes(spec)
+            and spec.args.get("activation") is None}
 
 
 class VAE:
-    def __init__(self, config=None, seed=0, dtype=np.float32):
+    """The seed's VAE (VAEConfig() is the seed's Keras model).
+
+    reducer(a):             sums `a` over the ranks of a data-parallel job, in place (None: one process)
+    on_grads_ready(name, g): called during backward once layer `name`'s gradients are final; `g` is
+                             that layer's slice of the flat gradient buffer (to start summing it early)
+    """
+
+    def __init__(self, config=None, seed=0, dtype=np.float32, reducer=None, on_grads_ready=None):
         self.config = config or VAEConfig()
         self.dtype = np.dtype(dtype)
-        rng = np.random.default_rng(seed)
-        self.trunk, self.heads = build_encoder(self.config, self.dtype, rng)
-        self.decoder = build_decoder(self.config, self.dtype, rng)
-        self.trunk.layers[0].need_dx = False  # nothing upstream of the images needs their gradient
-        for seq in (self.trunk, self.decoder):
-            for layer, following in zip(seq.layers, seq.layers[1:]):
-                if isinstance(layer, BatchNorm) and isinstance(following, LeakyReLU):
-                    layer.fuse(following)  # one pass instead of two; the summary still lists both
-            for layer, following in zip(seq.layers, seq.layers[1:]):
-                if isinstance(layer, (Dense, Conv2DTranspose)) and isinstance(following, (BatchNorm, Sigmoid)):
-                    layer.fuse_inference(following)  # inference: BN folded into the weights, one output pass
-            for layer in seq.layers[:-1]:
-                layer.internal = True  # heads and the decoder's last layer hand out fresh arrays
-            producer = None
-            for layer in seq.layers:
-                if isinstance(layer, (Conv2D, Conv2DTranspose)) and isinstance(producer, BatchNorm):
-                    layer.dx_into_input = True  # saves a full-size gradient map per step
-                if not (isinstance(layer, (Reshape, Flatten)) or getattr(layer, "fused_into", None)):
-                    producer = layer
+        self.workspace = Workspace()
+        self.on_grads_ready = on_grads_ready
+        cfg, rng = self.config, np.random.default_rng(seed)
+        trunk_specs, head_specs, decoder_specs = (architecture.encoder_trunk(cfg), architecture.encoder_heads(cfg),
+                                                  architecture.decoder(cfg))
+        # Every gradient is a view of one flat buffer, a layer's tensors side by side, so a
+        # data-parallel job can sum a layer's gradients as one slice as soon as they are ready.
+        shapes = architecture.tensor_shapes(cfg)
+        trainable = [(name, shape) for name, shape in shapes.items() if name.rsplit(".", 1)[1] not in
+                     ("moving_mean", "moving_variance")]
+        self.flat_grads = K.zeros((sum(int(np.prod(s)) for _, s in trainable),), self.dtype)
+        self._grad_views, self._slices, offset = {}, {}, 0
+        for name, shape in trainable:
+            size = int(np.prod(shape))
+            self._grad_views[name] = self.flat_grads[offset:offset + size].reshape(shape)
+            layer_name = name.rsplit(".", 1)[0]
+            start = self._slices.get(layer_name, (offset, offset))[0]
+            self._slices[layer_name] = (start, offset + size)
+            offset += size
+        self._dead = {f"encoder.{n}" for n in dead_biases(trunk_specs)} | \
+                     {f"decoder.{n}" for n in dead_biases(decoder_specs)}
+        build = dict(rng=rng, reducer=reducer)
+        self.trunk = Sequential(self._build("encoder", trunk_specs, first=True, last_fresh=False, **build),
+                                self._ready)
+        self.heads = tuple(self._build("encoder", head_specs, first=False, last_fresh=True, reuse=False, **build))
+        self.decoder = Sequential(self._build("decoder", decoder_specs, first=False, last_fresh=True, **build),
+                                  self._ready)
+        self.layer_names = {id(layer): prefix for prefix, layer in self.named_layers()}
+        self.trunk_plan, self.decoder_plan = Plan(self.trunk.layers), Plan(self.decoder.layers)
+
+    # ------------------------------------------------------------ building from the spec
+    def _build(self, part, specs, first, last_fresh, rng, reducer, reuse=True):
+        """Layers for `specs`: BatchNorm then LeakyReLU become one fused layer; the first layer
+        of the encoder computes no input gradient; a convolution that reads a BatchNorm's output
+        writes its input gradient over it (BatchNorm's backward needs only its own input); every
+        layer but the last reuses its inference output buffer (only the next layer reads it)."""
+        layers, producer, i = [], None, 0
+        while i < len(specs):
+            spec, a = specs[i], specs[i].args
+            fuse = spec.kind == "BatchNormalization" and i + 1 < len(specs) and specs[i + 1].kind == "LeakyReLU"
+            last = i + (2 if fuse else 1) == len(specs)
+            common = dict(dtype=self.dtype, name=spec.name, workspace=self.workspace,
+                          grads={k: self._grad_views[f"{part}.{spec.name}.{k}"]
+                                 for k in architecture.param_shapes(spec)},
+                          reuse_outputs=reuse and not (last and last_fresh))
+            conv = dict(need_dx=not (first and not layers), overwrite_input=isinstance(producer, BatchNorm))
+            if spec.kind == "Conv2D":
+                layer = Conv2D(a["in_channels"], a["filters"], a["kernel_size"], a["strides"],
+                               activation=a["activation"], rng=rng, **conv, **common)
+            elif spec.kind == "Conv2DTranspose":
+                layer = Conv2DTranspose(a["in_channels"], a["filters"], a["kernel_size"], a["strides"], rng=rng,
+                                        **conv, **common)
+            elif spec.kind == "Dense":
+                layer = Dense(a["in_features"], a["units"], rng=rng, **common)
+            elif fuse:
+                layer = BatchNormLeakyReLU(a["features"], specs[i + 1].args["alpha"], a["momentum"], a["epsilon"],
+                                           reducer=reducer, **common)
+            elif spec.kind == "BatchNormalization":
+                layer = BatchNorm(a["features"], a["momentum"], a["epsilon"], reducer=reducer, **common)
+            elif spec.kind == "LeakyReLU":
+                layer = LeakyReLU(a["alpha"], **common)
+            elif spec.kind == "Sigmoid":
+                layer = Sigmoid(**common)
+            elif spec.kind == "Flatten":
+                layer = Flatten(**common)
+            elif spec.kind == "Reshape":
+                layer = Reshape(a["target_shape"], **common)
+            else:
+                raise ValueError(f"{part}.{spec.name}: no layer for kind {spec.kind!r}")
+            if not isinstance(layer, (Flatten, Reshape)):
+                producer = layer
+            layers.append(layer)
+            i += 2 if fuse else 1
+        return layers
+
+    def _ready(self, layer):
+        """A layer's gradients are final: zero its dead bias, then tell the data-parallel driver."""
+        name = self.layer_names[id(layer)]
+        if name in self._dead:
+            K.fill(layer.grads["bias"], 0)
+        if self.on_grads_ready is not None:
+            start, stop = self._slices[name]
+            self.on_grads_ready(name, self.flat_grads[start:stop])
 
     # ------------------------------------------------------------ named tensors
     def named_layers(self):
@@ -159,6 +168,9 @@ class VAE:
     def state(self):
         return self._collect("state")
 
+    def batchnorms(self):
+        return [layer for _, layer in self.named_layers() if isinstance(layer, BatchNorm)]
+
     # ------------------------------------------------------------ passes
     def _check_images(self, x):
         cfg = self.config
@@ -172,11 +184,14 @@ class VAE:
         return a if K.is_device_array(a) else K.from_host(np.ascontiguousarray(a, dtype=self.dtype))
 
     def encode(self, x, training=False):
-        h = self.trunk.forward(self._check_images(x), training)
+        x = self._check_images(x)
+        h = self.trunk.forward(x, True) if training else self.trunk_plan.run(x)
         return tuple(head.forward(h, training) for head in self.heads)
 
     def decode(self, z, training=False):
-        return self.decoder.forward(self._on_backend(z), training)
+        """Images from latents; inference runs the fused plan (scratchvae/inference.py)."""
+        z = self._on_backend(z)
+        return self.decoder.forward(z, True) if training else self.decoder_plan.run(z)
 
     def evaluate(self, x, eps, training=False):
         """Loss terms of a batch without gradients (held-out: training=False), z sampled with eps."""
@@ -198,39 +213,42 @@ class VAE:
         dz = self.decoder.backward(dx_hat)
         d_mean, d_logvar = losses.latent_grads(dz, z_mean, z_log_var, eps, sigma)
         dh = self.heads[0].backward(d_mean)
+        self._ready(self.heads[0])
         K.add(dh, self.heads[1].backward(d_logvar))
+        self._ready(self.heads[1])
         self.trunk.backward(dh)
         return terms
+
+    def measure_batchnorm(self, batches):
+        """Precise BatchNorm statistics: run training-mode forwards over `batches` ((x, eps) pairs,
+        eps the decoder's noise as in training) and store each BatchNorm's exact mean and biased
+        variance over all of them as its moving statistics (summed over the ranks under the reducer).
+        Parameters and gradients are untouched; returns the images measured."""
+        layers, images = self.batchnorms(), 0
+        for layer in layers:
+            layer.begin_population()
+        try:
+            for x, eps in batches:
+                images += x.shape[0]
+                z_mean, z_log_var = self.encode(x, training=True)
+                z, _ = losses.reparameterize(z_mean, z_log_var, self._on_backend(eps))
+                self.decoder.forward(z, True)
+        except BaseException:
+            for layer in layers:
+                layer.cancel_population()
+            raise
+        for layer in layers:
+            layer.end_population()
+        return images
 
     # ------------------------------------------------------------ summary
     def summary(self):
         """A Keras-like table: layer, output shape, parameters, with totals per model."""
-        cfg = self.config
-        lines = []
-        for title, prefix, shape, layers in (
-                ("encoder", "encoder", (cfg.image_size, cfg.image_size, cfg.channels),
-                 self.trunk.layers + list(self.heads)),
-                ("decoder", "decoder", (cfg.z_dim,), self.decoder.layers)):
-            lines += [f'Model: "{title}"', "-" * 72, f"{'Layer (type)':<36}{'Output Shape':<22}{'Param #':>12}",
-                      "=" * 72, f"{'input (InputLayer)':<36}{str((None,) + shape):<22}{0:>12,}"]
-            trunk_out = shape
-            trainable = fixed = 0
-            for layer in layers:
-                in_shape = trunk_out if layer in self.heads else shape
-                out = layer.output_shape(in_shape)
-                if layer not in self.heads:
-                    shape = trunk_out = out
-                t, nt = layer.count_params()
-                trainable, fixed = trainable + t, fixed + nt
-                lines.append(f"{layer.name + ' (' + layer.kind + ')':<36}{str((None,) + tuple(out)):<22}{t + nt:>12,}")
-            lines += ["=" * 72, f"Total params: {trainable + fixed:,}", f"Trainable params: {trainable:,}",
-                      f"Non-trainable params: {fixed:,}", ""]
-        return "\n".join(lines)
+        return architecture.summary(self.config)
 
     def count_params(self, part):
         """(trainable, non-trainable) for 'encoder' or 'decoder'."""
-        counts = [layer.count_params() for prefix, layer in self.named_layers() if prefix.startswith(part + ".")]
-        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+        return architecture.count_params(self.config, part)
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path, extra_arrays=None, meta=None):
@@ -241,8 +259,9 @@ class VAE:
         checkpoint.save(path, arrays, {"config": self.config.to_dict(), "dtype": self.dtype.name, **(meta or {})})
 
     @classmethod
-    def load(cls, path, with_extras=False):
-        """A VAE from a checkpoint, validated tensor by tensor; optionally (vae, arrays, meta)."""
+    def load(cls, path, with_extras=False, **hooks):
+        """A VAE from a checkpoint, validated tensor by tensor; optionally (vae, arrays, meta).
+        `hooks` (reducer, on_grads_ready) go to the constructor."""
         arrays, meta = checkpoint.load(path)
         try:
             config = VAEConfig.from_dict(meta["config"])
@@ -256,7 +275,7 @@ class VAE:
             raise checkpoint.CheckpointError(
                 f"checkpoint {path} has a config for {config.tensor_elements():,} numbers but holds "
                 f"{held:,}: the config does not belong to these weights")
-        vae = cls(config, dtype=dtype)
+        vae = cls(config, dtype=dtype, **hooks)
         for prefix, live in (("param/", vae.params()), ("state/", vae.state())):
             found = checkpoint.expect(arrays, live, prefix, path)
             for name, a in found.items():

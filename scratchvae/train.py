@@ -389,7 +389,7 @@ def prepare(args, comm, held):
     held["lock"] = lock_out(out)  # kept open (and locked) until this process ends
     if args.resume:
         try:
-            vae, arrays, saved_meta = VAE.load(ckpt_path, with_extras=True)
+            vae, arrays, saved_meta = VAE.load(ckpt_path, with_extras=True, **held["hooks"])
         except (checkpoint.CheckpointError, ValueError, MemoryError) as e:
             raise UserError(f"--resume: {e}") from None
         saved_meta["train"] = check_resumable(saved_meta, arrays, ckpt_path)
@@ -444,6 +444,8 @@ def _run(args, comm):
 
 def _run_holding(args, comm, held):
     say = print if comm.is_root else _silent
+    sync = distributed.DataParallel(comm)
+    held["hooks"] = sync.model_hooks()
     plan = comm.on_root(prepare, args, comm, held)
     out, s, epochs, saved_meta = plan["out"], plan["s"], plan["epochs"], plan["meta"]
     config = check_settings(s, epochs)
@@ -458,7 +460,7 @@ def _run_holding(args, comm, held):
     n_threads = comm.agree(use_threads)
 
     if saved_meta:
-        vae, opt = held.get("vae") or VAE(config, seed=s["seed"]), held.get("opt") or Adam(lr=s["lr"])
+        vae, opt = held.get("vae") or VAE(config, seed=s["seed"], **held["hooks"]), held.get("opt") or Adam(lr=s["lr"])
         if not comm.is_root and plan["adam_t"]:
             opt.t = plan["adam_t"]
             opt.m = {k: np.zeros_like(p) for k, p in vae.params().items()}
@@ -466,9 +468,8 @@ def _run_holding(args, comm, held):
         start_epoch, start_step = saved_meta["epoch"], saved_meta["step_in_epoch"]
         global_step, history, partial = saved_meta["step"], saved_meta["history"], saved_meta["partial"]
     else:
-        vae, opt = VAE(config, seed=s["seed"]), Adam(lr=s["lr"])
+        vae, opt = VAE(config, seed=s["seed"], **held["hooks"]), Adam(lr=s["lr"])
         start_epoch, start_step, global_step, history, partial = 0, 0, 0, [], None
-    sync = distributed.DataParallel(vae, comm)
     sync.broadcast(vae.params(), vae.state(), opt.m, opt.v)  # every rank starts from rank 0's weights
 
     def data_for_this_rank():
@@ -516,7 +517,7 @@ def _run_holding(args, comm, held):
                     # Overflow is detected below and reported once, not as NumPy warnings per layer.
                     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                         terms = vae.forward_backward(x, eps)
-                        sync.finish_gradients()
+                        sync.finish_gradients(vae)
                         terms = sync.mean_terms(terms, s["beta"])
                         if not np.isfinite(terms["total"]):
                             raise _everywhere(TrainingDiverged(

@@ -1,11 +1,12 @@
 """Hand-written layers with manual backprop (NHWC, Keras names and semantics)."""
 
+from scratchvae.geometry import same_padding
 from scratchvae.layers.activations import LeakyReLU, ReLU, Sigmoid
 from scratchvae.layers.base import Layer
-from scratchvae.layers.conv import Conv2D, Conv2DTranspose, same_padding
+from scratchvae.layers.conv import Conv2D, Conv2DTranspose
 from scratchvae.layers.dense import Dense
-from scratchvae.layers.norm import BatchNorm
+from scratchvae.layers.norm import BatchNorm, BatchNormLeakyReLU
 from scratchvae.layers.shape import Flatten, Reshape
 
-__all__ = ["Layer", "Conv2D", "Conv2DTranspose", "BatchNorm", "LeakyReLU", "ReLU", "Sigmoid",
-           "Dense", "Flatten", "Reshape", "same_padding"]
+__all__ = ["Layer", "Conv2D", "Conv2DTranspose", "BatchNorm", "BatchNormLeakyReLU", "LeakyReLU", "ReLU",
+           "Sigmoid", "Dense", "Flatten", "Reshape", "same_padding"]

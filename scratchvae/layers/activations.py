@@ -1,6 +1,6 @@
 """Element-wise activations: LeakyReLU (Keras alpha 0.3), ReLU, Sigmoid.
 
-Each keeps the one array its backward needs (the input, or for Sigmoid the output).
+Each keeps the one array its backward needs (the input, or for ReLU and Sigmoid the output).
 """
 
 import numpy as np
@@ -12,23 +12,18 @@ from scratchvae.layers.base import Layer
 class LeakyReLU(Layer):
     kind = "LeakyReLU"
 
-    def __init__(self, alpha=0.3, dtype=np.float32, rng=None, name=None):
-        super().__init__(dtype, name)
+    def __init__(self, alpha=0.3, dtype=np.float32, rng=None, name=None, **layer_options):
+        super().__init__(dtype, name, **layer_options)
         self.alpha = alpha
-        self.fused_into = None  # the BatchNorm that applies this activation in its own passes
 
     def forward(self, x, training):
         self._check_input(x, x.ndim)
-        if self.fused_into is not None:
-            return x
         y = self.output("y", x.shape, training)
         K.leaky_forward(y, x, self.alpha)
         self.x = x
         return y
 
     def backward(self, dy):
-        if self.fused_into is not None:
-            return dy
         dx = dy  # in place: each element is read before it is written
         K.leaky_backward(dx, dy, self.x, self.alpha)
         self.x = None
@@ -55,14 +50,8 @@ class ReLU(Layer):
 class Sigmoid(Layer):
     kind = "Sigmoid"
 
-    def inference_epilogue(self, scale, shift):
-        """For a preceding layer that applies this one: (scale, shift) unchanged, then the activation."""
-        return scale, shift, "sigmoid", 1.0
-
     def forward(self, x, training):
         self._check_input(x, x.ndim)
-        if self.applied_before(training):
-            return x
         y = self.output("y", x.shape, training)
         K.sigmoid_forward(y, x)
         self.y = y

@@ -1,59 +1,44 @@
 """The layer contract and the Keras initialisers every layer shares.
 
 A layer holds `params` (trainable, Keras names), `grads` (same keys, shapes, dtype, overwritten by
-backward) and `state` (non-trainable); every shape is fixed at construction.
+backward) and `state` (non-trainable); every shape is fixed at construction, and everything a layer
+does is what its constructor was told: nothing is set on it from outside.
 """
 
 import numpy as np
 
 from scratchvae import kernels as K
-
-# Buffers shared by every layer (keyed by name and dtype): transient work that never outlives one
-# layer call, and two slots that backward gradients alternate between (a conv reads dy from one
-# and writes dx to the other), so a step holds two gradient maps instead of one per layer.
-_SHARED = {}
-
-
-def _grow(store, key, shape, dtype):
-    """A view of store[key] with `shape`, reallocated only when it must grow."""
-    shape = tuple(int(d) for d in shape)
-    size = int(np.prod(shape))
-    buf = store.get(key)
-    if buf is None or buf.size < size:
-        buf = store[key] = K.empty((size,), dtype)
-    return buf[:size].reshape(shape)
+from scratchvae.kernels.workspace import Workspace
 
 
 class Layer:
-    """Base class: subclasses set params/grads/state in __init__ and implement forward/backward."""
+    """Base class: subclasses add params/state in __init__ and implement forward/backward.
+
+    Constructor options every layer takes:
+      dtype          float32 or float64 for params, activations and gradients
+      name           the layer's name inside its model (dotted tensor names start with it)
+      workspace      where transient buffers come from: the model passes the one it owns, so a
+                     step holds one set of work buffers and two gradient slots for all its layers
+      grads          preallocated gradient arrays by parameter name (views of the model's flat
+                     gradient buffer); missing ones are allocated here
+      reuse_outputs  inference outputs go into a buffer reused across calls, as training outputs
+                     always do: for layers whose output only the next layer reads
+    """
 
     kind = "Layer"
 
-    def __init__(self, dtype=np.float32, name=None):
+    def __init__(self, dtype=np.float32, name=None, workspace=None, grads=None, reuse_outputs=False):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, not {self.dtype}")
         self.name = name or self.kind.lower()
+        self.workspace = workspace if workspace is not None else Workspace()
+        self.reuse_outputs = reuse_outputs
         self.params = {}
         self.grads = {}
         self.state = {}
-        self.need_dx = True  # the model clears it on its first layer: no gradient for the input images
-        # The model sets this where the input buffer is dead once the weight gradient is taken (it
-        # came from a BatchNorm, whose backward needs only its own input): dx is then written there.
-        self.dx_into_input = False
-        # Set by the model on layers whose output only the next layer sees: their inference
-        # outputs reuse a buffer too (a model's final outputs stay fresh for callers to keep).
-        self.internal = False
-        # Inference fusion (fuse_inference): `epilogue` is the following layer this one applies in
-        # its inference pass, `applied_by` the preceding layer that applies this one.
-        self.epilogue = None
-        self.applied_by = None
-        self.fast_inference = True  # False: inference runs layer by layer (tests compare the two)
-        self._buffers = {}
-
-    def output_shape(self, input_shape):
-        """Per-sample output shape (no batch axis) for a per-sample input shape."""
-        return tuple(input_shape)
+        self._given_grads = dict(grads or {})
+        self._buffers = Workspace()
 
     def forward(self, x, training):
         raise NotImplementedError
@@ -62,62 +47,39 @@ class Layer:
         """Fills grads and returns dx; may overwrite dy (pass a copy to keep it)."""
         raise NotImplementedError
 
-    fused_kernel = None  # the kernel of a subclass's one-pass inference (None: it has none)
-
-    def fuse_inference(self, layer):
-        """Apply `layer` (a BatchNorm, folded into kernel and bias, or a Sigmoid) inside this layer's
-        inference pass; in inference it then passes its input through. Training is unchanged."""
-        if self.epilogue is not None:
-            raise ValueError(f"{self.name}: already applies {self.epilogue.name} in inference")
-        self.epilogue = layer
-        layer.applied_by = self
-
-    def fuses_inference(self):
-        """Whether inference takes the one-pass path (the active backend has its kernel)."""
-        return self.fast_inference and self.fused_kernel is not None and K.supports(self.fused_kernel)
-
-    def applied_before(self, training):
-        """True when the preceding layer already applied this one (inference, fused path)."""
-        return not training and self.applied_by is not None and self.applied_by.fuses_inference()
-
-    def epilogue_affine(self, features):
-        """(scale, shift, activation, alpha) of the fused epilogue: act(y * scale + shift)."""
-        scale, shift = np.ones(features, self.dtype), np.zeros(features, self.dtype)
-        if self.epilogue is None:
-            return scale, shift, None, 1.0
-        return self.epilogue.inference_epilogue(scale, shift)
-
-    def count_params(self):
-        """(trainable, non-trainable) parameter counts."""
-        return (sum(p.size for p in self.params.values()), sum(s.size for s in self.state.values()))
-
     def output(self, key, shape, training):
         """A forward output: reused across calls (valid until this layer's next forward) in training
-        and on internal layers; otherwise freshly allocated so callers may keep what they get."""
-        if training or self.internal:
+        and with reuse_outputs; otherwise freshly allocated so callers may keep what they get."""
+        if training or self.reuse_outputs:
             return self.scratch(("out", key), shape)
         return K.empty(tuple(shape), self.dtype)
 
     def scratch(self, key, shape):
         """A buffer of this layer kept across calls: allocated once at its largest size."""
-        return _grow(self._buffers, key, shape, self.dtype)
+        return self._buffers.buffer(key, shape, self.dtype)
 
     def work(self, key, shape):
-        """A transient buffer shared by all layers: valid only within the current call."""
-        return _grow(_SHARED, (key, self.dtype, K.active_name()), shape, self.dtype)
+        """A transient buffer shared by all layers of the workspace: valid only within one call."""
+        return self.workspace.buffer(key, shape, self.dtype)
 
     def grad_buffer(self, shape, avoid):
-        """A slot for a backward result that does not overlap `avoid` (this call's dy)."""
+        """A slot for a backward result that does not overlap `avoid` (this call's dy): the layers
+        of a workspace alternate between two slots instead of holding a gradient map each."""
         for slot in ("grad_a", "grad_b"):
-            key = (slot, self.dtype, K.active_name())
-            buf = _SHARED.get(key)
-            if buf is None or not K.may_share_memory(buf, avoid):
-                return _grow(_SHARED, key, shape, self.dtype)
+            buf = self.workspace.buffer(slot, shape, self.dtype)
+            if not K.may_share_memory(buf, avoid):
+                return buf
         raise AssertionError("dy overlaps both gradient slots")
 
     def _add_param(self, key, value):
         self.params[key] = K.from_host(np.ascontiguousarray(value, dtype=self.dtype))
-        self.grads[key] = K.zeros(self.params[key].shape, self.dtype)
+        grad = self._given_grads.get(key)
+        if grad is None:
+            grad = K.zeros(self.params[key].shape, self.dtype)
+        elif tuple(grad.shape) != tuple(self.params[key].shape) or grad.dtype != self.dtype:
+            raise ValueError(f"{self.name}: the gradient buffer for {key} has shape {grad.shape} {grad.dtype}, "
+                             f"not {self.params[key].shape} {self.dtype}")
+        self.grads[key] = grad
 
     def _check_input(self, x, ndim):
         if x.dtype != self.dtype:

@@ -3,27 +3,15 @@
 The forward of Conv2D (and backward of Conv2DTranspose) is im2col + one GEMM. The adjoint
 direction (Conv2D's input gradient, Conv2DTranspose's forward) is split by output phase: each of
 the stride^2 phases is a small dense convolution over the taps that reach it, so no zeros are
-multiplied and nothing is scattered with +=. Conv2DTranspose's inference forward is one GEMM over
-all taps, then a col2im that also adds the bias and applies a fused BatchNorm and activation.
+multiplied and nothing is scattered with +=. (The fused inference pass of Conv2DTranspose, with a
+following BatchNorm folded in, is built by scratchvae/inference.py from the trained layer.)
 """
 
 import numpy as np
 
 from scratchvae import kernels as K
+from scratchvae.geometry import phase_taps, same_padding
 from scratchvae.layers.base import Layer, default_rng, glorot_uniform
-
-
-def same_padding(size, kernel, stride):
-    """TensorFlow 'same': (output size, padding before); the larger half of the padding goes after."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return out, total // 2
-
-
-def phase_taps(kernel, stride, pad, phase):
-    """Kernel taps reaching output phase `phase` of the adjoint map, and the input offset of each."""
-    taps = [i for i in range(kernel) if (phase + pad - i) % stride == 0]
-    return taps, [(phase + pad - i) // stride for i in taps]
 
 
 COLS_BUDGET = 96 * 2 ** 20  # bytes of gathered taps per GEMM: bounds memory, keeps GEMMs large
@@ -104,11 +92,18 @@ def _check_common(kernel_size, strides, padding):
 
 
 class Conv2D(Layer):
+    """Keras Conv2D ('same', optional ReLU). need_dx=False: backward returns no input gradient (the
+    model's first layer: nothing upstream of the images needs one). overwrite_input=True: backward
+    writes dx into the forward's input array, for inputs that are dead once the weight gradient is
+    taken (the output of a BatchNorm, whose backward needs only its own input)."""
+
     kind = "Conv2D"
 
     def __init__(self, in_channels, filters, kernel_size=3, strides=1, padding="same",
-                 activation=None, dtype=np.float32, rng=None, name=None):
-        super().__init__(dtype, name)
+                 activation=None, dtype=np.float32, rng=None, name=None, need_dx=True, overwrite_input=False,
+                 **layer_options):
+        super().__init__(dtype, name, **layer_options)
+        self.need_dx, self.overwrite_input = need_dx, overwrite_input
         _check_common(kernel_size, strides, padding)
         if activation not in (None, "relu"):
             raise ValueError(f"activation {activation!r} is not supported; use None or 'relu'")
@@ -118,12 +113,6 @@ class Conv2D(Layer):
         self._add_param("kernel", glorot_uniform(default_rng(rng), (kernel_size, kernel_size, in_channels, filters),
                                                  fan_in, fan_out))
         self._add_param("bias", np.zeros(filters))
-
-    def output_shape(self, input_shape):
-        h, w, c = input_shape
-        if c != self.in_channels:
-            raise ValueError(f"{self.name}: expects {self.in_channels} channels, got {c}")
-        return (same_padding(h, self.k, self.stride)[0], same_padding(w, self.k, self.stride)[0], self.filters)
 
     def forward(self, x, training):
         self._check_input(x, 4)
@@ -162,18 +151,21 @@ class Conv2D(Layer):
         self.cache = None
         if not self.need_dx:
             return None
-        dx = x if self.dx_into_input else self.grad_buffer(x.shape, avoid=dy)
+        dx = x if self.overwrite_input else self.grad_buffer(x.shape, avoid=dy)
         conv_adjoint(self, dx, dy.reshape(n, ho, wo, self.filters), self.params["kernel"], self.stride, pt, pl)
         return dx
 
 
 class Conv2DTranspose(Layer):
+    """Keras Conv2DTranspose ('same'): the adjoint of Conv2D 'same' on the output size. need_dx and
+    overwrite_input as for Conv2D."""
+
     kind = "Conv2DTranspose"
-    fused_kernel = "conv_transpose_act"
 
     def __init__(self, in_channels, filters, kernel_size=3, strides=1, padding="same",
-                 dtype=np.float32, rng=None, name=None):
-        super().__init__(dtype, name)
+                 dtype=np.float32, rng=None, name=None, need_dx=True, overwrite_input=False, **layer_options):
+        super().__init__(dtype, name, **layer_options)
+        self.need_dx, self.overwrite_input = need_dx, overwrite_input
         _check_common(kernel_size, strides, padding)
         self.in_channels, self.filters = in_channels, filters
         self.k, self.stride = kernel_size, strides
@@ -183,53 +175,28 @@ class Conv2DTranspose(Layer):
                                                  fan_in, fan_out))
         self._add_param("bias", np.zeros(filters))
 
-    def output_shape(self, input_shape):
-        h, w, c = input_shape
-        if c != self.in_channels:
-            raise ValueError(f"{self.name}: expects {self.in_channels} channels, got {c}")
-        return (h * self.stride, w * self.stride, self.filters)
-
     def forward(self, x, training):
         self._check_input(x, 4)
         n, h, w, c = x.shape
         ho, wo = h * self.stride, w * self.stride
         pt = same_padding(ho, self.k, self.stride)[1]
         pl = same_padding(wo, self.k, self.stride)[1]
-        if not training and self.fuses_inference():
-            self.geometry = None
-            return self._infer(x, pt, pl)
         self.geometry = (x, pt, pl)
         y = self.output("y", (n, ho, wo, self.filters), training)
         conv_adjoint(self, y, x, self.params["kernel"], self.stride, pt, pl)
         K.add_bias(y.reshape(-1, self.filters), self.params["bias"])
         return y
 
-    def _infer(self, x, pt, pl):
-        """Inference: a GEMM over all taps (K = input channels, KH*KW*O columns), then col2im sums
-        the taps and writes act(sum + bias) in the same pass. A following BatchNorm is folded into
-        the GEMM's weights and the bias (recomputed per call, so it never goes stale)."""
-        n, h, w, c = x.shape
-        k, o = self.k, self.filters
-        scale, shift, activation, alpha = self.epilogue_affine(o)
-        w2 = self.scratch("folded_kernel", (c, k * k * o))  # (C, (i, j, O))
-        b2 = self.scratch("folded_bias", (o,))
-        K.fold_adjoint_weights(w2, b2, self.params["kernel"], self.params["bias"], scale, shift)
-        # The output is the last fused layer's: fresh for callers when that one hands out results.
-        y = (self.epilogue or self).output("y", (n, h * self.stride, w * self.stride, o), False)
-        K.conv_transpose_act(y, x, w2, b2, k, k, self.stride, pt, pl, activation, alpha)
-        return y
-
     def backward(self, dy):
         if self.geometry is None:
-            raise RuntimeError(f"{self.name}: backward needs a training-mode forward first (the fused "
-                               "inference pass keeps nothing for it)")
+            raise RuntimeError(f"{self.name}: backward needs a training-mode forward first")
         x, pt, pl = self.geometry
         n, c, k = x.shape[0], self.in_channels, self.k
         K.sum_rows(self.grads["bias"], dy.reshape(-1, self.filters))
         kernel2d = self.params["kernel"].reshape(-1, c)  # (KH*KW*O, C)
         dx = None
         if self.need_dx:
-            dx = x if self.dx_into_input else self.grad_buffer(x.shape, avoid=dy)
+            dx = x if self.overwrite_input else self.grad_buffer(x.shape, avoid=dy)
         rows = x.shape[1] * x.shape[2]
         for i, sl in enumerate(image_chunks(n, rows * kernel2d.shape[0] * x.dtype.itemsize)):
             cols = im2col(self, dy[sl], k, self.stride, pt, pl)  # (n*H*W, KH*KW*O)

@@ -2,9 +2,10 @@
 
 Training uses the batch mean and biased variance and moves `moving = m*moving + (1-m)*batch`;
 inference uses the moving statistics. Defaults follow Keras: momentum 0.99, epsilon 1e-3.
-A following LeakyReLU can be fused in (`fuse`): one pass forward, two backward, same results.
+BatchNormLeakyReLU is BatchNorm then LeakyReLU in one layer: one pass forward, two backward.
 With a `reducer` (sums an array over the ranks of a data-parallel job, in place) the batch is the
 global one: per-channel sums are reduced before the mean, the variance and the backward's dx.
+`measure_population` replaces the moving averages by the exact statistics of a pass over data.
 """
 
 import numpy as np
@@ -16,42 +17,22 @@ from scratchvae.layers.base import Layer
 class BatchNorm(Layer):
     kind = "BatchNormalization"
 
+    alpha = 1.0  # slope for negative outputs: 1 is no activation (BatchNormLeakyReLU sets its own)
+
     def __init__(self, features, momentum=0.99, epsilon=1e-3, dtype=np.float32, rng=None, name=None,
-                 reducer=None):
-        super().__init__(dtype, name)
+                 reducer=None, **layer_options):
+        super().__init__(dtype, name, **layer_options)
         self.features, self.momentum, self.epsilon = features, momentum, epsilon
         self.reducer = reducer  # None: this process's batch is the whole batch
-        self.alpha = 1.0  # slope of a fused LeakyReLU for negative inputs; 1 means none
+        self.census = None  # (sums, squares, count) while measure_population runs
         self._add_param("gamma", np.ones(features))
         self._add_param("beta", np.zeros(features))
         self.state["moving_mean"] = K.zeros((features,), self.dtype)
         self.state["moving_variance"] = K.from_host(np.ones(features, dtype=self.dtype))
 
-    def fuse(self, activation):
-        """Apply `activation` (a LeakyReLU) inside this layer's passes; it becomes a pass-through."""
-        self.alpha = activation.alpha
-        activation.fused_into = self
-
-    def output_shape(self, input_shape):
-        if input_shape[-1] != self.features:
-            raise ValueError(f"{self.name}: expects {self.features} features, got {input_shape[-1]}")
-        return tuple(input_shape)
-
-    def inference_epilogue(self, scale, shift):
-        """For a preceding layer that applies this one: its per-channel (scale, shift) composed with
-        the moving-statistics affine, then (activation, alpha) of the fused LeakyReLU (if any)."""
-        invstd = self.scratch("invstd", (self.features,))
-        K.bn_invstd(invstd, self.state["moving_variance"], self.epsilon)
-        s = (invstd * self.params["gamma"]).astype(self.dtype)  # as bn_act_forward computes it
-        t = (self.params["beta"] - self.state["moving_mean"] * s).astype(self.dtype)
-        return scale * s, shift * s + t, ("leaky" if self.alpha != 1 else None), self.alpha
-
     def forward(self, x, training):
         if x.dtype != self.dtype:
             raise TypeError(f"{self.name}: expected {self.dtype} input, got {x.dtype}")
-        if self.applied_before(training):
-            self.cache = None
-            return x
         x2d = x.reshape(-1, self.features)
         count = x2d.shape[0]
         if training:
@@ -63,8 +44,11 @@ class BatchNorm(Layer):
                 K.bn_stats(mean, var, x2d)
             else:
                 count = self._global_stats(mean, var, x2d)
-            K.moving_update(self.state["moving_mean"], mean, self.momentum)
-            K.moving_update(self.state["moving_variance"], var, self.momentum)
+            if self.census is None:
+                K.moving_update(self.state["moving_mean"], mean, self.momentum)
+                K.moving_update(self.state["moving_variance"], var, self.momentum)
+            else:
+                self._count(x2d, mean)
         else:
             mean, var = self.scratch("mean", (self.features,)), self.scratch("var", (self.features,))
             K.copy(mean, self.state["moving_mean"])
@@ -123,3 +107,56 @@ class BatchNorm(Layer):
                                      dy2d, x2d, mean, invstd, gamma, beta, self.alpha)
         self.cache = None
         return dx
+
+    # ------------------------------------------------------------ population statistics
+    def begin_population(self):
+        """Start measuring: later training-mode forwards add their inputs to exact float64 sums
+        and leave the moving averages alone (normalising with each batch's own statistics, as in
+        training, so every layer sees the inputs it sees while training)."""
+        self.census = [np.zeros(self.features), np.zeros(self.features), 0]
+
+    def _count(self, x2d, mean):
+        """Add this rank's rows x2d to the census, given `mean` (the batch mean the forward uses):
+        sum x, and sum x^2 = sum (x - m)^2 + 2 m sum x - n m^2, all in float64 (the squares are
+        taken about m in the kernel, so no large float32 numbers cancel)."""
+        sums, squares = K.empty((self.features,), self.dtype), K.empty((self.features,), self.dtype)
+        K.sum_rows(sums, x2d)
+        K.centered_sq_sums(squares, x2d, mean)
+        n = x2d.shape[0]
+        sums, squares = K.to_host(sums).astype(np.float64), K.to_host(squares).astype(np.float64)
+        m = K.to_host(mean).astype(np.float64)
+        self.census[0] += sums
+        self.census[1] += squares + 2 * m * sums - n * m * m
+        self.census[2] += n
+
+    def cancel_population(self):
+        """Stop measuring and keep the moving statistics as they were."""
+        self.census = None
+
+    def end_population(self):
+        """Store the measured mean and biased variance as the moving statistics (summed over the
+        ranks first when there is a reducer); returns the number of values per feature."""
+        sums, squares, count = self.census
+        self.census = None
+        if self.reducer is not None:
+            total = self._reduce(sums, squares, [count])
+            f = self.features
+            sums, squares, count = total[:f], total[f:2 * f], int(total[2 * f])
+        if count < 1:
+            raise ValueError(f"{self.name}: no batches were measured")
+        mean = sums / count
+        var = np.maximum(squares / count - mean ** 2, 0.0)
+        K.copy(self.state["moving_mean"], K.from_host(mean.astype(self.dtype)))
+        K.copy(self.state["moving_variance"], K.from_host(var.astype(self.dtype)))
+        return count
+
+
+class BatchNormLeakyReLU(BatchNorm):
+    """BatchNormalization followed by LeakyReLU(alpha), as one layer: the model builds it when the
+    spec has the two in a row (the summary still lists the two Keras layers)."""
+
+    kind = "BatchNormalization+LeakyReLU"
+
+    def __init__(self, features, alpha=0.3, momentum=0.99, epsilon=1e-3, **options):
+        super().__init__(features, momentum, epsilon, **options)
+        self.alpha = alpha

@@ -1,0 +1,112 @@
+"""The inference plan: trained layers -> the passes that run them in inference mode.
+
+A Dense or Conv2DTranspose followed by a BatchNorm (and its LeakyReLU) or by a Sigmoid runs as one
+fused pass: the BatchNorm's moving-statistics affine folded into its weights (or applied as the
+output is written), bias and activation in the same pass. The folding is recomputed at every call
+from the live parameters, so it never goes stale after an optimizer step or a load. Every other
+layer runs its own inference forward. Training never goes through here.
+"""
+
+import numpy as np
+
+from scratchvae import kernels as K
+from scratchvae.folding import batchnorm_affine
+from scratchvae.geometry import same_padding
+from scratchvae.kernels.workspace import Workspace
+from scratchvae.layers import BatchNorm, Conv2DTranspose, Dense, Sigmoid
+
+
+class Plan:
+    """Steps over a list of layers; `run(x)` is the inference forward of the whole list."""
+
+    def __init__(self, layers):
+        self.steps = []
+        i = 0
+        while i < len(layers):
+            layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, (Dense, Conv2DTranspose)) and isinstance(following, (BatchNorm, Sigmoid)) \
+                    and not (isinstance(layer, Dense) and isinstance(following, Sigmoid)):
+                self.steps.append(FusedDense(layer, following) if isinstance(layer, Dense)
+                                  else FusedConvTranspose(layer, following))
+                i += 2
+            else:
+                self.steps.append(Unfused(layer))
+                i += 1
+
+    def run(self, x):
+        for step in self.steps:
+            x = step(x)
+        return x
+
+    def describe(self):
+        """One line per step: which layers it runs (for tests and the curious)."""
+        return [step.describe() for step in self.steps]
+
+
+class Unfused:
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, x):
+        return self.layer.forward(x, False)
+
+    def describe(self):
+        return self.layer.name
+
+
+def epilogue(follower, features, dtype):
+    """(scale, shift, activation, alpha) of what follows the fused layer: y -> act(y * scale + shift)."""
+    if isinstance(follower, Sigmoid):
+        return np.ones(features, dtype), np.zeros(features, dtype), "sigmoid", 1.0
+    host = {k: K.to_host(v) for k, v in {**follower.params, **follower.state}.items()}
+    scale, shift = batchnorm_affine(host["gamma"], host["beta"], host["moving_mean"], host["moving_variance"],
+                                    follower.epsilon)
+    activation = "leaky" if follower.alpha != 1 else None
+    return scale.astype(dtype), shift.astype(dtype), activation, follower.alpha
+
+
+class FusedDense:
+    """Dense -> BatchNorm(+LeakyReLU): one GEMM, then the affine and activation as the output is
+    written (the kernel is too big to refold at every call)."""
+
+    def __init__(self, dense, follower):
+        self.dense, self.follower = dense, follower
+
+    def __call__(self, x):
+        d = self.dense
+        d._check_input(x, 2)
+        scale, shift, activation, alpha = epilogue(self.follower, d.units, d.dtype)
+        y = self.follower.output("y", (x.shape[0], d.units), False)
+        K.dense_act(y, x, d.params["kernel"], d.params["bias"], K.from_host(scale), K.from_host(shift),
+                    activation, alpha)
+        return y
+
+    def describe(self):
+        return f"{self.dense.name}+{self.follower.name}"
+
+
+class FusedConvTranspose:
+    """Conv2DTranspose -> BatchNorm(+LeakyReLU) or Sigmoid: a GEMM over all taps (the BatchNorm
+    folded into its weights and bias), then col2im sums the taps and writes act(sum + bias)."""
+
+    def __init__(self, conv, follower):
+        self.conv, self.follower = conv, follower
+        self.buffers = Workspace()  # the folded weights, kept at their size between calls
+
+    def __call__(self, x):
+        c = self.conv
+        c._check_input(x, 4)
+        n, h, w, _ = x.shape
+        k, o, s = c.k, c.filters, c.stride
+        pt = same_padding(h * s, k, s)[1]
+        pl = same_padding(w * s, k, s)[1]
+        scale, shift, activation, alpha = epilogue(self.follower, o, c.dtype)
+        w2 = self.buffers.buffer("kernel", (c.in_channels, k * k * o), c.dtype)  # (C, (i, j, O))
+        b2 = self.buffers.buffer("bias", (o,), c.dtype)
+        K.fold_adjoint_weights(w2, b2, c.params["kernel"], c.params["bias"], K.from_host(scale), K.from_host(shift))
+        y = self.follower.output("y", (n, h * s, w * s, o), False)
+        K.conv_transpose_act(y, x, w2, b2, k, k, s, pt, pl, activation, alpha)
+        return y
+
+    def describe(self):
+        return f"{self.conv.name}+{self.follower.name}"
