@@ -38,8 +38,8 @@ def child(args):
 
     comm.sum_ = timed_sum
     config = VAEConfig(image_size=args.image_size, filters=args.filters, blocks=args.blocks, z_dim=args.z_dim)
-    vae, opt = VAE(config), Adam()
-    sync = distributed.DataParallel(vae, comm)
+    sync = distributed.DataParallel(comm)
+    vae, opt = VAE(config, **sync.model_hooks()), Adam()
     per_rank = args.batch // comm.size
     rng = np.random.default_rng(comm.rank)
     x = rng.uniform(0, 1, (per_rank, args.image_size, args.image_size, 3)).astype(np.float32)
@@ -49,7 +49,7 @@ def child(args):
         t = time.perf_counter()
         waited = sync.waited
         terms = vae.forward_backward(x, eps)
-        sync.finish_gradients()
+        sync.finish_gradients(vae)
         t_grad = sync.waited - waited
         bn_sync = in_collectives[0]
         sync.mean_terms(terms, config.beta)

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from scratchvae import losses
-from scratchvae.layers import same_padding
+from scratchvae import architecture, losses
+from scratchvae.geometry import same_padding
 from scratchvae.model import VAE, VAEConfig
 
 
@@ -90,49 +90,48 @@ class SameConvTranspose2d(nn.Module):
 
 
 class TorchVAE(nn.Module):
-    """The same network as scratchvae.model.VAE(config), parameter for parameter."""
+    """The same network as scratchvae.model.VAE(config), parameter for parameter: built by walking
+    the same layer specs (scratchvae.architecture), NCHW inside, Keras order at Flatten/Reshape."""
 
     def __init__(self, config=None):
         super().__init__()
         cfg = self.config = config or VAEConfig()
-        s, f = cfg.bottleneck, cfg.filters
-        self.enc_convs, self.enc_bns = nn.ModuleList(), nn.ModuleList()
-        c, size = cfg.channels, cfg.image_size
-        for _ in range(cfg.blocks):
-            self.enc_convs.append(SameConv2d(c, f, 3, 2, size))
-            self.enc_bns.append(KerasBatchNorm(f, cfg.bn_momentum, cfg.bn_epsilon))
-            c, size = f, size // 2
-        self.z_mean = nn.Linear(s * s * f, cfg.z_dim)
-        self.z_log_var = nn.Linear(s * s * f, cfg.z_dim)
-        self.dec_dense = nn.Linear(cfg.z_dim, s * s * f)
-        self.dec_bn0 = KerasBatchNorm(s * s * f, cfg.bn_momentum, cfg.bn_epsilon)
-        self.dec_convs, self.dec_bns = nn.ModuleList(), nn.ModuleList()
-        size = s
-        for _ in range(cfg.blocks):
-            self.dec_convs.append(SameConvTranspose2d(f, f, 3, 2, size))
-            self.dec_bns.append(KerasBatchNorm(f, cfg.bn_momentum, cfg.bn_epsilon))
-            size *= 2
-        self.dec_out = SameConvTranspose2d(f, cfg.channels, 3, 1, size)
+        self.parts = {part: specs for part, _, specs in architecture.parts(cfg)}
+        self.layers = nn.ModuleDict()
+        for part, specs in self.parts.items():
+            for spec, shape in specs:
+                module = _module(spec, shape)
+                if module is not None:
+                    self.layers[_key(part, spec)] = module
+
+    def _run(self, part, specs, x):
+        for spec, _ in specs:
+            a = spec.args
+            if _key(part, spec) in self.layers:
+                x = self.layers[_key(part, spec)](x)
+                if a.get("activation") == "relu":
+                    x = F.relu(x)
+            elif spec.kind == "LeakyReLU":
+                x = F.leaky_relu(x, a["alpha"])
+            elif spec.kind == "Sigmoid":
+                x = torch.sigmoid(x)
+            elif spec.kind == "Flatten":
+                x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # Keras Flatten order (H, W, C)
+            elif spec.kind == "Reshape":
+                x = x.reshape(-1, *a["target_shape"]).permute(0, 3, 1, 2)  # Keras Reshape is NHWC
+            else:
+                raise ValueError(f"{part}.{spec.name}: no PyTorch mapping for {spec.kind}")
+        return x
 
     def encode(self, x):
         """x NCHW in [0, 1] -> (z_mean, z_log_var)."""
-        alpha = self.config.leaky_alpha
-        for conv, bn in zip(self.enc_convs, self.enc_bns):
-            x = conv(x)
-            if self.config.encoder_activation == "relu":
-                x = F.relu(x)
-            x = F.leaky_relu(bn(x), alpha)
-        h = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # Keras Flatten order (H, W, C)
-        return self.z_mean(h), self.z_log_var(h)
+        specs = self.parts["encoder"]
+        heads = [(spec, shape) for spec, shape in specs if spec.name in ("z_mean", "z_log_var")]
+        h = self._run("encoder", [p for p in specs if p not in heads], x)
+        return tuple(self._run("encoder", [head], h) for head in heads)
 
     def decode(self, z):
-        cfg, alpha = self.config, self.config.leaky_alpha
-        s = cfg.bottleneck
-        h = F.leaky_relu(self.dec_bn0(self.dec_dense(z)), alpha)
-        x = h.reshape(-1, s, s, cfg.filters).permute(0, 3, 1, 2)  # Keras Reshape is NHWC
-        for conv, bn in zip(self.dec_convs, self.dec_bns):
-            x = F.leaky_relu(bn(conv(x)), alpha)
-        return torch.sigmoid(self.dec_out(x))
+        return self._run("decoder", self.parts["decoder"], z)
 
     def loss_terms(self, x, eps):
         """(total, mse, kl) tensors for a batch, z = mu + exp(lv/2) eps with lv clamped as in losses."""
@@ -149,23 +148,18 @@ class TorchVAE(nn.Module):
         """{scratchvae dotted name: (torch tensor, permutation from our layout to torch's)}."""
         conv = (3, 2, 0, 1)  # (kh,kw,in,out)->(out,in,kh,kw); (kh,kw,out,in)->(in,out,kh,kw): no flips
         m = {}
-        for i, (c, bn) in enumerate(zip(self.enc_convs, self.enc_bns), 1):
-            m[f"encoder.conv_{i}.kernel"] = (c.conv.weight, conv)
-            m[f"encoder.conv_{i}.bias"] = (c.conv.bias, None)
-            m.update(_bn_map(f"encoder.bn_{i}", bn))
-        for head in ("z_mean", "z_log_var"):
-            lin = getattr(self, head)
-            m[f"encoder.{head}.kernel"] = (lin.weight, (1, 0))
-            m[f"encoder.{head}.bias"] = (lin.bias, None)
-        m["decoder.dense.kernel"] = (self.dec_dense.weight, (1, 0))
-        m["decoder.dense.bias"] = (self.dec_dense.bias, None)
-        m.update(_bn_map("decoder.bn_0", self.dec_bn0))
-        for i, (c, bn) in enumerate(zip(self.dec_convs, self.dec_bns), 1):
-            m[f"decoder.conv_t_{i}.kernel"] = (c.conv.weight, conv)
-            m[f"decoder.conv_t_{i}.bias"] = (c.conv.bias, None)
-            m.update(_bn_map(f"decoder.bn_{i}", bn))
-        m["decoder.conv_t_out.kernel"] = (self.dec_out.conv.weight, conv)
-        m["decoder.conv_t_out.bias"] = (self.dec_out.conv.bias, None)
+        for part, specs in self.parts.items():
+            for spec, _ in specs:
+                prefix = f"{part}.{spec.name}"
+                module = self.layers[_key(part, spec)] if _key(part, spec) in self.layers else None
+                if spec.kind in ("Conv2D", "Conv2DTranspose"):
+                    m[f"{prefix}.kernel"] = (module.conv.weight, conv)
+                    m[f"{prefix}.bias"] = (module.conv.bias, None)
+                elif spec.kind == "Dense":
+                    m[f"{prefix}.kernel"] = (module.weight, (1, 0))
+                    m[f"{prefix}.bias"] = (module.bias, None)
+                elif spec.kind == "BatchNormalization":
+                    m.update(_bn_map(prefix, module))
         return m
 
     @torch.no_grad()
@@ -190,6 +184,24 @@ class TorchVAE(nn.Module):
             a = v.detach().cpu().numpy()
             out[name] = a if perm is None else a.transpose(np.argsort(perm))
         return out
+
+
+def _key(part, spec):
+    return f"{part}__{spec.name}"  # ModuleDict keys cannot hold dots
+
+
+def _module(spec, shape):
+    """The torch module of a spec with parameters (None for the parameter-free ones)."""
+    a = spec.args
+    if spec.kind == "Conv2D":
+        return SameConv2d(a["in_channels"], a["filters"], a["kernel_size"], a["strides"], shape[0])
+    if spec.kind == "Conv2DTranspose":
+        return SameConvTranspose2d(a["in_channels"], a["filters"], a["kernel_size"], a["strides"], shape[0])
+    if spec.kind == "Dense":
+        return nn.Linear(a["in_features"], a["units"])
+    if spec.kind == "BatchNormalization":
+        return KerasBatchNorm(a["features"], a["momentum"], a["epsilon"])
+    return None
 
 
 def _bn_map(prefix, bn):

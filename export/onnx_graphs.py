@@ -1,8 +1,10 @@
 """The VAE's encoder and decoder as ONNX graphs, built node by node from checkpoint tensors.
 
+The graphs walk the same layer specs as the model (scratchvae/architecture.py), and fold each
+inference BatchNorm into the layer before it with the model's own formulas (scratchvae/folding.py).
 Inputs and outputs are NHWC like the model; inside, the graph runs NCHW (ONNX's layout) with one
 Transpose at each edge and weights permuted at export. TF 'same' padding becomes explicit `pads`.
-Only onnx and numpy are imported here, so the builders work without Numba.
+Only onnx, numpy and the plain-data modules are imported here, so the builders work without Numba.
 """
 
 import json
@@ -12,40 +14,27 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from scratchvae import architecture
+from scratchvae.architecture import VAEConfig
+from scratchvae.folding import batchnorm_affine, fold_affine
+from scratchvae.geometry import same_pads, transpose_geometry
+
+__all__ = ["build_encoder", "build_decoder", "same_pads", "transpose_geometry", "MIN_OPSET"]
+
 PRODUCER = "scratchvae"
 MIN_OPSET = 17
 TO_NCHW, TO_NHWC = [0, 3, 1, 2], [0, 2, 3, 1]
-CONFIG_FIELDS = ("image_size", "channels", "filters", "blocks", "z_dim", "leaky_alpha",
-                 "encoder_activation", "bn_epsilon")
-
-
-def same_pads(size, kernel, stride):
-    """TF 'same' for a convolution over `size`: (output size, pad before, pad after); the odd one goes after."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return out, total // 2, total - total // 2
-
-
-def transpose_geometry(size, kernel, stride):
-    """(pad before, pad after, output_padding) making ONNX ConvTranspose the adjoint of Conv 'same' on size*stride.
-
-    ONNX: out = stride*(size-1) + output_padding + kernel - before - after. Taking the forward conv's
-    pads puts every tap where the adjoint puts it; output_padding only makes up what TF's clamp at 0 cut off.
-    """
-    big = size * stride
-    _, before, after = same_pads(big, kernel, stride)
-    extra = big - (stride * (size - 1) + kernel - before - after)
-    assert 0 <= extra < stride, (size, kernel, stride)
-    return before, after, extra
+BN_KEYS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
 def normalize_config(config):
-    """The fields the graphs need, from a VAEConfig or its dict (as stored in checkpoint metadata)."""
-    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    missing = [f for f in CONFIG_FIELDS if f not in d]
-    if missing:
-        raise ValueError(f"config lacks {', '.join(missing)}: not a scratchvae VAEConfig")
-    return d
+    """A VAEConfig from a VAEConfig or its dict (as stored in checkpoint metadata)."""
+    if isinstance(config, VAEConfig):
+        return config
+    try:
+        return VAEConfig.from_dict(dict(config))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"not a scratchvae VAEConfig: {e}") from None
 
 
 def dotted_tensors(arrays):
@@ -65,6 +54,7 @@ class _Builder:
     def __init__(self, tensors):
         self.tensors = tensors
         self.nodes, self.inits = [], []
+        self.folded = 0  # BatchNorms folded into the layer before them
 
     def get(self, name, shape):
         if name not in self.tensors:
@@ -98,15 +88,6 @@ class _Builder:
         return self.node("BatchNormalization", [x] + names, prefix, epsilon=float(eps))
 
 
-def fold_bn(kernel, bias, stats, eps, axis):
-    """Kernel and bias of `layer -> BN(inference)` as one layer: scale the output axis, shift the bias."""
-    gamma, beta, mean, var = stats
-    scale = gamma / np.sqrt(var + eps)
-    shape = [1] * kernel.ndim
-    shape[axis] = -1
-    return kernel * scale.reshape(shape), (bias - mean) * scale + beta
-
-
 def _finish(b, name, inputs, outputs, cfg, meta, opset, folded, doc):
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ValueError(f"opset {opset} is not supported: use {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
@@ -115,7 +96,7 @@ def _finish(b, name, inputs, outputs, cfg, meta, opset, folded, doc):
     model = helper.make_model(graph, opset_imports=ops, producer_name=PRODUCER,
                               ir_version=helper.find_min_ir_version_for(ops), doc_string=doc)
     from_meta = meta or {}
-    props = {"config": json.dumps(cfg, sort_keys=True), "part": name,
+    props = {"config": json.dumps(cfg.to_dict(), sort_keys=True), "part": name,
              "epoch": str(int(from_meta.get("epoch", 0))), "step": str(int(from_meta.get("step", 0))),
              "layout": "NHWC", "bn_folded": str(bool(folded)).lower()}
     helper.set_model_props(model, props)
@@ -138,38 +119,17 @@ def build_encoder(arrays, config, fold=True, opset=MIN_OPSET, meta=None):
     """
     cfg = normalize_config(config)
     b = _Builder(dotted_tensors(arrays))
-    size, c, f, k = cfg["image_size"], cfg["channels"], cfg["filters"], 3
-    relu = cfg["encoder_activation"] == "relu"
-    folds = fold and not relu
+    (_, _, specs), _ = architecture.parts(cfg)
+    trunk = [(spec, shape) for spec, shape in specs if spec.name not in ("z_mean", "z_log_var")]
+    heads = [(spec, shape) for spec, shape in specs if spec.name in ("z_mean", "z_log_var")]
     x = b.node("Transpose", ["image"], "encoder.to_nchw", perm=TO_NCHW)
-    for i in range(1, cfg["blocks"] + 1):
-        conv, bn = f"encoder.conv_{i}", f"encoder.bn_{i}"
-        size, before, after = same_pads(size, k, 2)
-        w = b.get(f"{conv}.kernel", (k, k, c, f)).transpose(3, 2, 0, 1)  # Keras (KH,KW,C,O) -> ONNX (O,C,KH,KW)
-        bias = b.get(f"{conv}.bias", (f,))
-        if folds:
-            w, bias = fold_bn(w, bias, b.bn_stats(bn, f), cfg["bn_epsilon"], axis=0)
-            conv = f"{conv}+bn_{i}"
-        x = b.node("Conv", [x, b.const(f"{conv}.kernel", w), b.const(f"{conv}.bias", bias)], conv,
-                   kernel_shape=[k, k], strides=[2, 2], pads=[before, before, after, after])
-        if relu:
-            x = b.node("Relu", [x], f"encoder.relu_{i}")
-        if not folds:
-            x = b.batchnorm(x, bn, f, cfg["bn_epsilon"])
-        x = b.node("LeakyRelu", [x], f"encoder.leaky_{i}", alpha=float(cfg["leaky_alpha"]))
-        c = f
-    # Keras flattens NHWC as (H, W, C): go back to NHWC before Flatten so the Dense rows line up.
-    x = b.node("Transpose", [x], "encoder.to_nhwc", perm=TO_NHWC)
-    x = b.node("Flatten", [x], "encoder.flatten", axis=1)
-    flat, z = size * size * f, cfg["z_dim"]
-    for head in ("z_mean", "z_log_var"):
-        p = f"encoder.{head}"
-        b.node("Gemm", [x, b.const(f"{p}.kernel", b.get(f"{p}.kernel", (flat, z))),
-                        b.const(f"{p}.bias", b.get(f"{p}.bias", (z,)))], p, output=head)
-    n = cfg["image_size"]
-    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", n, n, cfg["channels"]])]
+    x = _walk(b, "encoder", trunk, x, cfg, fold)
+    for spec, shape in heads:
+        _walk(b, "encoder", [(spec, shape)], x, cfg, fold, output=spec.name)
+    n, z = cfg.image_size, cfg.z_dim
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", n, n, cfg.channels])]
     outputs = [helper.make_tensor_value_info(h, TensorProto.FLOAT, ["N", z]) for h in ("z_mean", "z_log_var")]
-    return _finish(b, "encoder", inputs, outputs, cfg, meta, opset, folds,
+    return _finish(b, "encoder", inputs, outputs, cfg, meta, opset, b.folded > 0,
                    "scratchvae encoder: image NHWC float32 in [0, 1] -> z_mean, z_log_var")
 
 
@@ -181,45 +141,83 @@ def build_decoder(arrays, config, fold=True, opset=MIN_OPSET, meta=None):
     """
     cfg = normalize_config(config)
     b = _Builder(dotted_tensors(arrays))
-    s, f, z, k, eps = cfg["image_size"] >> cfg["blocks"], cfg["filters"], cfg["z_dim"], 3, cfg["bn_epsilon"]
-    alpha = float(cfg["leaky_alpha"])
-    units = s * s * f
-    w, bias = b.get("decoder.dense.kernel", (z, units)), b.get("decoder.dense.bias", (units,))
-    name = "decoder.dense"
-    if fold:
-        w, bias = fold_bn(w, bias, b.bn_stats("decoder.bn_0", units), eps, axis=1)
-        name = "decoder.dense+bn_0"
-    x = b.node("Gemm", ["z", b.const(f"{name}.kernel", w), b.const(f"{name}.bias", bias)], name)
-    if not fold:
-        x = b.batchnorm(x, "decoder.bn_0", units, eps)  # (N, C) input: BN over features
-    x = b.node("LeakyRelu", [x], "decoder.leaky_0", alpha=alpha)
-    # The 8192 features are Keras-ordered (H, W, C): reshape to NHWC, then transpose to NCHW.
-    shape = b.const("decoder.reshape.shape", [-1, s, s, f], dtype=np.int64)
-    x = b.node("Reshape", [x, shape], "decoder.reshape")
-    x = b.node("Transpose", [x], "decoder.to_nchw", perm=TO_NCHW)
-    layers = [(f"decoder.conv_t_{i}", f"decoder.bn_{i}", f"decoder.leaky_{i}", f, 2)
-              for i in range(1, cfg["blocks"] + 1)]
-    layers.append(("decoder.conv_t_out", None, None, cfg["channels"], 1))
-    c = f
-    for conv, bn, leaky, out, stride in layers:
-        before, after, extra = transpose_geometry(s, k, stride)
-        w = b.get(f"{conv}.kernel", (k, k, out, c)).transpose(3, 2, 0, 1)  # Keras (KH,KW,O,C) -> ONNX (C,O,KH,KW)
-        bias = b.get(f"{conv}.bias", (out,))
-        if bn and fold:
-            w, bias = fold_bn(w, bias, b.bn_stats(bn, out), eps, axis=1)
-            conv = conv + "+" + bn.split(".")[-1]
-        attrs = {"kernel_shape": [k, k], "strides": [stride, stride], "pads": [before, before, after, after]}
-        if extra:
-            attrs["output_padding"] = [extra, extra]
-        x = b.node("ConvTranspose", [x, b.const(f"{conv}.kernel", w), b.const(f"{conv}.bias", bias)], conv, **attrs)
-        if bn and not fold:
-            x = b.batchnorm(x, bn, out, eps)
-        if leaky:
-            x = b.node("LeakyRelu", [x], leaky, alpha=alpha)
-        s, c = s * stride, out
-    x = b.node("Sigmoid", [x], "decoder.sigmoid")
+    _, (_, _, specs) = architecture.parts(cfg)
+    x = _walk(b, "decoder", specs, "z", cfg, fold)
     b.node("Transpose", [x], "decoder.to_nhwc", output="image", perm=TO_NHWC)
-    inputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", z])]
-    outputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", s, s, cfg["channels"]])]
+    n = cfg.image_size
+    inputs = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", cfg.z_dim])]
+    outputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", n, n, cfg.channels])]
     return _finish(b, "decoder", inputs, outputs, cfg, meta, opset, fold,
                    "scratchvae decoder: z float32 -> image NHWC float32 in [0, 1]")
+
+
+def _walk(b, part, specs, x, cfg, fold, output=None):
+    """Nodes for a list of (spec, per-sample input shape) from tensor `x`; returns the last output.
+    4-D tensors run NCHW inside the graph; Flatten and Reshape cross back to Keras' NHWC order."""
+    i, last = 0, None
+    while i < len(specs):
+        spec, shape = specs[i]
+        following = specs[i + 1][0] if i + 1 < len(specs) else None
+        name, a = f"{part}.{spec.name}", spec.args
+        out = output if i == len(specs) - 1 else None
+        if spec.kind in ("Conv2D", "Conv2DTranspose", "Dense"):
+            w, bias, axis = _weights(b, name, spec)
+            if fold and following is not None and following.kind == "BatchNormalization" \
+                    and a.get("activation") is None:
+                stats = b.bn_stats(f"{part}.{following.name}", following.args["features"])
+                w, bias = fold_affine(w, bias, *batchnorm_affine(*stats, following.args["epsilon"]), axis=axis)
+                name = f"{name}+{following.name}"
+                b.folded += 1
+                i += 1
+                out = output if i == len(specs) - 1 else None
+            inputs = [x, b.const(f"{name}.kernel", w), b.const(f"{name}.bias", bias)]
+            if spec.kind == "Dense":
+                x = b.node("Gemm", inputs, name, output=out)
+            else:
+                x = _conv_node(b, spec, shape, inputs, name, out)
+            if a.get("activation") == "relu":
+                x = b.node("Relu", [x], f"{part}.{spec.name.replace('conv', 'relu')}")
+        elif spec.kind == "BatchNormalization":
+            x = b.batchnorm(x, name, a["features"], a["epsilon"])
+        elif spec.kind == "LeakyReLU":
+            x = b.node("LeakyRelu", [x], name, alpha=float(a["alpha"]))
+        elif spec.kind == "Sigmoid":
+            x = b.node("Sigmoid", [x], name)
+        elif spec.kind == "Flatten":
+            # Keras flattens NHWC as (H, W, C): back to NHWC first so the Dense rows line up.
+            x = b.node("Transpose", [x], f"{part}.to_nhwc", perm=TO_NHWC)
+            x = b.node("Flatten", [x], name, axis=1)
+        elif spec.kind == "Reshape":
+            # The features are Keras-ordered (H, W, C): reshape to NHWC, then transpose to NCHW.
+            target = b.const(f"{name}.shape", [-1, *a["target_shape"]], dtype=np.int64)
+            x = b.node("Reshape", [x, target], name)
+            x = b.node("Transpose", [x], f"{part}.to_nchw", perm=TO_NCHW)
+        else:
+            raise ValueError(f"{name}: no ONNX mapping for layer kind {spec.kind!r}")
+        i += 1
+        last = x
+    return last
+
+
+def _weights(b, name, spec):
+    """(kernel in ONNX layout, bias, the kernel's output axis) of a Conv, ConvTranspose or Dense."""
+    shapes = architecture.param_shapes(spec)
+    w, bias = b.get(f"{name}.kernel", shapes["kernel"]), b.get(f"{name}.bias", shapes["bias"])
+    if spec.kind == "Conv2D":
+        return w.transpose(3, 2, 0, 1), bias, 0  # Keras (KH,KW,C,O) -> ONNX (O,C,KH,KW)
+    if spec.kind == "Conv2DTranspose":
+        return w.transpose(3, 2, 0, 1), bias, 1  # Keras (KH,KW,O,C) -> ONNX (C,O,KH,KW)
+    return w, bias, 1
+
+
+def _conv_node(b, spec, shape, inputs, name, output):
+    """A Conv or ConvTranspose node with TF 'same' geometry made explicit."""
+    k, stride, size = spec.args["kernel_size"], spec.args["strides"], shape[0]
+    attrs = {"kernel_shape": [k, k], "strides": [stride, stride]}
+    if spec.kind == "Conv2D":
+        _, before, after = same_pads(size, k, stride)
+        return b.node("Conv", inputs, name, output, pads=[before, before, after, after], **attrs)
+    before, after, extra = transpose_geometry(size, k, stride)
+    if extra:
+        attrs["output_padding"] = [extra, extra]
+    return b.node("ConvTranspose", inputs, name, output, pads=[before, before, after, after], **attrs)

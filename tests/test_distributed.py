@@ -157,21 +157,22 @@ batch = 4 * comm.size
 pixels = np.random.default_rng(0).integers(0, 256, (3 * batch, 16, 16, 3), dtype=np.uint8)
 mine = distributed.shard(batch, comm)
 
-def steps(vae, comm, part):
+def steps(comm, part):
     # the gradients of every step (Adam is blind to their scale, so they are compared too), then weights
-    sync, opt, seen = distributed.DataParallel(vae, comm), Adam(lr=3e-3), {}
+    sync, opt, seen = distributed.DataParallel(comm), Adam(lr=3e-3), {}
+    vae = VAE(cfg, dtype=np.float64, **sync.model_hooks())
     for step in range(3):
         x = pixels[step * batch:(step + 1) * batch].astype(np.float64) / 255
         eps = train.step_noise(0, 0, step, (batch, cfg.z_dim)).astype(np.float64)
         vae.forward_backward(x[part], eps[part])
-        sync.finish_gradients()
+        sync.finish_gradients(vae)
         seen.update({f"{step}/{k}": g.copy() for k, g in vae.grads().items()})
         opt.step(vae.params(), vae.grads())
     return {**seen, **vae.params(), **vae.state()}
 
-ranks = steps(VAE(cfg, dtype=np.float64), comm, mine)
+ranks = steps(comm, mine)
 if comm.rank == 0:
-    one = steps(VAE(cfg, dtype=np.float64), distributed.Single(), slice(None))
+    one = steps(distributed.Single(), slice(None))
     worst = max(float(np.abs(ranks[k] - one[k]).max() / max(np.abs(one[k]).max(), 1.0)) for k in one)
     print(f"worst {worst:.3g}")
     sys.exit(0 if worst < 1e-12 else 1)

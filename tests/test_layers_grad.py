@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scratchvae.layers import (BatchNorm, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU, ReLU,
+from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU, ReLU,
                                Reshape, Sigmoid)
 from scratchvae.layers import conv
 from tests.gradcheck import check_layer
@@ -66,12 +66,11 @@ def test_batchnorm(backend, rng, shape, training):
 def test_batchnorm_fused_with_leaky_relu(backend, rng, shape, training):
     """BN + LeakyReLU fused into one layer: its own gradients, and equal to the two layers apart."""
     f = shape[-1]
-    fused, plain, act = BatchNorm(f, dtype=F64), BatchNorm(f, dtype=F64), LeakyReLU(0.3, dtype=F64)
+    fused, plain, act = BatchNormLeakyReLU(f, 0.3, dtype=F64), BatchNorm(f, dtype=F64), LeakyReLU(0.3, dtype=F64)
     for layer in (fused, plain):
         layer.params["gamma"][...] = np.linspace(0.5, 1.5, f)
         layer.params["beta"][...] = np.linspace(-0.3, 0.4, f)
         layer.state["moving_variance"][...] = np.linspace(0.5, 2.0, f)
-    fused.fuse(LeakyReLU(0.3, dtype=F64))
     x = rng.standard_normal(shape) * 2 + 0.3
     y = fused.forward(x, training)
     np.testing.assert_allclose(y, act.forward(plain.forward(x, training), training), rtol=1e-12, atol=1e-12)
