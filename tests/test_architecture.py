@@ -1,0 +1,125 @@
+"""The one description of the network: specs against built models, geometry, the dead-bias rule,
+precise BatchNorm statistics, and checkpoints written before the specs existed."""
+
+import os
+
+import numpy as np
+import pytest
+
+from scratchvae import architecture
+from scratchvae.geometry import same_pads, transpose_geometry
+from scratchvae.layers import BatchNorm
+from scratchvae.model import VAE, VAEConfig, dead_biases
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+CONFIGS = [VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4),
+           VAEConfig(image_size=24, channels=1, filters=3, blocks=3, z_dim=5, encoder_activation=None)]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_the_spec_names_and_shapes_every_tensor_of_the_built_model(config):
+    vae = VAE(config)
+    built = {k: v.shape for k, v in {**vae.params(), **vae.state()}.items()}
+    assert architecture.tensor_shapes(config) == built
+    for part in ("encoder", "decoder"):
+        n = sum(v.size for k, v in {**vae.params(), **vae.state()}.items() if k.startswith(part + "."))
+        assert sum(architecture.count_params(config, part)) == n
+
+
+def test_the_summary_lists_the_keras_layers_even_where_the_model_fuses_them():
+    text = architecture.summary(VAEConfig())
+    assert "bn_1 (BatchNormalization)" in text and "leaky_1 (LeakyReLU)" in text
+    assert "conv_t_out (Conv2DTranspose)        (None, 128, 128, 3)" in text
+    vae = VAE(CONFIGS[0])
+    kinds = [layer.kind for layer in vae.decoder.layers]
+    assert "LeakyReLU" not in kinds and kinds.count("BatchNormalization+LeakyReLU") == 3
+
+
+def test_output_shape_refuses_a_mismatch():
+    spec = architecture.encoder_heads(VAEConfig())[0]
+    with pytest.raises(ValueError, match="z_mean"):
+        architecture.output_shape(spec, (100,))
+
+
+@pytest.mark.parametrize("size,k,stride,want", [(128, 3, 2, (64, 0, 1)), (7, 3, 2, (4, 1, 1)), (8, 3, 1, (8, 1, 1)),
+                                                (6, 1, 2, (3, 0, 0)), (5, 4, 1, (5, 1, 2))])
+def test_same_pads_put_the_odd_padding_after(size, k, stride, want):
+    assert same_pads(size, k, stride) == want
+
+
+def test_transpose_geometry_inverts_the_output_size():
+    for size in (1, 4, 7):
+        for k, stride in ((3, 2), (3, 1), (4, 2), (1, 2)):
+            before, after, extra = transpose_geometry(size, k, stride)
+            assert stride * (size - 1) + extra + k - before - after == size * stride
+
+
+def test_dead_biases_are_those_feeding_batchnorm_without_an_activation():
+    seed = VAEConfig()
+    assert dead_biases(architecture.encoder_trunk(seed)) == set()
+    assert dead_biases(architecture.decoder(seed)) == {"dense", "conv_t_1", "conv_t_2", "conv_t_3", "conv_t_4"}
+    plain = VAEConfig(encoder_activation=None)
+    assert dead_biases(architecture.encoder_trunk(plain)) == {"conv_1", "conv_2", "conv_3", "conv_4"}
+
+
+def test_the_model_zeroes_dead_bias_gradients_and_reports_each_layer_once(rng):
+    seen = []
+    vae = VAE(CONFIGS[0], on_grads_ready=lambda name, g: seen.append((name, g.size)))
+    x = rng.uniform(0, 1, (4, 16, 16, 3)).astype(np.float32)
+    vae.forward_backward(x, rng.standard_normal((4, 4)).astype(np.float32))
+    assert not vae.grads()["decoder.conv_t_1.bias"].any() and vae.grads()["decoder.conv_t_out.bias"].any()
+    with_params = [name for name, layer in vae.named_layers() if layer.params]
+    assert sorted(name for name, _ in seen) == sorted(with_params)
+    assert sum(size for _, size in seen) == vae.flat_grads.size
+    assert seen[0][0] == "decoder.conv_t_out" and seen[-1][0] == "encoder.conv_1"  # backward order
+
+
+def test_precise_batchnorm_statistics_are_the_exact_mean_and_biased_variance(rng):
+    """measure_batchnorm stores, for every BatchNorm, the mean and biased variance of all the
+    inputs it saw in the training-mode pass over the batches; nothing else changes."""
+    vae = VAE(CONFIGS[0], dtype=np.float64)
+    batches = [(rng.uniform(0, 1, (n, 16, 16, 3)), rng.standard_normal((n, 4))) for n in (5, 3, 4)]
+    seen = {}
+    for layer in vae.batchnorms():
+        def recording(x, training, layer=layer, forward=layer.forward):
+            seen.setdefault(layer.name + str(id(layer)), []).append(np.array(x).reshape(-1, layer.features))
+            return forward(x, training)
+        layer.forward = recording
+    params = {k: v.copy() for k, v in vae.params().items()}
+    assert vae.measure_batchnorm(batches) == 12
+    for layer in vae.batchnorms():
+        rows = np.concatenate(seen[layer.name + str(id(layer))])
+        np.testing.assert_allclose(layer.state["moving_mean"], rows.mean(axis=0), rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(layer.state["moving_variance"], rows.var(axis=0), rtol=1e-9, atol=1e-12)
+    assert all(np.array_equal(params[k], v) for k, v in vae.params().items())
+    # and the next measured pass starts afresh rather than averaging with this one
+    vae.measure_batchnorm(batches[:1])
+    layer = vae.batchnorms()[0]
+    rows = seen[layer.name + str(id(layer))][-1]
+    np.testing.assert_allclose(layer.state["moving_mean"], rows.mean(axis=0), rtol=1e-10, atol=1e-12)
+
+
+def test_an_interrupted_measurement_keeps_the_moving_statistics(rng):
+    vae = VAE(CONFIGS[0])
+    before = {k: v.copy() for k, v in vae.state().items()}
+
+    def batches():
+        yield rng.uniform(0, 1, (4, 16, 16, 3)).astype(np.float32), np.zeros((4, 4), np.float32)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        vae.measure_batchnorm(batches())
+    assert all(np.array_equal(before[k], v) for k, v in vae.state().items())
+    assert all(layer.census is None for layer in vae.batchnorms() if isinstance(layer, BatchNorm))
+
+
+def test_a_checkpoint_written_before_the_specs_still_loads_and_computes_the_same():
+    """tests/fixtures/checkpoint-v0.1.npz was trained (1 epoch, tiny config) by the code before the
+    architecture rewrite; its encoder and decoder outputs then are in the -outputs file."""
+    vae, arrays, meta = VAE.load(os.path.join(FIXTURES, "checkpoint-v0.1.npz"), with_extras=True)
+    want = np.load(os.path.join(FIXTURES, "checkpoint-v0.1-outputs.npz"))
+    assert meta["epoch"] == 1 and vae.config == VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4)
+    z_mean, z_log_var = vae.encode(want["x"])
+    np.testing.assert_allclose(z_mean, want["z_mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z_log_var, want["z_log_var"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(vae.decode(want["z"]), want["image"], rtol=1e-5, atol=1e-6)
