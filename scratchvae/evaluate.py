@@ -43,7 +43,7 @@ def build_parser():
     p.add_argument("--report", metavar="DIR", help="write report.md and pictures into DIR")
     p.add_argument("--cache-dir", help="where decoded images are cached (default: the user cache folder)")
     p.add_argument("--threads", type=int, help="threads for Numba, BLAS and onnxruntime (default: all cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or notes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -63,6 +63,9 @@ def feature_distances(model, real, fake):
     """The Fréchet distance and KID between the features of the real images and of the samples."""
     if len(real) < 2:
         raise UserError("--features needs at least 2 images to fit a Gaussian; raise --n or add images")
+    if len(real) <= real.shape[1]:
+        print(f"note: {len(real)} images for {real.shape[1]} feature dimensions: the Fréchet distance is biased "
+              f"upward at small counts, compare runs only at equal counts (KID is unbiased)", file=sys.stderr)
     mean, std = distances.kid(real, fake)
     size = min(distances.KID_SUBSET_SIZE, len(real), len(fake))
     return {"model": model.path, "layout": model.layout, "input_size": model.size, "dims": int(real.shape[1]),

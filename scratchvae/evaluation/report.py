@@ -41,7 +41,10 @@ def feature_lines(record):
     f = record.get("features")
     if not f:
         return []
-    return [f"Fréchet distance ({f['model']}, {f['dims']} features): {f['frechet_distance']:.4f}",
+    size = "any size" if f["input_size"] is None else "{}x{} bicubic".format(*f["input_size"])
+    name = os.path.basename(f["model"])
+    return [f"Fréchet distance ({name}: {f['layout']}, {size}; {f['dims']} features): {f['frechet_distance']:.4f}",
+            f"KID: {f['kid']:.6f} (every image in one subset of {f['kid_subset_size']})" if f["kid_subsets"] == 1 else
             f"KID: {f['kid']:.6f} ± {f['kid_std']:.6f} ({f['kid_subsets']} subsets of {f['kid_subset_size']})"]
 
 
@@ -90,7 +93,7 @@ def write_report(folder, record, rec, gen, command):
     checkpoint.atomic_write_bytes(os.path.join(folder, "report.md"), "\n".join(md).encode())
 
 
-def save_latent_histograms(path, z, bins=30, panel=(220, 160), ncols=4):
+def save_latent_histograms(path, z, bins=40, panel=(220, 160), ncols=4):
     """One panel per column of z (N, k): a density histogram and the N(0, 1) curve over the same axis."""
     z = np.asarray(z, np.float64)
     k = z.shape[1]
@@ -107,13 +110,16 @@ def save_latent_histograms(path, z, bins=30, panel=(220, 160), ncols=4):
     draw.line([(230, 13), (250, 13)], fill=curve_color, width=3)
     draw.text((256, 13), "N(0, 1)", fill=black, font=font, anchor="lm")
     finite = z[np.isfinite(z)]
-    half = max(4.0, math.ceil(float(np.abs(finite).max())) if finite.size else 4.0)
+    # The axis spans the prior's +-4 or 99.5% of the codes, whichever is wider; a few far codes are
+    # counted in the end bins rather than squeezing every panel.
+    half = max(4.0, math.ceil(float(np.quantile(np.abs(finite), 0.995))) if finite.size else 4.0)
+    step = 2 if half <= 6 else math.ceil(half / 3)
     edges = np.linspace(-half, half, bins + 1)
     grid = np.linspace(-half, half, 200)
     normal = np.exp(-grid ** 2 / 2) / math.sqrt(2 * math.pi)
     for d in range(k):
         col = z[:, d][np.isfinite(z[:, d])]
-        counts, _ = np.histogram(col, bins=edges)
+        counts, _ = np.histogram(np.clip(col, -half, half), bins=edges)
         density = counts / max(1, len(col)) / (edges[1] - edges[0])
         y_top = 1.1 * max(float(density.max(initial=0.0)), float(normal.max()))
         ox, oy = (d % ncols) * pw, legend_h + (d // ncols) * ph
@@ -134,7 +140,7 @@ def save_latent_histograms(path, z, bins=30, panel=(220, 160), ncols=4):
                 draw.rectangle([px(edges[i]), py(v), max(px(edges[i]), px(edges[i + 1]) - 1), bottom], fill=bar_color)
         draw.line([(px(g), py(p)) for g, p in zip(grid, normal)], fill=curve_color, width=2)
         draw.line([(left, bottom), (right, bottom)], fill=black)
-        for t in range(-int(half), int(half) + 1, 2 if half <= 6 else int(half) // 3):
+        for t in range(-int(half // step) * step, int(half) + 1, step):
             draw.line([(px(t), bottom), (px(t), bottom + 3)], fill=black)
             draw.text((px(t), bottom + 4), str(t), fill=black, font=font, anchor="mt")
     buf = io.BytesIO()

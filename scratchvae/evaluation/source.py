@@ -5,6 +5,7 @@ folder or zip: every image. Images are decoded at the checkpoint's size, as trai
 """
 
 import os
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,7 @@ def _everything(s, meta, image_size, source, limit, crop, same, cache_dir, quiet
 def _synthetic(count, image_size, seed, quiet):
     from scratchvae.synthetic import synthetic_faces
     if not quiet:
-        print(f"drawing {count} built-in synthetic faces at {image_size}x{image_size} (seed {seed})")
+        print(f"drawing {count} built-in synthetic faces at {image_size}x{image_size} (seed {seed})", file=sys.stderr)
     return synthetic_faces(count, image_size, seed=seed)
 
 
