@@ -188,7 +188,15 @@ def test_bad_inputs_exit_2_with_one_line(run, tmp_path, capsys):
     garbage.write_bytes(b"\x08\x07not onnx")
     no_input = tiny_feature_model(tmp_path / "no_input.onnx", size=(3, 3))
     other = make_images(tmp_path / "other", 4, size=(16, 16))
+    bare = tmp_path / "bare.npz"
+    VAE(CFG).save(bare)  # no training record: there is no own data to fall back on
+    broken = tmp_path / "broken.npz"
+    vae = VAE(CFG)
+    vae.params()["decoder.dense.kernel"][0, 0] = np.nan
+    vae.save(broken)
     cases = [([str(tmp_path / "missing.npz"), "--data", str(run["faces"])], "no checkpoint"),
+             ([str(bare)], "records no training data"),
+             ([str(broken), "--data", str(run["faces"])], "non-finite values in decoder.dense.kernel"),
              ([str(damaged), "--data", str(run["faces"])], "corrupt"),
              ([ckpt, "--data", str(run["faces"]), "--features", str(garbage)], "does not load"),
              ([ckpt, "--data", str(run["faces"]), "--features", str(no_input)], "no usable image input"),
@@ -199,3 +207,16 @@ def test_bad_inputs_exit_2_with_one_line(run, tmp_path, capsys):
     for argv, message in cases:
         assert evaluate.main([*argv, "--quiet", "--threads", "1", "--cache-dir", str(root / "cache")]) == 2, argv
         assert message in _one_line_error(capsys), argv
+
+
+def test_images_smaller_than_the_ssim_window_report_no_ssim(tmp_path, capsys):
+    VAE(VAEConfig(image_size=8, filters=4, blocks=2, z_dim=4)).save(tmp_path / "small.npz")
+    faces = make_images(tmp_path / "faces", 6, size=(8, 8))
+    out = tmp_path / "out.json"
+    assert evaluate.main([str(tmp_path / "small.npz"), "--data", str(faces), "--json", str(out), "--quiet",
+                          "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    record = json.loads(out.read_text())
+    assert record["split"] == "all" and record["images"] == 6
+    assert record["z_mean"]["ssim"] is None and record["z_mean"]["mse"] > 0
+    ssim_rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("SSIM")]
+    assert ssim_rows == [["SSIM", "n/a", "n/a"]]
