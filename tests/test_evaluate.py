@@ -98,8 +98,13 @@ def test_own_data_gives_the_runs_held_out_split_and_the_defined_numbers(run, cap
     assert record["features"] is None
 
 
-def test_without_data_the_recorded_source_is_used(run):
+def test_without_data_the_recorded_source_is_used_and_a_link_to_it_is_the_same_source(run):
     code, record = run["evaluate"]()
+    assert code == 0 and record["split"] == "held-out" and record["images"] == 10
+    link = run["root"] / "link"
+    if not link.exists():
+        link.symlink_to(run["faces"], target_is_directory=True)
+    code, record = run["evaluate"]("--data", link)
     assert code == 0 and record["split"] == "held-out" and record["images"] == 10
 
 
@@ -115,6 +120,7 @@ def test_numbers_do_not_depend_on_the_batch_size(run):
 def test_split_all_limit_and_n(run):
     assert run["evaluate"]("--data", run["faces"], "--split", "all")[1]["images"] == 40
     assert run["evaluate"]("--data", run["faces"], "--split", "all", "--limit", 30)[1]["images"] == 30
+    assert run["evaluate"]("--data", run["faces"], "--split", "all", "--limit", 30, "--n", 7)[1]["images"] == 7
     code, record = run["evaluate"]("--data", run["faces"], "--n", 4)
     assert code == 0 and record["split"] == "held-out" and record["images"] == 4
 

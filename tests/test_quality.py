@@ -30,7 +30,8 @@ def ssim_reference(x, y):
                     ma, mb = (w * a).sum(), (w * b).sum()
                     va, vb = (w * (a - ma) ** 2).sum(), (w * (b - mb) ** 2).sum()
                     cov = (w * (a - ma) * (b - mb)).sum()
-                    values.append((2 * ma * mb + 1e-4) * (2 * cov + 9e-4) / ((ma ** 2 + mb ** 2 + 1e-4) * (va + vb + 9e-4)))
+                    c1, c2 = 0.01 ** 2, 0.03 ** 2
+                    values.append((2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
         out[i] = np.mean(values)
     return out
 

@@ -34,7 +34,8 @@ def table_rows(record):
             _fmt("{:.5f}", s["blur"]["real"]), _fmt("{:.3f}", s["blur"]["ratio"])],
            ["checkerboard (Nyquist energy share)", _fmt("{:.5f}", s["checkerboard"]["samples"]),
             _fmt("{:.5f}", s["checkerboard"]["real"]), _fmt("{:.3f}", s["checkerboard"]["ratio"])]]
-    return (["reconstruction", "z sampled", "z = mu"], rec), (["samples of z ~ N(0, I)", "samples", "real", "ratio"], gen)
+    return ((["reconstruction", "z sampled", "z = mu"], rec),
+            (["samples of z ~ N(0, I)", "samples", "real", "ratio"], gen))
 
 
 def feature_lines(record):

@@ -47,7 +47,9 @@ def choose(meta, image_size, data_path=None, split=None, limit=None, crop=None, 
         source, same = s["data"], True
     else:
         source = os.path.abspath(data_path)
-        same = "data" in s and s["data"] == source
+        recorded = s.get("data")
+        same = isinstance(recorded, str) and (recorded == source
+                                              or os.path.realpath(recorded) == os.path.realpath(source))
     split = split or ("held-out" if same else "all")
     if split not in SPLITS:
         raise UserError(f"--split {split!r}: use held-out or all")
@@ -62,7 +64,9 @@ def choose(meta, image_size, data_path=None, split=None, limit=None, crop=None, 
     if split == "held-out":
         chosen = _held_out(s, meta, image_size, source, limit, crop, cache_dir, quiet, notes)
     else:
-        chosen = _everything(s, meta, image_size, source, limit, crop, same, cache_dir, quiet, notes)
+        # The first n of every image are the first n files: decode no more than those.
+        first = min((v for v in (limit, n) if v is not None), default=None)
+        chosen = _everything(s, meta, image_size, source, first, crop, same, cache_dir, quiet, notes)
     if n is not None:
         chosen.idx = chosen.idx[:n]
     return chosen
