@@ -7,6 +7,7 @@ writes every number, --report a folder with report.md and pictures. Definitions:
 
 import argparse
 import functools
+import os
 import shlex
 import sys
 
@@ -61,8 +62,6 @@ def load_model(path):
 
 def feature_distances(model, real, fake):
     """The Fréchet distance and KID between the features of the real images and of the samples."""
-    if len(real) < 2:
-        raise UserError("--features needs at least 2 images to fit a Gaussian; raise --n or add images")
     if len(real) <= real.shape[1]:
         print(f"note: {len(real)} images for {real.shape[1]} feature dimensions: the Fréchet distance is biased "
               f"upward at small counts, compare runs only at equal counts (KID is unbiased)", file=sys.stderr)
@@ -74,9 +73,22 @@ def feature_distances(model, real, fake):
             "kid_subsets": 1 if size == len(real) == len(fake) else distances.KID_SUBSETS}
 
 
+def check_writable(args):
+    """Create the output folders and prove they take files before any long work starts."""
+    folders = [f for f in (args.report, args.json and os.path.dirname(os.path.abspath(args.json))) if f]
+    for folder in folders:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {folder} ({e.strerror}): choose a folder you can write to") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"cannot write into {folder}: choose a folder you can write to")
+
+
 def run(args):
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size} must be at least 1")
+    check_writable(args)
     try:
         n_threads = threads.set_threads(args.threads)
     except ValueError as e:
@@ -89,6 +101,8 @@ def run(args):
     for note in chosen.notes:
         print(note, file=sys.stderr)
     n = len(chosen.idx)
+    if features is not None and n < 2:
+        raise UserError("--features needs at least 2 images to fit a Gaussian; raise --n or add images")
     reader = ImageReader(chosen.pixels)
 
     def read(start, stop):

@@ -226,3 +226,19 @@ def test_images_smaller_than_the_ssim_window_report_no_ssim(tmp_path, capsys):
     assert record["z_mean"]["ssim"] is None and record["z_mean"]["mse"] > 0
     ssim_rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("SSIM")]
     assert ssim_rows == [["SSIM", "n/a", "n/a"]]
+
+
+def test_json_is_strict_and_output_folders_are_made(run, tmp_path, capsys):
+    from scratchvae.evaluation import report
+    report.write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": 2}})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": None, "b": [1.5, None], "c": {"d": 2}}
+    out, folder = tmp_path / "new" / "deeper" / "e.json", tmp_path / "new" / "report"
+    assert evaluate.main([str(run["root"] / "checkpoint.npz"), "--data", str(run["faces"]), "--n", "3", "--quiet",
+                          "--threads", "1", "--cache-dir", str(run["root"] / "cache"), "--json", str(out),
+                          "--report", str(folder)]) == 0
+    assert json.loads(out.read_text())["images"] == 3 and (folder / "report.md").is_file()
+    capsys.readouterr()
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    assert evaluate.main([str(run["root"] / "checkpoint.npz"), "--report", str(blocked / "sub"), "--quiet"]) == 2
+    assert "cannot create" in _one_line_error(capsys)

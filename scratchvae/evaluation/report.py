@@ -64,7 +64,18 @@ def console_table(record):
 
 
 def write_json(path, record):
-    checkpoint.atomic_write_bytes(path, (json.dumps(record, indent=2) + "\n").encode())
+    """Every number of the record as strict JSON (a non-finite number, from a diverged model, is null)."""
+    checkpoint.atomic_write_bytes(path, (json.dumps(_finite(record), indent=2, allow_nan=False) + "\n").encode())
+
+
+def _finite(v):
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def write_report(folder, record, rec, gen, command):
