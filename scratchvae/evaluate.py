@@ -1,0 +1,154 @@
+"""python -m scratchvae.evaluate: how good is a checkpoint? A recipe over scratchvae.evaluation.
+
+Load the checkpoint, choose the images (the run's held-out split when --data is its source), measure
+the reconstructions in inference mode and as many samples of z ~ N(0, I), print a table; --json
+writes every number, --report a folder with report.md and pictures. Definitions: docs/EVALUATE.md.
+"""
+
+import argparse
+import functools
+import os
+import shlex
+import sys
+
+import numpy as np
+
+from scratchvae import checkpoint, threads
+from scratchvae.errors import UserError
+from scratchvae.evaluation import distances, measure, report, source
+from scratchvae.evaluation.features import FeatureModel
+from scratchvae.model import VAE
+from scratchvae.prefetch import ImageReader
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m scratchvae.evaluate",
+                                description="Measure a scratchvae checkpoint: reconstructions, samples, "
+                                            "and optionally Fréchet distance and KID.")
+    p.add_argument("checkpoint", help="a checkpoint.npz written by python -m scratchvae.train")
+    p.add_argument("--data", help="folder of images, a .zip of them, or CelebA's layout (default: the "
+                                   "source the checkpoint was trained on, or its built-in synthetic faces)")
+    p.add_argument("--limit", type=int, help="with --split all: only the first N images in sorted order")
+    p.add_argument("--crop", choices=list(source.data.CROPS),
+                   help="how images are fitted to the checkpoint's size (default: the run's, else center)")
+    p.add_argument("--split", choices=list(source.SPLITS),
+                   help="held-out: the run's held-out images (default on its own data); all: every image "
+                        "(default on other data)")
+    p.add_argument("--n", type=int, help="evaluate at most the first N images of the split")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed for eps and the samples' z (default 0)")
+    p.add_argument("--features", metavar="MODEL.onnx",
+                   help="an ONNX network mapping images to feature vectors: adds the Fréchet distance and KID "
+                        "(Inception-v3 pool3 gives FID; see docs/EVALUATE.md)")
+    p.add_argument("--json", metavar="PATH", help="write every number as JSON")
+    p.add_argument("--report", metavar="DIR", help="write report.md and pictures into DIR")
+    p.add_argument("--cache-dir", help="where decoded images are cached (default: the user cache folder)")
+    p.add_argument("--threads", type=int, help="threads for Numba, BLAS and onnxruntime (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def load_model(path):
+    """(vae, meta) from a checkpoint; one clear UserError for anything wrong with the file."""
+    try:
+        vae, _, meta = VAE.load(path, with_extras=True)
+    except (checkpoint.CheckpointError, ValueError, MemoryError) as e:
+        raise UserError(str(e)) from None
+    bad = checkpoint.non_finite({**vae.params(), **vae.state()})
+    if bad is not None:
+        raise UserError(f"{path} holds non-finite values in {bad}; use an earlier checkpoint")
+    return vae, meta
+
+
+def feature_distances(model, real, fake):
+    """The Fréchet distance and KID between the features of the real images and of the samples."""
+    if len(real) <= real.shape[1]:
+        print(f"note: {len(real)} images for {real.shape[1]} feature dimensions: the Fréchet distance is biased "
+              f"upward at small counts, compare runs only at equal counts (KID is unbiased)", file=sys.stderr)
+    mean, std = distances.kid(real, fake)
+    size = min(distances.KID_SUBSET_SIZE, len(real), len(fake))
+    return {"model": model.path, "layout": model.layout, "input_size": model.size, "dims": int(real.shape[1]),
+            "frechet_distance": distances.frechet_distance_of_features(real, fake),
+            "kid": mean, "kid_std": std, "kid_subset_size": size,
+            "kid_subsets": 1 if size == len(real) == len(fake) else distances.KID_SUBSETS}
+
+
+def check_writable(args):
+    """Create the output folders and prove they take files before any long work starts."""
+    folders = [f for f in (args.report, args.json and os.path.dirname(os.path.abspath(args.json))) if f]
+    for folder in folders:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {folder} ({e.strerror}): choose a folder you can write to") from None
+        if not os.access(folder, os.W_OK):
+            raise UserError(f"cannot write into {folder}: choose a folder you can write to")
+
+
+def run(args):
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size} must be at least 1")
+    check_writable(args)
+    try:
+        n_threads = threads.set_threads(args.threads)
+    except ValueError as e:
+        raise UserError(f"--threads: {e}") from None
+    vae, meta = load_model(args.checkpoint)
+    size = vae.config.image_size
+    features = FeatureModel(args.features, n_threads) if args.features else None  # fail before long work
+    chosen = source.choose(meta, size, args.data, args.split, args.limit, args.crop, args.n, args.cache_dir,
+                           args.quiet)
+    for note in chosen.notes:
+        print(note, file=sys.stderr)
+    n = len(chosen.idx)
+    if features is not None and n < 2:
+        raise UserError("--features needs at least 2 images to fit a Gaussian; raise --n or add images")
+    reader = ImageReader(chosen.pixels)
+
+    def read(start, stop):
+        return reader.read(chosen.idx[start:stop])
+
+    from tqdm import tqdm
+    bar = functools.partial(tqdm, disable=args.quiet, leave=False, dynamic_ncols=True)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        rec = measure.reconstructions(vae, read, n, args.batch_size, args.seed, features, bar)
+        gen = measure.samples(vae, n, args.batch_size, args.seed, features, bar)
+    record = {"checkpoint": str(args.checkpoint), "data": chosen.source, "split": chosen.split, "crop": chosen.crop,
+              "images": n, "image_size": size, "beta": vae.config.beta, "seed": args.seed,
+              "z_sampled": rec["z_sampled"], "z_mean": rec["z_mean"],
+              "samples": {"count": n, **{k: {"samples": gen[k], "real": rec["real"][k],
+                                             "ratio": report.ratio(gen[k], rec["real"][k])}
+                                         for k in ("blur", "checkerboard")}},
+              "features": feature_distances(features, rec["features"], gen["features"]) if features else None}
+    print(report.console_table(record))
+    try:
+        if args.json:
+            report.write_json(args.json, record)
+        if args.report:
+            command = "python -m scratchvae.evaluate " + " ".join(shlex.quote(a) for a in args.argv)
+            report.write_report(args.report, record, rec, gen, command)
+    except OSError as e:
+        raise UserError(f"cannot write the results ({e.strerror or e}: {e.filename or ''}); "
+                        f"choose a folder you can write to") from None
+    written = [p for p in (args.json, args.report and f"{args.report}/report.md") if p]
+    if written and not args.quiet:
+        print("wrote " + ", ".join(written))
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # for the command line in report.md
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""python -m scratchvae.evaluate end to end on tiny checkpoints and images the tests make: the run's
+held-out split, other folders, the JSON numbers against a direct computation, the report, errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from scratchvae import data, evaluate, images
+from scratchvae.evaluation import distances, measure, pixels
+from scratchvae.model import VAE, VAEConfig
+from scratchvae.synthetic import synthetic_faces
+from tests.test_quality import expected_features, tiny_feature_model
+
+CFG = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4)
+RUN = {"limit": None, "image_size": 16, "crop": "center", "batch_size": 8, "lr": 1e-3, "beta": CFG.beta, "z_dim": 4,
+       "filters": 8, "blocks": 2, "seed": 3, "val_fraction": 0.25}
+
+
+def make_images(folder, n, size=(20, 24), seed=0):
+    """n smooth random RGB images of size (width, height) as PNGs."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(w, h)
+    for i in range(n):
+        a = rng.random((3, 3))
+        img = np.stack([a[c, 0] + a[c, 1] * np.sin(6 * xx + 3 * a[c, 2]) * np.cos(5 * yy) for c in range(3)], -1)
+        Image.fromarray(np.uint8(np.clip(img / 2, 0, 1) * 255)).save(folder / f"img{i:03d}.png")
+    return folder
+
+
+def make_checkpoint(path, data_path, n_images, **changes):
+    vae = VAE(CFG, seed=1)
+    for name, a in vae.state().items():  # moving statistics away from (0, 1), as after training
+        a[...] = np.float32(0.2) if name.endswith("moving_mean") else np.float32(1.5)
+    vae.save(path, meta={"train": {**RUN, "data": data_path, **changes}, "images": n_images, "epoch": 1})
+    return vae
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A folder of 40 images 20x24, a checkpoint 'trained' on it, and a helper that evaluates."""
+    root = tmp_path_factory.mktemp("evaluate")
+    faces = make_images(root / "faces", 40)
+    vae = make_checkpoint(root / "checkpoint.npz", str(faces), 40)
+
+    def evaluate_(*args, name="out.json"):
+        out = root / name
+        code = evaluate.main([str(root / "checkpoint.npz"), "--json", str(out), "--cache-dir", str(root / "cache"),
+                              "--threads", "1", "--quiet", *map(str, args)])
+        return code, (json.loads(out.read_text()) if code == 0 else None)
+    return {"root": root, "faces": faces, "vae": vae, "evaluate": evaluate_}
+
+
+def direct_terms(vae, x, seed):
+    """The reconstruction measures computed here from the definitions, for comparison."""
+    z_mean, z_log_var = (np.asarray(a, np.float64) for a in vae.encode(x))
+    eps = np.random.default_rng([seed, measure.EPS_STREAM]).standard_normal(z_mean.shape, dtype=np.float32)
+    z = z_mean + np.exp(0.5 * z_log_var) * eps
+    kl = -0.5 * np.sum(1 + z_log_var - z_mean ** 2 - np.exp(z_log_var)) / len(x)
+    out = {}
+    for mode, code in (("z_mean", z_mean), ("z_sampled", z)):
+        x_hat = np.asarray(vae.decode(code.astype(np.float32)), np.float64)
+        mse = np.mean((x - x_hat) ** 2)
+        out[mode] = {"mse": mse, "kl": kl, "total": CFG.beta * mse + kl, "psnr": 10 * np.log10(1 / mse),
+                     "ssim": pixels.ssim(x, x_hat).mean()}
+    return out
+
+
+def held_out_images(faces, cache):
+    found = data.load_images(faces, 16, crop="center", cache_dir=cache, progress=False)
+    _, val = data.split_indices(len(found), RUN["val_fraction"], RUN["batch_size"], RUN["seed"], found.partition)
+    return found.images[val].astype(np.float32) / 255
+
+
+def test_own_data_gives_the_runs_held_out_split_and_the_defined_numbers(run, capsys):
+    code, record = run["evaluate"]("--data", run["faces"], "--seed", 5)
+    assert code == 0
+    assert record["split"] == "held-out" and record["data"] == str(run["faces"]) and record["images"] == 10
+    assert "note: the images are 20x24" in capsys.readouterr().err  # decoded at the checkpoint's 16x16
+    x = held_out_images(run["faces"], run["root"] / "cache")
+    expected = direct_terms(run["vae"], x, seed=5)
+    for mode in ("z_mean", "z_sampled"):
+        for key, value in expected[mode].items():
+            assert record[mode][key] == pytest.approx(value, rel=1e-4), (mode, key)
+        assert record[mode]["reconstruction"] == pytest.approx(CFG.beta * record[mode]["mse"], rel=1e-12)
+    assert record["z_sampled"]["mse"] != record["z_mean"]["mse"]
+    blur, checker = record["samples"]["blur"], record["samples"]["checkerboard"]
+    assert blur["real"] == pytest.approx(pixels.laplacian_variance(x).mean(), rel=1e-6)
+    assert checker["real"] == pytest.approx(pixels.nyquist_share(x).mean(), rel=1e-6)
+    z = np.random.default_rng([5, measure.SAMPLE_STREAM]).standard_normal((10, 4), dtype=np.float32)
+    fake = np.asarray(run["vae"].decode(z))
+    assert blur["samples"] == pytest.approx(pixels.laplacian_variance(fake).mean(), rel=1e-5)
+    assert blur["ratio"] == pytest.approx(blur["samples"] / blur["real"], rel=1e-12)
+    assert checker["ratio"] == pytest.approx(checker["samples"] / checker["real"], rel=1e-12)
+    assert record["features"] is None
+
+
+def test_without_data_the_recorded_source_is_used_and_a_link_to_it_is_the_same_source(run):
+    code, record = run["evaluate"]()
+    assert code == 0 and record["split"] == "held-out" and record["images"] == 10
+    link = run["root"] / "link"
+    if not link.exists():
+        link.symlink_to(run["faces"], target_is_directory=True)
+    code, record = run["evaluate"]("--data", link)
+    assert code == 0 and record["split"] == "held-out" and record["images"] == 10
+
+
+def test_numbers_do_not_depend_on_the_batch_size(run):
+    _, a = run["evaluate"]("--data", run["faces"], name="a.json")
+    _, b = run["evaluate"]("--data", run["faces"], "--batch-size", 3, name="b.json")
+    for mode in ("z_mean", "z_sampled"):
+        for key in a[mode]:
+            assert b[mode][key] == pytest.approx(a[mode][key], rel=1e-5)
+    assert b["samples"]["blur"]["samples"] == pytest.approx(a["samples"]["blur"]["samples"], rel=1e-5)
+
+
+def test_split_all_limit_and_n(run):
+    assert run["evaluate"]("--data", run["faces"], "--split", "all")[1]["images"] == 40
+    assert run["evaluate"]("--data", run["faces"], "--split", "all", "--limit", 30)[1]["images"] == 30
+    assert run["evaluate"]("--data", run["faces"], "--split", "all", "--limit", 30, "--n", 7)[1]["images"] == 7
+    code, record = run["evaluate"]("--data", run["faces"], "--n", 4)
+    assert code == 0 and record["split"] == "held-out" and record["images"] == 4
+
+
+def test_another_folder_is_evaluated_whole(run, capsys):
+    other = make_images(run["root"] / "other", 12, size=(16, 16), seed=9)
+    code, record = run["evaluate"]("--data", other)
+    assert code == 0 and record["split"] == "all" and record["images"] == 12
+    assert "note:" not in capsys.readouterr().err  # already at the checkpoint's size
+    x = data.load_images(other, 16, cache_dir=run["root"] / "cache", progress=False).images.astype(np.float32) / 255
+    assert record["z_mean"]["mse"] == pytest.approx(direct_terms(run["vae"], x, seed=0)["z_mean"]["mse"], rel=1e-4)
+
+
+def test_built_in_synthetic_data_gives_its_held_out_split(tmp_path):
+    vae = make_checkpoint(tmp_path / "checkpoint.npz", None, 40)
+    out = tmp_path / "out.json"
+    assert evaluate.main([str(tmp_path / "checkpoint.npz"), "--json", str(out), "--threads", "1", "--quiet"]) == 0
+    record = json.loads(out.read_text())
+    _, val = data.split_indices(40, RUN["val_fraction"], RUN["batch_size"], RUN["seed"])
+    x = synthetic_faces(40, 16, seed=RUN["seed"])[val].astype(np.float32) / 255
+    assert record["split"] == "held-out" and record["data"] == "built-in synthetic faces"
+    assert record["images"] == len(val)
+    assert record["z_mean"]["mse"] == pytest.approx(direct_terms(vae, x, seed=0)["z_mean"]["mse"], rel=1e-4)
+
+
+def test_features_give_frechet_distance_and_kid_of_real_against_samples(run):
+    model = tiny_feature_model(run["root"] / "features.onnx", layout="NHWC")
+    code, record = run["evaluate"]("--data", run["faces"], "--features", model)
+    assert code == 0
+    f = record["features"]
+    x = held_out_images(run["faces"], run["root"] / "cache")
+    z = np.random.default_rng([0, measure.SAMPLE_STREAM]).standard_normal((10, 4), dtype=np.float32)
+    real, fake = expected_features(x), expected_features(np.asarray(run["vae"].decode(z)))
+    assert f["dims"] == 4 and f["layout"] == "NHWC"
+    assert f["frechet_distance"] == pytest.approx(distances.frechet_distance_of_features(real, fake), rel=1e-4)
+    assert f["kid"] == pytest.approx(distances.mmd2_unbiased(real, fake), rel=1e-4, abs=1e-6)
+    assert f["kid_subsets"] == 1 and f["kid_subset_size"] == 10
+
+
+def test_report_folder_holds_markdown_and_pictures(run, capsys):
+    folder = run["root"] / "report"
+    code, record = run["evaluate"]("--data", run["faces"], "--report", folder)
+    assert code == 0
+    md = (folder / "report.md").read_text()
+    assert "| SSIM |" in md and "![reconstructions](reconstructions.png)" in md and "latents.png" in md
+    assert f"{record['z_mean']['mse']:.5f}" in md
+    with Image.open(folder / "reconstructions.png") as im:
+        assert im.size[1] == 3 * (16 + 2) + 2  # held-out, z = mu, z sampled
+    with Image.open(folder / "samples.png") as im:
+        assert im.size == (8 * 18 + 2, 2 * 18 + 2)  # 10 samples, 8 a row
+    with Image.open(folder / "latents.png") as im:
+        assert im.mode == "RGB" and im.size[0] >= 4 * 200  # one panel per latent dimension (z_dim 4)
+        colors = {tuple(c) for c in np.asarray(im).reshape(-1, 3).tolist()}
+        assert images.COLORS[0] in colors and images.COLORS[1] in colors  # histogram bars and the N(0, 1) curve
+    out = capsys.readouterr().out
+    assert "z sampled" in out and "checkerboard" in out
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+    return err[0]
+
+
+def test_bad_inputs_exit_2_with_one_line(run, tmp_path, capsys):
+    root = run["root"]
+    ckpt = str(root / "checkpoint.npz")
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(open(ckpt, "rb").read()[:3000])
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07not onnx")
+    no_input = tiny_feature_model(tmp_path / "no_input.onnx", size=(3, 3))
+    other = make_images(tmp_path / "other", 4, size=(16, 16))
+    bare = tmp_path / "bare.npz"
+    VAE(CFG).save(bare)  # no training record: there is no own data to fall back on
+    broken = tmp_path / "broken.npz"
+    vae = VAE(CFG)
+    vae.params()["decoder.dense.kernel"][0, 0] = np.nan
+    vae.save(broken)
+    cases = [([str(tmp_path / "missing.npz"), "--data", str(run["faces"])], "no checkpoint"),
+             ([str(bare)], "records no training data"),
+             ([str(broken), "--data", str(run["faces"])], "non-finite values in decoder.dense.kernel"),
+             ([str(damaged), "--data", str(run["faces"])], "corrupt"),
+             ([ckpt, "--data", str(run["faces"]), "--features", str(garbage)], "does not load"),
+             ([ckpt, "--data", str(run["faces"]), "--features", str(no_input)], "no usable image input"),
+             ([ckpt, "--data", str(other), "--split", "held-out"], "not the data this checkpoint was trained on"),
+             ([ckpt, "--data", str(run["faces"]), "--limit", "30"], "--split all"),
+             ([ckpt, "--data", str(tmp_path / "nowhere")], "no such file or folder"),
+             ([ckpt, "--data", str(run["faces"]), "--batch-size", "0"], "--batch-size")]
+    for argv, message in cases:
+        assert evaluate.main([*argv, "--quiet", "--threads", "1", "--cache-dir", str(root / "cache")]) == 2, argv
+        assert message in _one_line_error(capsys), argv
+
+
+def test_images_smaller_than_the_ssim_window_report_no_ssim(tmp_path, capsys):
+    VAE(VAEConfig(image_size=8, filters=4, blocks=2, z_dim=4)).save(tmp_path / "small.npz")
+    faces = make_images(tmp_path / "faces", 6, size=(8, 8))
+    out = tmp_path / "out.json"
+    assert evaluate.main([str(tmp_path / "small.npz"), "--data", str(faces), "--json", str(out), "--quiet",
+                          "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    record = json.loads(out.read_text())
+    assert record["split"] == "all" and record["images"] == 6
+    assert record["z_mean"]["ssim"] is None and record["z_mean"]["mse"] > 0
+    ssim_rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("SSIM")]
+    assert ssim_rows == [["SSIM", "n/a", "n/a"]]
+
+
+def test_json_is_strict_and_output_folders_are_made(run, tmp_path, capsys):
+    from scratchvae.evaluation import report
+    report.write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": 2}})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": None, "b": [1.5, None], "c": {"d": 2}}
+    out, folder = tmp_path / "new" / "deeper" / "e.json", tmp_path / "new" / "report"
+    assert evaluate.main([str(run["root"] / "checkpoint.npz"), "--data", str(run["faces"]), "--n", "3", "--quiet",
+                          "--threads", "1", "--cache-dir", str(run["root"] / "cache"), "--json", str(out),
+                          "--report", str(folder)]) == 0
+    assert json.loads(out.read_text())["images"] == 3 and (folder / "report.md").is_file()
+    capsys.readouterr()
+    blocked = tmp_path / "file"
+    blocked.write_text("x")
+    assert evaluate.main([str(run["root"] / "checkpoint.npz"), "--report", str(blocked / "sub"), "--quiet"]) == 2
+    assert "cannot create" in _one_line_error(capsys)
