@@ -11,7 +11,6 @@ import contextlib
 import csv
 import io
 import os
-import re
 import shlex
 import sys
 import time
@@ -19,7 +18,7 @@ import traceback
 
 import numpy as np
 
-from scratchvae import checkpoint, device, distributed, images, threads
+from scratchvae import atomic, checkpoint, device, distributed, images, threads
 from scratchvae import kernels as K
 from scratchvae.errors import TrainingDiverged, UserError
 from scratchvae.interrupt import StopRequest, sigterm_as_interrupt
@@ -37,10 +36,7 @@ SYNTHETIC_BATCH = 16
 DATA_EPOCHS = 10
 N_SAMPLES, N_RECON = 64, 8
 SHOW_SKIPPED = 5  # skipped files named on the console; all of them go to --out/skipped.txt
-# Temporary files of our own writes (checkpoint.atomic_write_bytes, images._save) that a killed run left.
 LOCK_NAME = ".lock"  # held (flock) by the run writing into --out; the kernel releases it when the run ends
-STALE = re.compile(re.escape(checkpoint.TMP_PREFIX) + r".+(checkpoint\.npz|metrics\.csv|skipped\.txt)"
-                   r"|\.(samples|reconstructions|loss)\.png\.\d+\.tmp")
 # Settings that fix the trajectory: a resumed run must use the checkpoint's values.
 TRAJECTORY = ("data", "limit", "image_size", "crop", "batch_size", "lr", "beta", "z_dim", "filters",
               "blocks", "seed", "val_fraction")
@@ -176,7 +172,7 @@ def prepare_out(out):
         os.unlink(probe)
     except OSError as e:
         raise UserError(f"cannot write to --out {out} ({e.strerror}): choose a folder you can write to") from None
-    stale = [f for f in os.listdir(out) if STALE.fullmatch(f)]
+    stale = [f for f in os.listdir(out) if atomic.is_temp_name(f)]
     for name in stale:
         try:
             os.unlink(os.path.join(out, name))
@@ -242,7 +238,7 @@ def synthetic_data(n, size, seed, cache_dir):
         os.makedirs(folder, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, pixels)
-        checkpoint.atomic_write_bytes(path, buf.getvalue())
+        atomic.write_bytes(path, buf.getvalue())
     except OSError:
         pass  # no cache folder: draw them again next time
     return pixels
@@ -283,7 +279,7 @@ def report_skipped(skipped, out):
         print(f"  {name}: {why}")
     if len(skipped) > SHOW_SKIPPED:
         path = os.path.join(out, "skipped.txt")
-        checkpoint.atomic_write_bytes(path, "".join(f"{n}\t{w}\n" for n, w in skipped).encode())
+        atomic.write_bytes(path, "".join(f"{n}\t{w}\n" for n, w in skipped).encode())
         print(f"  ... and {len(skipped) - SHOW_SKIPPED} more, all listed in {path}")
 
 
@@ -347,7 +343,7 @@ def write_metrics(path, history):
     writer = csv.DictWriter(buf, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    checkpoint.atomic_write_bytes(path, buf.getvalue().encode())
+    atomic.write_bytes(path, buf.getvalue().encode())
 
 
 def save_checkpoint(vae, opt, out, s, epoch, step, global_step, history, partial, n_images):

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scratchvae import checkpoint, data, sample, train
+from scratchvae import atomic, checkpoint, data, sample, train
 from scratchvae.checkpoint import CheckpointError
 from scratchvae.errors import TrainingDiverged
 from scratchvae.model import VAE, VAEConfig
@@ -312,7 +312,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_checkpoint(tmp_path, capsys, monk
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
+    monkeypatch.setattr(atomic, "write_bytes", full)
     assert train.main([*TINY, "--out", str(out), "--resume", "--epochs", "2"]) == 2
     assert "No space left on device" in one_line_error(capsys)
     assert (out / "checkpoint.npz").read_bytes() == trained[1]
@@ -503,10 +503,10 @@ def test_a_second_signal_exits_at_once(sig):
 
 KILL_HELPER = """
 import os, sys, time
-from scratchvae import checkpoint
+from scratchvae import atomic
 
 class HalfThenHang:
-    # The file object atomic_write_bytes writes through: half the bytes reach the disk, then we hang.
+    # The file object atomic.write_bytes writes through: half the bytes reach the disk, then we hang.
     def __init__(self, f):
         self.f = f
     def __enter__(self):
@@ -526,7 +526,7 @@ class HalfThenHang:
 
 real_fdopen = os.fdopen
 os.fdopen = lambda fd, mode: HalfThenHang(real_fdopen(fd, mode))
-checkpoint.atomic_write_bytes(sys.argv[1], b"N" * 2_000_000)
+atomic.write_bytes(sys.argv[1], b"N" * 2_000_000)
 """
 
 
@@ -543,13 +543,54 @@ def test_sigkill_while_writing_leaves_the_previous_checkpoint(tmp_path, trained)
         if proc.poll() is None:
             proc.kill()
     assert path.read_bytes() == trained[1]
-    stale = [p for p in out.iterdir() if p.name.startswith(checkpoint.TMP_PREFIX)]
+    stale = [p for p in out.iterdir() if p.name.startswith(atomic.TMP_PREFIX)]
     assert len(stale) == 1 and stale[0].stat().st_size == 1_000_000  # killed mid-write, not before
     VAE.load(path)  # the stale temporary file does not disturb loading
     train.prepare_out(str(out))  # and the next run into --out removes it
-    assert not any(p.name.startswith(checkpoint.TMP_PREFIX) for p in out.iterdir())
-    checkpoint.atomic_write_bytes(str(out / "again.bin"), b"ok")
+    assert not any(p.name.startswith(atomic.TMP_PREFIX) for p in out.iterdir())
+    atomic.write_bytes(str(out / "again.bin"), b"ok")
     assert (out / "again.bin").read_bytes() == b"ok"
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic.write_bytes(str(path), b"new")
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["metrics.csv"]
+
+
+def test_every_file_of_a_run_goes_through_the_atomic_helper(tmp_path, monkeypatch):
+    """Checkpoint, pictures, metrics and skipped.txt: one helper, so one temporary-name pattern that
+    prepare_out knows; it leaves a user's own files alone."""
+    from scratchvae import images
+    written, real = [], atomic.write_bytes
+
+    def recording(path, data):
+        written.append(os.path.basename(path))
+        real(path, data)
+
+    monkeypatch.setattr(atomic, "write_bytes", recording)
+    VAE(VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4)).save(tmp_path / "checkpoint.npz")
+    images.save_grid(tmp_path / "samples.png", np.zeros((2, 4, 4, 3)))
+    images.plot_curves(tmp_path / "loss.png", {"loss": [2.0, 1.0]})
+    train.write_metrics(str(tmp_path / "metrics.csv"), [{"epoch": 1, "train_total": 1.0}])
+    train.report_skipped([(f"{i}.jpg", "empty") for i in range(9)], str(tmp_path))
+    assert written == ["checkpoint.npz", "samples.png", "loss.png", "metrics.csv", "skipped.txt"]
+    for name in written:  # what a write killed before its rename leaves
+        fd, leftover = tempfile.mkstemp(prefix=atomic.TMP_PREFIX, suffix=name, dir=tmp_path)
+        os.close(fd)
+        assert atomic.is_temp_name(os.path.basename(leftover)), leftover
+    mine = [".tmp-notes.txt", ".tmp-", "notes.txt", ".lock", "tmp-abcdefghcheckpoint.npz"]
+    for name in mine:
+        (tmp_path / name).write_text("keep")
+    train.prepare_out(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted([*written, *mine])
 
 
 # ------------------------------------------------------------------ untrusted files
