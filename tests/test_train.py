@@ -90,3 +90,55 @@ def test_sample_command_writes_grid_reconstructions_and_walk(tmp_path):
         assert grid.width >= 3 * 16 and walk.width >= 5 * 16 and rec.height >= 2 * 16
     assert sample.main([str(tmp_path / "checkpoint.npz"), "--out", str(out), "--reconstruct",
                         str(tmp_path / "missing.jpg")]) == 2
+
+
+# ------------------------------------------------------------------ the settings record
+
+def test_settings_take_the_model_defaults_from_vaeconfig():
+    from scratchvae.model import VAEConfig
+    from scratchvae.training.settings import Settings
+    s, cfg = Settings(), VAEConfig()
+    assert (s.image_size, s.filters, s.blocks, s.z_dim, s.beta) == \
+           (cfg.image_size, cfg.filters, cfg.blocks, cfg.z_dim, cfg.beta)
+    assert s.model_config() == cfg
+    assert Settings(z_dim=7, image_size=32).model_config() == VAEConfig(z_dim=7, image_size=32)
+
+
+def test_settings_from_the_command_line_and_from_a_checkpoint():
+    from scratchvae.errors import UserError
+    from scratchvae.training import settings
+    from scratchvae.training.cli import build_parser
+    fresh = settings.resolve(build_parser().parse_args(["--z-dim", "8"]))
+    assert fresh.z_dim == 8 and fresh.batch_size == settings.SYNTHETIC_BATCH and fresh.data is None
+    assert settings.resolve(build_parser().parse_args(["--data", "faces"])).batch_size == 64
+    assert settings.Settings.from_record(fresh.to_record()) == fresh
+    assert settings.resolve(build_parser().parse_args(["--seed", "0"]), fresh) is fresh
+    with pytest.raises(UserError, match="trained with z_dim = 8, not 9"):
+        settings.resolve(build_parser().parse_args(["--z-dim", "9"]), fresh)
+    with pytest.raises(UserError, match="--epochs 0 must be at least 1"):
+        settings.epochs(0, fresh)
+    assert settings.epochs(None, fresh) == settings.SYNTHETIC_EPOCHS
+
+
+@pytest.mark.parametrize("key,value", [("lr", "fast"), ("seed", True), ("limit", 2.5), ("data", 3),
+                                       ("image_size", None), ("beta", [1])])
+def test_a_damaged_stored_setting_is_refused(key, value):
+    from scratchvae.training.settings import Settings
+    record = Settings().to_record()
+    with pytest.raises(ValueError, match=f"{key} = "):
+        Settings.from_record({**record, key: value})
+    del record[key]
+    with pytest.raises(ValueError, match=f"{key} = None"):
+        Settings.from_record(record)
+
+
+def test_stored_settings_are_checked_like_the_command_line():
+    from scratchvae.errors import UserError
+    from scratchvae.training.settings import Settings
+    record = Settings().to_record()
+    assert Settings.from_record({**record, "lr": 1, "limit": None}).lr == 1  # JSON may store 1e0 as 1
+    for key, value, message in (("crop", "stretch", "not one of center, squash"),
+                                ("batch_size", 1, "BatchNorm needs at least 2"),
+                                ("image_size", 100, r"not divisible by 2\^blocks")):
+        with pytest.raises(UserError, match=message):
+            Settings.from_record({**record, key: value})
