@@ -23,6 +23,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from scratchvae import atomic
+
 CHUNK = 256  # images per unit of work, of progress and of the checksum
 PARALLEL_MIN = 2048  # fewer images than this are decoded in this process: starting workers costs ~1 s
 CHECKSUM = "sha256-of-chunk-sha256"
@@ -57,7 +59,7 @@ def build(npy: Path, names: list[str], decode, shape: tuple, progress: bool = Tr
                     if e.errno in (errno.ENOSPC, errno.EDQUOT):
                         remove(part)
                         raise
-        _write_atomic(record, json.dumps(header) + "\n")
+        atomic.write_bytes(record, (json.dumps(header) + "\n").encode())
         done = {}
     chunks = [k for k in range(-(-n // CHUNK)) if k not in done]
     todo = sum(min(n, (k + 1) * CHUNK) - k * CHUNK for k in chunks)
@@ -219,12 +221,6 @@ def _resume(part: Path, record: Path, header: dict):
 
 def _combine(digests) -> str:
     return f"{CHECKSUM}:{hashlib.sha256(''.join(digests).encode()).hexdigest()}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _cpu_count() -> int:

@@ -1,58 +1,30 @@
 """Checkpoints as plain .npz archives: named arrays plus one JSON metadata record, never pickle.
 
-Writes go to a temporary file in the same folder, are flushed and fsynced, then renamed into
-place, so a crash mid-write leaves the previous checkpoint intact. Loading validates everything.
+Writes are atomic (scratchvae.atomic), so a crash mid-write leaves the previous checkpoint intact.
+Loading validates everything.
 """
 
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from scratchvae import atomic
 
 META_KEY = "__meta__"
 FORMAT = "scratchvae-checkpoint"
 VERSION = 1
 MAX_EXPANSION = 64  # np.savez stores members uncompressed, so a real checkpoint unpacks to ~1x
-TMP_PREFIX = ".tmp-"  # atomic_write_bytes' temporary files; one left behind means a write was killed
 
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or does not fit; the message says which."""
 
 
-def default_file_mode():
-    """0666 less the process umask: the mode open() would give a new file."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path, data):
-    """Write bytes to `path` via a temporary file, fsync and rename (readers never see half)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=os.path.basename(path), dir=folder)
-    try:
-        os.fchmod(fd, default_file_mode())  # mkstemp makes 0600; a saved file should look like any other
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory; the rename is still atomic
+# export/to_onnx.py imports the helper under this name; new code uses scratchvae.atomic directly.
+atomic_write_bytes = atomic.write_bytes
 
 
 def save(path, arrays, meta):
@@ -63,7 +35,7 @@ def save(path, arrays, meta):
     record = json.dumps({"format": FORMAT, "version": VERSION, **meta}, sort_keys=True)
     buf = io.BytesIO()
     np.savez(buf, **{META_KEY: np.frombuffer(record.encode(), dtype=np.uint8)}, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())
 
 
 def load(path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from scratchvae import cache
+from scratchvae import atomic, cache
 from scratchvae.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -252,9 +252,7 @@ def _build(src: _Source, names: list[str], size: int, crop: str, stem: Path, pro
     info = {"version": FORMAT_VERSION, "source": str(src.path), "image_size": size, "crop": crop,
             "count": len(kept), "checksum": checksum, "names": kept, "skipped": skipped,
             "partition": None if partition is None else partition.tolist()}
-    meta_tmp = meta.with_name(f"{meta.name}.{os.getpid()}.tmp")
-    meta_tmp.write_text(json.dumps(info))
-    os.replace(meta_tmp, meta)
+    atomic.write_bytes(meta, json.dumps(info).encode())
     cache.install(npy)
     return ImageSet(np.load(npy, mmap_mode="r", allow_pickle=False), kept, partition, skipped)
 

@@ -1,17 +1,19 @@
 """Pictures for people: image grids, labelled rows of images and line charts, as PNG files.
 
 Images come in as NHWC float in [0, 1] (uint8 is taken as is); everything is drawn with Pillow
-and written atomically (temporary file in the same folder, then renamed).
+and written atomically (scratchvae.atomic: a temporary file in the same folder, then renamed).
 """
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from scratchvae import atomic
 
 BACKGROUND = (255, 255, 255)
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -184,13 +186,9 @@ def _to_uint8(images) -> np.ndarray:
 
 
 def _save(img: Image.Image, path) -> None:
-    """Write a PNG under a temporary name in the same folder, then rename it into place."""
+    """Encode a PNG and write it atomically (scratchvae.atomic), creating its folder if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic.write_bytes(path, buf.getvalue())

@@ -5,6 +5,7 @@ Every image is made here with Pillow in tmp_path; solid colours keep the expecte
 
 import io
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,21 @@ def test_second_load_comes_from_the_cache(folder, tmp_path, monkeypatch):
     assert isinstance(second.images, np.memmap) and not second.images.flags.writeable
     assert second.names == first.names
     assert np.array_equal(np.asarray(second.images), np.asarray(first.images))
+
+
+def test_the_cache_records_are_written_atomically(folder, tmp_path, monkeypatch):
+    from scratchvae import atomic
+    written, real = [], atomic.write_bytes
+
+    def recording(path, data):
+        written.append(str(path))
+        real(path, data)
+
+    monkeypatch.setattr(atomic, "write_bytes", recording)
+    s = load(folder, tmp_path)
+    assert [p.rsplit(".", 1)[-1] for p in written] == ["progress", "json"]  # the build's record, the sidecar
+    assert written[1] == str(Path(s.images.filename).with_suffix(".json"))
+    assert not [p for p in (tmp_path / "cache").iterdir() if atomic.is_temp_name(p.name)]
 
 
 def test_cache_follows_changes_in_size_and_files(folder, tmp_path):

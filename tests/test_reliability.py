@@ -28,11 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scratchvae import checkpoint, data, sample, train
+from scratchvae import atomic, checkpoint, data, sample, train
 from scratchvae.checkpoint import CheckpointError
 from scratchvae.errors import TrainingDiverged
 from scratchvae.model import VAE, VAEConfig
 from scratchvae.synthetic import synthetic_faces
+from scratchvae.training import datasets, loop, outdir, resume
+from scratchvae.training.settings import Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = ["--image-size", "16", "--filters", "4", "--blocks", "2", "--z-dim", "4", "--lr", "3e-3", "--quiet"]
@@ -122,16 +124,16 @@ def test_train_reports_the_skipped_files_with_reasons(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "data: 48 images" in out and "; skipped 3 file(s) that could not be used:\n" in out
     assert "  text.jpg: not a JPEG, PNG, WebP, BMP or GIF image" in out and "  zero.jpg: empty file" in out
-    settings_ = {**train.DEFAULTS, "data": str(tmp_path / "mixed"), "image_size": 16, "batch_size": 16}
-    train.load_data(settings_, str(tmp_path / "cache"), True, str(tmp_path / "o"))  # now from the cache
+    settings_ = Settings(data=str(tmp_path / "mixed"), image_size=16, batch_size=16)
+    datasets.load_data(settings_, str(tmp_path / "cache"), True, str(tmp_path / "o"))  # now from the cache
     assert "; skipped 3 file(s)" in capsys.readouterr().out
 
 
 def test_long_skip_lists_name_the_first_few_and_save_all(tmp_path, capsys):
     skipped = [(f"bad_{i}.jpg", "empty file (0 bytes)") for i in range(8)]
-    train.report_skipped(skipped, str(tmp_path))
+    datasets.report_skipped(skipped, str(tmp_path))
     out = capsys.readouterr().out
-    assert out.count("bad_") == train.SHOW_SKIPPED and "... and 3 more" in out
+    assert out.count("bad_") == datasets.SHOW_SKIPPED and "... and 3 more" in out
     assert (tmp_path / "skipped.txt").read_text().count("\n") == 8
 
 
@@ -221,9 +223,9 @@ def test_bad_arguments_fail_fast_with_one_line(tmp_path, capsys, monkeypatch, tr
         out = copy_run(trained, out)
     elif case == "out in use by another run":
         out.mkdir()
-        other = os.open(out / train.LOCK_NAME, os.O_RDWR | os.O_CREAT)  # what a live run holds
+        other = os.open(out / outdir.LOCK_NAME, os.O_RDWR | os.O_CREAT)  # what a live run holds
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        monkeypatch.setattr(train, "load_data", never)  # stopped before any data is read
+        monkeypatch.setattr(datasets, "load_data", never)  # stopped before any data is read
     elif case == "resume a model without training state":
         out.mkdir()
         VAE(VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4)).save(out / "checkpoint.npz")
@@ -244,8 +246,8 @@ def test_bad_arguments_fail_fast_with_one_line(tmp_path, capsys, monkeypatch, tr
     assert message in one_line_error(capsys)
     if case == "out in use by another run":
         os.close(other)
-    elif (out / train.LOCK_NAME).exists():  # a run that stopped after taking the lock gave it back
-        mine = os.open(out / train.LOCK_NAME, os.O_RDWR)
+    elif (out / outdir.LOCK_NAME).exists():  # a run that stopped after taking the lock gave it back
+        mine = os.open(out / outdir.LOCK_NAME, os.O_RDWR)
         fcntl.flock(mine, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.close(mine)
 
@@ -312,7 +314,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_checkpoint(tmp_path, capsys, monk
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
+    monkeypatch.setattr(atomic, "write_bytes", full)
     assert train.main([*TINY, "--out", str(out), "--resume", "--epochs", "2"]) == 2
     assert "No space left on device" in one_line_error(capsys)
     assert (out / "checkpoint.npz").read_bytes() == trained[1]
@@ -337,7 +339,8 @@ def test_a_non_finite_checkpoint_is_never_written(tmp_path, trained):
     vae.state()["decoder.bn_0.moving_variance"][3] = np.nan
     from scratchvae.optim import Adam
     with pytest.raises(TrainingDiverged, match="moving_variance is not finite"):
-        train.save_checkpoint(vae, Adam(), str(path.parent), meta["train"], 1, 0, 3, [], None, 64)
+        resume.save(vae, Adam(), str(path.parent), Settings.from_record(meta["train"]),
+                    resume.Progress(epoch=1, step=3, images=64))
     assert path.read_bytes() == trained[1]
 
 
@@ -389,11 +392,11 @@ def test_resume_after_a_stop_at_any_step_is_exact(tmp_path, monkeypatch, straigh
         return real(self, x, eps)
 
     monkeypatch.setattr(VAE, "forward_backward", counted)
-    monkeypatch.setattr(train, "StopRequest", lambda **kw: StopAfter(stop_after, counter))
+    monkeypatch.setattr(loop, "StopRequest", lambda **kw: StopAfter(stop_after, counter))
     assert train.main([*EXACT, "--out", str(tmp_path)]) == 130
     meta = checkpoint.load(tmp_path / "checkpoint.npz")[1]
     assert meta["step"] == stop_after and (meta["partial"] is None) == (stop_after == 22)
-    monkeypatch.setattr(train, "StopRequest", lambda **kw: StopAfter(10**9, counter))
+    monkeypatch.setattr(loop, "StopRequest", lambda **kw: StopAfter(10**9, counter))
     assert train.main([*EXACT, "--out", str(tmp_path), "--resume"]) == 0
     assert len(counter) == 2 * 22
     assert_same_run(straight, tmp_path)
@@ -503,10 +506,10 @@ def test_a_second_signal_exits_at_once(sig):
 
 KILL_HELPER = """
 import os, sys, time
-from scratchvae import checkpoint
+from scratchvae import atomic
 
 class HalfThenHang:
-    # The file object atomic_write_bytes writes through: half the bytes reach the disk, then we hang.
+    # The file object atomic.write_bytes writes through: half the bytes reach the disk, then we hang.
     def __init__(self, f):
         self.f = f
     def __enter__(self):
@@ -526,7 +529,7 @@ class HalfThenHang:
 
 real_fdopen = os.fdopen
 os.fdopen = lambda fd, mode: HalfThenHang(real_fdopen(fd, mode))
-checkpoint.atomic_write_bytes(sys.argv[1], b"N" * 2_000_000)
+atomic.write_bytes(sys.argv[1], b"N" * 2_000_000)
 """
 
 
@@ -543,13 +546,55 @@ def test_sigkill_while_writing_leaves_the_previous_checkpoint(tmp_path, trained)
         if proc.poll() is None:
             proc.kill()
     assert path.read_bytes() == trained[1]
-    stale = [p for p in out.iterdir() if p.name.startswith(checkpoint.TMP_PREFIX)]
+    stale = [p for p in out.iterdir() if p.name.startswith(atomic.TMP_PREFIX)]
     assert len(stale) == 1 and stale[0].stat().st_size == 1_000_000  # killed mid-write, not before
     VAE.load(path)  # the stale temporary file does not disturb loading
-    train.prepare_out(str(out))  # and the next run into --out removes it
-    assert not any(p.name.startswith(checkpoint.TMP_PREFIX) for p in out.iterdir())
-    checkpoint.atomic_write_bytes(str(out / "again.bin"), b"ok")
+    outdir.prepare_out(str(out))  # and the next run into --out removes it
+    assert not any(p.name.startswith(atomic.TMP_PREFIX) for p in out.iterdir())
+    atomic.write_bytes(str(out / "again.bin"), b"ok")
     assert (out / "again.bin").read_bytes() == b"ok"
+
+
+def test_a_failed_write_keeps_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.csv"
+    path.write_bytes(b"old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic.write_bytes(str(path), b"new")
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["metrics.csv"]
+
+
+def test_every_file_of_a_run_goes_through_the_atomic_helper(tmp_path, monkeypatch):
+    """Checkpoint, pictures, metrics and skipped.txt: one helper, so one temporary-name pattern that
+    prepare_out knows; it leaves a user's own files alone."""
+    from scratchvae import images
+    from scratchvae.training import evaluation
+    written, real = [], atomic.write_bytes
+
+    def recording(path, data):
+        written.append(os.path.basename(path))
+        real(path, data)
+
+    monkeypatch.setattr(atomic, "write_bytes", recording)
+    VAE(VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4)).save(tmp_path / "checkpoint.npz")
+    images.save_grid(tmp_path / "samples.png", np.zeros((2, 4, 4, 3)))
+    images.plot_curves(tmp_path / "loss.png", {"loss": [2.0, 1.0]})
+    evaluation.write_metrics(str(tmp_path / "metrics.csv"), [{"epoch": 1, "train_total": 1.0}])
+    datasets.report_skipped([(f"{i}.jpg", "empty") for i in range(9)], str(tmp_path))
+    assert written == ["checkpoint.npz", "samples.png", "loss.png", "metrics.csv", "skipped.txt"]
+    for name in written:  # what a write killed before its rename leaves
+        fd, leftover = tempfile.mkstemp(prefix=atomic.TMP_PREFIX, suffix=name, dir=tmp_path)
+        os.close(fd)
+        assert atomic.is_temp_name(os.path.basename(leftover)), leftover
+    mine = [".tmp-notes.txt", ".tmp-", "notes.txt", ".lock", "tmp-abcdefghcheckpoint.npz"]
+    for name in mine:
+        (tmp_path / name).write_text("keep")
+    outdir.prepare_out(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted([*written, *mine])
 
 
 # ------------------------------------------------------------------ untrusted files

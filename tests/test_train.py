@@ -90,3 +90,94 @@ def test_sample_command_writes_grid_reconstructions_and_walk(tmp_path):
         assert grid.width >= 3 * 16 and walk.width >= 5 * 16 and rec.height >= 2 * 16
     assert sample.main([str(tmp_path / "checkpoint.npz"), "--out", str(out), "--reconstruct",
                         str(tmp_path / "missing.jpg")]) == 2
+
+
+# ------------------------------------------------------------------ the settings record
+
+def test_settings_take_the_model_defaults_from_vaeconfig():
+    from scratchvae.model import VAEConfig
+    from scratchvae.training.settings import Settings
+    s, cfg = Settings(), VAEConfig()
+    assert (s.image_size, s.filters, s.blocks, s.z_dim, s.beta) == \
+           (cfg.image_size, cfg.filters, cfg.blocks, cfg.z_dim, cfg.beta)
+    assert s.model_config() == cfg
+    assert Settings(z_dim=7, image_size=32).model_config() == VAEConfig(z_dim=7, image_size=32)
+
+
+def test_settings_from_the_command_line_and_from_a_checkpoint():
+    from scratchvae.errors import UserError
+    from scratchvae.training import settings
+    from scratchvae.training.cli import build_parser
+    fresh = settings.resolve(build_parser().parse_args(["--z-dim", "8"]))
+    assert fresh.z_dim == 8 and fresh.batch_size == settings.SYNTHETIC_BATCH and fresh.data is None
+    assert settings.resolve(build_parser().parse_args(["--data", "faces"])).batch_size == 64
+    assert settings.Settings.from_record(fresh.to_record()) == fresh
+    assert settings.resolve(build_parser().parse_args(["--seed", "0"]), fresh) is fresh
+    with pytest.raises(UserError, match="trained with z_dim = 8, not 9"):
+        settings.resolve(build_parser().parse_args(["--z-dim", "9"]), fresh)
+    with pytest.raises(UserError, match="--epochs 0 must be at least 1"):
+        settings.epochs(0, fresh)
+    assert settings.epochs(None, fresh) == settings.SYNTHETIC_EPOCHS
+
+
+@pytest.mark.parametrize("key,value", [("lr", "fast"), ("seed", True), ("limit", 2.5), ("data", 3),
+                                       ("image_size", None), ("beta", [1])])
+def test_a_damaged_stored_setting_is_refused(key, value):
+    from scratchvae.training.settings import Settings
+    record = Settings().to_record()
+    with pytest.raises(ValueError, match=f"{key} = "):
+        Settings.from_record({**record, key: value})
+    del record[key]
+    with pytest.raises(ValueError, match=f"{key} = None"):
+        Settings.from_record(record)
+
+
+def test_stored_settings_are_checked_like_the_command_line():
+    from scratchvae.errors import UserError
+    from scratchvae.training.settings import Settings
+    record = Settings().to_record()
+    assert Settings.from_record({**record, "lr": 1, "limit": None}).lr == 1  # JSON may store 1e0 as 1
+    for key, value, message in (("crop", "stretch", "not one of center, squash"),
+                                ("batch_size", 1, "BatchNorm needs at least 2"),
+                                ("image_size", 100, r"not divisible by 2\^blocks")):
+        with pytest.raises(UserError, match=message):
+            Settings.from_record({**record, key: value})
+
+
+def test_precise_batchnorm_statistics_change_only_the_statistics(tmp_path):
+    """After each epoch the moving statistics are measured exactly (default) or kept as Keras'
+    moving averages (--bn-batches 0): the trained weights and Adam state are the same either way."""
+    precise, keras = tmp_path / "precise", tmp_path / "keras"
+    assert run(precise, "--limit", "96", "--epochs", "2") == 0
+    assert run(keras, "--limit", "96", "--epochs", "2", "--bn-batches", "0") == 0
+    a, a_arrays, a_meta = VAE.load(precise / "checkpoint.npz", with_extras=True)
+    b, b_arrays, b_meta = VAE.load(keras / "checkpoint.npz", with_extras=True)
+    for name in a_arrays:
+        if not name.startswith("state/"):
+            assert np.array_equal(a_arrays[name], b_arrays[name]), name
+    assert not np.array_equal(a.state()["decoder.bn_1.moving_mean"], b.state()["decoder.bn_1.moving_mean"])
+    assert a_meta["train"]["bn_batches"] is None and b_meta["train"]["bn_batches"] == 0
+    rows = list(csv.DictReader(open(precise / "metrics.csv")))
+    # the precise statistics make the held-out KL a real code again, near the training one
+    assert float(rows[-1]["val_kl"]) > 0.5 * float(rows[-1]["train_kl"])
+
+
+def test_a_short_run_without_precise_statistics_says_so(tmp_path, capsys):
+    assert train.main([*TINY[:-1], "--out", str(tmp_path), "--limit", "48", "--epochs", "1",
+                       "--bn-batches", "0"]) == 0
+    assert "too few for them to settle" in capsys.readouterr().out
+    assert train.main([*TINY[:-1], "--out", str(tmp_path / "b"), "--limit", "48", "--epochs", "1"]) == 0
+    assert "settle" not in capsys.readouterr().out
+
+
+def test_a_checkpoint_from_before_precise_statistics_resumes_as_it_was_trained(tmp_path):
+    """tests/fixtures/checkpoint-v0.1.npz (written before --bn-batches existed) resumes with the
+    moving averages it was trained with (bn_batches 0), on the data it was trained on."""
+    import os
+    import shutil
+    fixture = os.path.join(os.path.dirname(__file__), "fixtures", "checkpoint-v0.1.npz")
+    (tmp_path / "old").mkdir()
+    shutil.copy(fixture, tmp_path / "old" / "checkpoint.npz")
+    assert train.main(["--out", str(tmp_path / "old"), "--resume", "--epochs", "2", "--quiet"]) == 0
+    _, _, meta = VAE.load(tmp_path / "old" / "checkpoint.npz", with_extras=True)
+    assert meta["epoch"] == 2 and meta["train"]["bn_batches"] == 0

@@ -1,0 +1,78 @@
+"""What a run shows after each epoch: the held-out loss terms, the pictures (reconstructions,
+samples, loss curves) and metrics.csv, one row per epoch.
+
+Loss terms come from scratchvae.losses; under MPI the held-out batches are shared out over the
+ranks and their sums combined. Pictures and metrics are written by rank 0 only.
+"""
+
+import csv
+import io
+import os
+
+import numpy as np
+
+from scratchvae import atomic, distributed, images, losses
+from scratchvae import kernels as K
+from scratchvae.training import draws
+
+N_SAMPLES, N_RECON = 64, 8
+AVERAGED = ("total", "reconstruction", "kl", "mse")  # PSNR is not averaged: it is the mean MSE's
+
+
+def held_out(vae, reader, val_idx, s, epoch, comm=None):
+    """Inference-mode loss terms on the held-out images, z sampled as in training: each batch's terms
+    (from losses) weighted by its size, PSNR from the mean MSE. Under MPI each rank takes every K-th
+    batch and the sums are shared."""
+    comm = comm or distributed.Single()
+    sums = np.zeros(len(AVERAGED) + 1)  # the terms times their image counts, then the count
+    for j, start in enumerate(range(0, len(val_idx), s.batch_size)):
+        if j % comm.size != comm.rank:
+            continue
+        idx = val_idx[start:start + s.batch_size]
+        eps = draws.held_out_noise(s.seed, epoch, start, (len(idx), vae.config.z_dim))
+        terms = vae.evaluate(reader.read(idx), eps, training=False)
+        sums += [*(terms[k] * len(idx) for k in AVERAGED), len(idx)]
+    comm.sum_(sums)
+    result = {k: float(sums[i] / sums[-1]) for i, k in enumerate(AVERAGED)}
+    return {**result, "psnr": losses.psnr(result["mse"])}
+
+
+def metrics_row(epoch, step, train, val, images, seconds):
+    """One line of metrics.csv (and of the checkpoint's history): the epoch's mean training terms,
+    its held-out terms and its speed."""
+    return {"epoch": epoch, "step": step,
+            **{f"train_{k}": round(v, 6) for k, v in train.items()},
+            **{f"val_{k}": round(v, 6) for k, v in val.items()},
+            "images_per_s": round(images / seconds, 2), "seconds": round(seconds, 1)}
+
+
+def save_pictures(vae, reader, val_idx, s, history, out):
+    """reconstructions.png, samples.png, loss.png and metrics.csv in `out`."""
+    shown = reader.read(val_idx[:N_RECON])
+    z_mean, _ = vae.encode(shown)
+    images.save_rows(os.path.join(out, "reconstructions.png"), [shown, K.to_host(vae.decode(z_mean))],
+                     labels=["held-out", "reconstructed"])
+    z = draws.picture_latents(s.seed, N_SAMPLES, vae.config.z_dim)
+    images.save_grid(os.path.join(out, "samples.png"), K.to_host(vae.decode(z)), ncols=8)
+    epochs = [h["epoch"] for h in history]
+    images.plot_curves(os.path.join(out, "loss.png"),
+                       {"train total": [h["train_total"] for h in history],
+                        "held-out total": [h["val_total"] for h in history],
+                        "held-out reconstruction": [h["val_reconstruction"] for h in history],
+                        "held-out KL": [h["val_kl"] for h in history]},
+                       title="loss per epoch", log_y=True, x=epochs)
+    write_metrics(os.path.join(out, "metrics.csv"), history)
+
+
+def write_metrics(path, history):
+    """metrics.csv: one row per epoch, columns in the order of the history's rows."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic.write_bytes(path, buf.getvalue().encode())
+
+
+def format_terms(t):
+    return f"total {t['total']:.1f} rec {t['reconstruction']:.1f} kl {t['kl']:.1f} mse {t['mse']:.4f} " \
+           f"psnr {t['psnr']:.1f}"

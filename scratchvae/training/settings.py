@@ -1,0 +1,132 @@
+"""The settings that fix a run's trajectory: one typed record, checked where it is made, saved in
+the checkpoint and taken from it on --resume.
+
+The model's fields default from VAEConfig. A record read back from a checkpoint is type-checked
+field by field against the annotations below before it becomes Settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import typing
+
+from scratchvae.errors import UserError
+from scratchvae.model import VAEConfig
+
+_MODEL = VAEConfig()
+CROPS = ("center", "squash")
+# The built-in data set's run: batches of 16 rather than the seed's 64, so a 10-minute run takes
+# ~320 steps instead of ~80, enough for Keras' slow BatchNorm moving averages (momentum 0.99) to
+# settle, and the inference-mode samples look like faces instead of grey blobs.
+SYNTHETIC_BATCH = 16
+SYNTHETIC_EPOCHS = 4
+DATA_EPOCHS = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every value that decides which weights a run ends with (epochs only say when it stops)."""
+
+    data: str | None = None  # absolute path of a folder, zip or CelebA layout; None: built-in faces
+    limit: int | None = None  # the first N images in sorted order
+    image_size: int = _MODEL.image_size
+    crop: str = "center"
+    batch_size: int = 64  # the global batch over all ranks
+    lr: float = 1e-3
+    beta: float = _MODEL.beta
+    z_dim: int = _MODEL.z_dim
+    filters: int = _MODEL.filters
+    blocks: int = _MODEL.blocks
+    seed: int = 0
+    val_fraction: float = 0.05
+    # Training batches whose exact BatchNorm statistics replace the moving averages after each
+    # epoch; None: enough for about 2,000 images; 0: Keras' moving averages only.
+    bn_batches: int | None = None
+
+    def __post_init__(self):
+        if self.batch_size < 2:
+            raise UserError(f"--batch-size {self.batch_size} is too small: BatchNorm needs at least 2 images "
+                            f"per batch")
+        if self.lr <= 0 or not math.isfinite(self.lr):
+            raise UserError(f"--lr {self.lr} must be a positive number")
+        if self.beta < 0 or not math.isfinite(self.beta):
+            raise UserError(f"--beta {self.beta} must be zero or positive")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit {self.limit} must be at least 1")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction {self.val_fraction} must be between 0 and 1")
+        if self.bn_batches is not None and self.bn_batches < 0:
+            raise UserError(f"--bn-batches {self.bn_batches} must be zero or more")
+        if self.crop not in CROPS:
+            raise UserError(f"--crop {self.crop!r} is not one of {', '.join(CROPS)}")
+        self.model_config()
+
+    def model_config(self) -> VAEConfig:
+        """The model these settings train (VAEConfig's own checks give the one-line error)."""
+        try:
+            return VAEConfig(image_size=self.image_size, filters=self.filters, blocks=self.blocks,
+                             z_dim=self.z_dim, beta=self.beta)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+
+    def precise_bn_batches(self) -> int:
+        """How many training batches the BatchNorm statistics are measured on after each epoch."""
+        from scratchvae.training.batchnorm import default_batches
+        return default_batches(self.batch_size) if self.bn_batches is None else self.bn_batches
+
+    def to_record(self) -> dict:
+        """The JSON-able form a checkpoint stores (and rank 0 sends to the other ranks)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict) -> Settings:
+        """Settings from a stored record; ValueError naming the first field that is missing or of
+        the wrong type (its value checks then run as for the command line)."""
+        hints = typing.get_type_hints(cls)
+        record = {**LEGACY, **record}
+        for f in dataclasses.fields(cls):
+            value = record.get(f.name)
+            if f.name not in record or not _is_a(value, hints[f.name]):
+                raise ValueError(f"{f.name} = {value!r}")
+        return cls(**{f.name: record[f.name] for f in dataclasses.fields(cls)})
+
+
+# Fields that checkpoints written before them lack, with the value that reproduces those runs.
+LEGACY = {"bn_batches": 0}
+
+
+def _is_a(value, hint) -> bool:
+    """isinstance against an annotation such as `int | None`; a float field takes an int, and no
+    field takes a bool (JSON's true is not the number 1 here)."""
+    kinds = typing.get_args(hint) or (hint,)
+    if float in kinds:
+        kinds += (int,)
+    return not isinstance(value, bool) and isinstance(value, kinds)
+
+
+def resolve(args, saved: Settings | None = None) -> Settings:
+    """The run's settings: the command line over the defaults, or a resumed checkpoint's settings
+    (a command-line value that differs from the checkpoint's is refused)."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)
+             if getattr(args, f.name, None) is not None}
+    if "data" in given:
+        given["data"] = os.path.abspath(given["data"])
+    if saved is None:
+        if "data" not in given and "batch_size" not in given:
+            given["batch_size"] = SYNTHETIC_BATCH
+        return Settings(**given)
+    for key, value in given.items():
+        if getattr(saved, key) != value:
+            raise UserError(f"--resume: the checkpoint was trained with {key} = {getattr(saved, key)!r}, not "
+                            f"{value!r}; drop --{key.replace('_', '-')} or train into a new --out")
+    return saved
+
+
+def epochs(given: int | None, s: Settings) -> int:
+    """The epoch count to reach: --epochs, or the default for the data."""
+    n = given if given is not None else (SYNTHETIC_EPOCHS if s.data is None else DATA_EPOCHS)
+    if n < 1:
+        raise UserError(f"--epochs {n} must be at least 1")
+    return n
