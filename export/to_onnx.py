@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 
 import onnx_graphs
-from scratchvae.checkpoint import CheckpointError, atomic_write_bytes
+from scratchvae.atomic import write_bytes as atomic_write_bytes
+from scratchvae.checkpoint import CheckpointError
 from scratchvae.model import VAE
 
 

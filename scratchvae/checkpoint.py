@@ -23,10 +23,6 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or does not fit; the message says which."""
 
 
-# export/to_onnx.py imports the helper under this name; new code uses scratchvae.atomic directly.
-atomic_write_bytes = atomic.write_bytes
-
-
 def save(path, arrays, meta):
     """Save named arrays (numeric dtypes only) and a JSON-serialisable `meta` dict."""
     for name, a in arrays.items():

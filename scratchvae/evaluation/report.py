@@ -11,7 +11,7 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from scratchvae import checkpoint, images
+from scratchvae import atomic, images
 
 ROWS = (("total", "total (beta*MSE + KL)", "{:.2f}"), ("reconstruction", "reconstruction (beta*MSE)", "{:.2f}"),
         ("kl", "KL (nats per image)", "{:.2f}"), ("mse", "MSE per pixel", "{:.5f}"),
@@ -65,7 +65,7 @@ def console_table(record):
 
 def write_json(path, record):
     """Every number of the record as strict JSON (a non-finite number, from a diverged model, is null)."""
-    checkpoint.atomic_write_bytes(path, (json.dumps(_finite(record), indent=2, allow_nan=False) + "\n").encode())
+    atomic.write_bytes(path, (json.dumps(_finite(record), indent=2, allow_nan=False) + "\n").encode())
 
 
 def _finite(v):
@@ -102,7 +102,7 @@ def write_report(folder, record, rec, gen, command):
            "## Latent codes", "", f"Histograms of z_mean over the {record['images']} images for the first "
            f"{rec['latents'].shape[1]} latent dimensions, against the N(0, 1) density (the prior).", "",
            "![latents](latents.png)", ""]
-    checkpoint.atomic_write_bytes(os.path.join(folder, "report.md"), "\n".join(md).encode())
+    atomic.write_bytes(os.path.join(folder, "report.md"), "\n".join(md).encode())
 
 
 def save_latent_histograms(path, z, bins=40, panel=(220, 160), ncols=4):
@@ -158,4 +158,4 @@ def save_latent_histograms(path, z, bins=40, panel=(220, 160), ncols=4):
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    checkpoint.atomic_write_bytes(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())
