@@ -130,6 +130,7 @@ if ON_DEVICE:
     from scratchvae import kernels, losses
     from scratchvae.kernels import cpu
     from scratchvae.kernels import cuda as gpu
+    from scratchvae.kernels.cuda import launch, matmul
     from scratchvae.layers import BatchNorm, Conv2D, Dense, Flatten, LeakyReLU, Sigmoid, base, same_padding
 
     if SIMULATED:
@@ -161,20 +162,25 @@ def small_grids(monkeypatch):
     """Cap 1-D grids at two blocks (each simulated thread costs ~0.3 ms): launches stay multi-block,
     and arrays over 512 elements also run the grid-stride loops."""
     if SIMULATED:
-        monkeypatch.setattr(gpu, "MAX_BLOCKS", 2)
+        monkeypatch.setattr(launch, "MAX_BLOCKS", 2)
 
 
 @pytest.fixture
 def tiny_grid(monkeypatch):
     """Cap 1-D grids at one block: every thread then walks its grid-stride loop several times."""
-    monkeypatch.setattr(gpu, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(launch, "MAX_BLOCKS", 1)
 
 
-def test_available_and_dispatch():
+def test_available_and_dispatch(rng):
     ok, reason = gpu.available()
     assert ok and ("simulator" in reason) == SIMULATED
+    a, b = rng.standard_normal((3, 4)).astype(F32), rng.standard_normal((4, 2)).astype(F32)
     with kernels.using("cuda") as active:
-        assert active is gpu and kernels.gemm is gpu.gemm
+        assert active is gpu and kernels.backend() is gpu
+        out = kernels.zeros((3, 2), F32)
+        assert gpu.is_device_array(out)
+        kernels.gemm(out, kernels.from_host(a), kernels.from_host(b))  # through the dispatch point
+        np.testing.assert_allclose(kernels.to_host(out), a @ b, rtol=SUM_RTOL, atol=SUM_ATOL)
 
 
 def test_memory_helpers(rng):
@@ -209,9 +215,9 @@ def test_gemm_multi_tile(rng, ta, tb, acc, m, n, k):
 @pytest.mark.parametrize("ta,tb,acc", [(False, False, True), (True, False, False), (False, True, False)])
 def test_gemm_split_k(rng, monkeypatch, ta, tb, acc):
     """Few output tiles and a long k: k is cut into slices summed afterwards, with a ragged last slice."""
-    monkeypatch.setattr(gpu, "SPLIT_MIN_K", 16)
+    monkeypatch.setattr(matmul, "SPLIT_MIN_K", 16)
     m, n, k = 70, 5, 53  # 1 output tile; k in 3 slices (24, 24, 5), each whole shared-memory steps
-    assert gpu._k_slice(1, k) == 24
+    assert matmul._k_slice(1, k) == 24
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
     out = rng.standard_normal((m, n)).astype(F32)
