@@ -131,6 +131,7 @@ if ON_DEVICE:
     from scratchvae.kernels import cpu
     from scratchvae.kernels import cuda as gpu
     from scratchvae.kernels.cuda import launch, matmul
+    from scratchvae.kernels.workspace import Workspace
     from scratchvae.layers import BatchNorm, Conv2D, Dense, Flatten, LeakyReLU, Sigmoid, base, same_padding
 
     if SIMULATED:
@@ -416,6 +417,68 @@ def test_proposed_batchnorm_step_matches_layer(rng):
     want = [y.reshape(-1, 4), dx.reshape(-1, 4), layer.grads["gamma"], layer.grads["beta"],
             layer.state["moving_mean"], layer.state["moving_variance"]]
     assert_close(want, got, SUM_RTOL, SUM_ATOL)
+
+
+# ---------------------------------------------------------------- fused inference
+
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
+@pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
+def test_col2im_act(rng, n, h, w, c, k, s, activation):
+    """col2im plus bias and activation; the padding columns past KH*KW*C (NaN here) are ignored."""
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    cols = (rng.standard_normal((n * ho * wo, k * k * c + 3)) * 3).astype(F32)
+    cols[:, k * k * c:] = np.nan
+    bias = rng.standard_normal(c).astype(F32)
+    out = np.full((n, h, w, c), np.nan, F32)
+    assert_close(*both("col2im_act", [out], cols, k, k, s, pt, pl, bias, activation, 0.3), SUM_RTOL, SUM_ATOL)
+    with pytest.raises(ValueError, match="does not fit"):
+        gpu.col2im_act(dev(out), dev(cols[:-1]), k, k, s, pt, pl, dev(bias))
+    with pytest.raises(ValueError, match="unknown activation"):
+        gpu.col2im_act(dev(out), dev(cols), k, k, s, pt, pl, dev(bias), "tanh")
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", [(2, 3, 3, 5, 3, 2), (1, 4, 3, 2, 3, 1), (3, 2, 2, 3, 1, 2)])
+def test_conv_transpose_act(rng, n, h, w, c, k, s):
+    """The fused transposed convolution: one GEMM into cols, then col2im_act; cols from the caller's ws."""
+    o = 4
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    w2 = rng.standard_normal((c, k * k * o + 3)).astype(F32)
+    bias = rng.standard_normal(o).astype(F32)
+    pt = same_padding(h * s, k, s)[1]
+    pl = same_padding(w * s, k, s)[1]
+    y = np.full((n, h * s, w * s, o), np.nan, F32)
+    ref, got = both("conv_transpose_act", [y], x, w2, bias, k, k, s, pt, pl, "leaky", 0.3)
+    assert_close(ref, got, SUM_RTOL, SUM_ATOL)
+    made = []
+    ws = Workspace(lambda shape, dtype: made.append(shape) or gpu.empty(shape, dtype))
+    d = dev(y)
+    gpu.conv_transpose_act(d, dev(x), dev(w2), dev(bias), k, k, s, pt, pl, "leaky", 0.3, ws=ws)
+    assert made == [(n * h * w * w2.shape[1],)]  # the cols buffer came from ws
+    np.testing.assert_array_equal(d.copy_to_host(), got[0])
+
+
+@pytest.mark.parametrize("n,i,o", [(3, 5, 70), (130, 9, 3)])  # 2 x 1 and 1 x 2 GEMM tiles
+@pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
+def test_dense_act(rng, n, i, o, activation):
+    x = rng.standard_normal((n, i)).astype(F32)
+    w = rng.standard_normal((i, o)).astype(F32)
+    bias, scale, shift = (rng.standard_normal(o).astype(F32) for _ in range(3))
+    out = np.full((n, o), np.nan, F32)
+    assert_close(*both("dense_act", [out], x, w, bias, scale, shift, activation, 0.3), SUM_RTOL, SUM_ATOL)
+
+
+def test_fold_adjoint_weights(rng):
+    """BatchNorm's per-channel affine folded into a transposed convolution's GEMM weights and bias."""
+    kernel = rng.standard_normal((3, 2, 4, 5)).astype(F32)  # (kh, kw, out, in)
+    bias, shift = rng.standard_normal(4).astype(F32), rng.standard_normal(4).astype(F32)
+    scale = rng.uniform(0.5, 2, 4).astype(F32)
+    w2, b2 = np.full((5, 3 * 2 * 4 + 2), np.nan, F32), np.full(4, np.nan, F32)
+    ref, got = both("fold_adjoint_weights", [w2, b2], kernel, bias, scale, shift)
+    assert_close(ref, got)
+    assert not np.isnan(got[0]).any() and not got[0][:, 24:].any()  # padding columns are zeros
+    with pytest.raises(ValueError, match="does not fit"):
+        gpu.fold_adjoint_weights(dev(w2[:, :20]), dev(b2), dev(kernel), dev(bias), dev(scale), dev(shift))
 
 
 # ---------------------------------------------------------------- whole layers through the dispatch point

@@ -16,6 +16,7 @@ from scratchvae.kernels.cuda.batchnorm import (bn_act_backward, bn_act_backward_
 from scratchvae.kernels.cuda.convolution import col2im, gather_taps, gather_weights, scatter_phase  # noqa: F401
 from scratchvae.kernels.cuda.elementwise import (add_bias, bias_relu, leaky_backward, leaky_forward,  # noqa: F401
                                                  relu_backward, relu_forward, sigmoid_backward, sigmoid_forward)
+from scratchvae.kernels.cuda.fused import col2im_act, conv_transpose_act, dense_act, fold_adjoint_weights  # noqa: F401
 from scratchvae.kernels.cuda.losses import kl_sum, latent_grads, mse_and_grad, reparameterize  # noqa: F401
 from scratchvae.kernels.cuda.matmul import gemm  # noqa: F401
 from scratchvae.kernels.cuda.optimizer import adam_update, sum_squares  # noqa: F401
