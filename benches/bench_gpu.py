@@ -78,7 +78,7 @@ def profile(config, args, rng, steps=3):
     from scratchvae.kernels import reference
     skip = {"empty", "zeros", "to_host", "from_host", "is_device_array", "may_share_memory"}
     names = [n for n in dir(reference) if not n.startswith("_") and callable(getattr(gpu, n, None))
-             and n not in skip and getattr(getattr(gpu, n), "__module__", "") == gpu.__name__]
+             and n not in skip and getattr(getattr(gpu, n), "__module__", "").startswith(gpu.__name__ + ".")]
     per_name, per_gemm = collections.defaultdict(lambda: [0, 0.0]), collections.defaultdict(lambda: [0, 0.0])
     depth = [0]
 
@@ -146,6 +146,7 @@ def gemm_alone(steps=10):
     """GFLOP/s of the CUDA gemm on the seed model's main shapes (training at batch 64), split-K included."""
     from numba import cuda
     from scratchvae.kernels import cuda as gpu
+    from scratchvae.kernels.cuda import matmul
     rng = np.random.default_rng(0)
     shapes = [(20480, 128, 1152, False), (1152, 128, 20480, True), (49152, 128, 256, False), (27, 128, 917504, True)]
     print("\n| gemm m, n, k, trans a | k slices | GFLOP/s |\n|---|---|---|")
@@ -154,7 +155,7 @@ def gemm_alone(steps=10):
         b = gpu.from_host(rng.standard_normal((k, n), dtype=np.float32))
         out = gpu.empty((m, n), np.float32)
         secs = median_time(lambda: gpu.gemm(out, a, b, ta), 2, steps, cuda.synchronize)
-        slices = -(-k // gpu._k_slice(-(-n // gpu.WN) * -(-m // gpu.WM), k))
+        slices = -(-k // matmul._k_slice(-(-n // matmul.WN) * -(-m // matmul.WM), k))
         print(f"| {m}, {n}, {k}, {ta:d} | {slices} | {2.0 * m * n * k / secs / 1e9:.0f} |")
 
 

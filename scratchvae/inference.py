@@ -17,17 +17,19 @@ from scratchvae.layers import BatchNorm, Conv2DTranspose, Dense, Sigmoid
 
 
 class Plan:
-    """Steps over a list of layers; `run(x)` is the inference forward of the whole list."""
+    """Steps over a list of layers; `run(x)` is the inference forward of the whole list. The fused
+    kernels take their transient buffers from `workspace` (the model's)."""
 
-    def __init__(self, layers):
+    def __init__(self, layers, workspace=None):
         self.steps = []
+        workspace = workspace if workspace is not None else Workspace()
         i = 0
         while i < len(layers):
             layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
             if isinstance(layer, (Dense, Conv2DTranspose)) and isinstance(following, (BatchNorm, Sigmoid)) \
                     and not (isinstance(layer, Dense) and isinstance(following, Sigmoid)):
-                self.steps.append(FusedDense(layer, following) if isinstance(layer, Dense)
-                                  else FusedConvTranspose(layer, following))
+                fused = FusedDense if isinstance(layer, Dense) else FusedConvTranspose
+                self.steps.append(fused(layer, following, workspace))
                 i += 2
             else:
                 self.steps.append(Unfused(layer))
@@ -69,8 +71,8 @@ class FusedDense:
     """Dense -> BatchNorm(+LeakyReLU): one GEMM, then the affine and activation as the output is
     written (the kernel is too big to refold at every call)."""
 
-    def __init__(self, dense, follower):
-        self.dense, self.follower = dense, follower
+    def __init__(self, dense, follower, workspace):
+        self.dense, self.follower, self.workspace = dense, follower, workspace
 
     def __call__(self, x):
         d = self.dense
@@ -78,7 +80,7 @@ class FusedDense:
         scale, shift, activation, alpha = epilogue(self.follower, d.units, d.dtype)
         y = self.follower.output("y", (x.shape[0], d.units), False)
         K.dense_act(y, x, d.params["kernel"], d.params["bias"], K.from_host(scale), K.from_host(shift),
-                    activation, alpha)
+                    activation, alpha, ws=self.workspace)
         return y
 
     def describe(self):
@@ -89,8 +91,8 @@ class FusedConvTranspose:
     """Conv2DTranspose -> BatchNorm(+LeakyReLU) or Sigmoid: a GEMM over all taps (the BatchNorm
     folded into its weights and bias), then col2im sums the taps and writes act(sum + bias)."""
 
-    def __init__(self, conv, follower):
-        self.conv, self.follower = conv, follower
+    def __init__(self, conv, follower, workspace):
+        self.conv, self.follower, self.workspace = conv, follower, workspace
         self.buffers = Workspace()  # the folded weights, kept at their size between calls
 
     def __call__(self, x):
@@ -105,7 +107,7 @@ class FusedConvTranspose:
         b2 = self.buffers.buffer("bias", (o,), c.dtype)
         K.fold_adjoint_weights(w2, b2, c.params["kernel"], c.params["bias"], K.from_host(scale), K.from_host(shift))
         y = self.follower.output("y", (n, h * s, w * s, o), False)
-        K.conv_transpose_act(y, x, w2, b2, k, k, s, pt, pl, activation, alpha)
+        K.conv_transpose_act(y, x, w2, b2, k, k, s, pt, pl, activation, alpha, ws=self.workspace)
         return y
 
     def describe(self):

@@ -92,7 +92,8 @@ class VAE:
         self.decoder = Sequential(self._build("decoder", decoder_specs, first=False, last_fresh=True, **build),
                                   self._ready)
         self.layer_names = {id(layer): prefix for prefix, layer in self.named_layers()}
-        self.trunk_plan, self.decoder_plan = Plan(self.trunk.layers), Plan(self.decoder.layers)
+        self.trunk_plan = Plan(self.trunk.layers, self.workspace)
+        self.decoder_plan = Plan(self.decoder.layers, self.workspace)
 
     # ------------------------------------------------------------ building from the spec
     def _build(self, part, specs, first, last_fresh, rng, reducer, reuse=True):

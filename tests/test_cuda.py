@@ -130,7 +130,10 @@ if ON_DEVICE:
     from scratchvae import kernels, losses
     from scratchvae.kernels import cpu
     from scratchvae.kernels import cuda as gpu
-    from scratchvae.layers import BatchNorm, Conv2D, Dense, Flatten, LeakyReLU, Sigmoid, base, same_padding
+    from scratchvae.kernels.cuda import launch, matmul
+    from scratchvae.kernels.workspace import Workspace
+    from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Dense, Flatten, LeakyReLU, Sigmoid,
+                                   same_padding)
 
     if SIMULATED:
         strict_simulator()
@@ -161,20 +164,25 @@ def small_grids(monkeypatch):
     """Cap 1-D grids at two blocks (each simulated thread costs ~0.3 ms): launches stay multi-block,
     and arrays over 512 elements also run the grid-stride loops."""
     if SIMULATED:
-        monkeypatch.setattr(gpu, "MAX_BLOCKS", 2)
+        monkeypatch.setattr(launch, "MAX_BLOCKS", 2)
 
 
 @pytest.fixture
 def tiny_grid(monkeypatch):
     """Cap 1-D grids at one block: every thread then walks its grid-stride loop several times."""
-    monkeypatch.setattr(gpu, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(launch, "MAX_BLOCKS", 1)
 
 
-def test_available_and_dispatch():
+def test_available_and_dispatch(rng):
     ok, reason = gpu.available()
     assert ok and ("simulator" in reason) == SIMULATED
+    a, b = rng.standard_normal((3, 4)).astype(F32), rng.standard_normal((4, 2)).astype(F32)
     with kernels.using("cuda") as active:
-        assert active is gpu and kernels.gemm is gpu.gemm
+        assert active is gpu and kernels.backend() is gpu
+        out = kernels.zeros((3, 2), F32)
+        assert gpu.is_device_array(out)
+        kernels.gemm(out, kernels.from_host(a), kernels.from_host(b))  # through the dispatch point
+        np.testing.assert_allclose(kernels.to_host(out), a @ b, rtol=SUM_RTOL, atol=SUM_ATOL)
 
 
 def test_memory_helpers(rng):
@@ -209,9 +217,9 @@ def test_gemm_multi_tile(rng, ta, tb, acc, m, n, k):
 @pytest.mark.parametrize("ta,tb,acc", [(False, False, True), (True, False, False), (False, True, False)])
 def test_gemm_split_k(rng, monkeypatch, ta, tb, acc):
     """Few output tiles and a long k: k is cut into slices summed afterwards, with a ragged last slice."""
-    monkeypatch.setattr(gpu, "SPLIT_MIN_K", 16)
+    monkeypatch.setattr(matmul, "SPLIT_MIN_K", 16)
     m, n, k = 70, 5, 53  # 1 output tile; k in 3 slices (24, 24, 5), each whole shared-memory steps
-    assert gpu._k_slice(1, k) == 24
+    assert matmul._k_slice(1, k) == 24
     a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
     b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
     out = rng.standard_normal((m, n)).astype(F32)
@@ -390,8 +398,7 @@ def test_proposed_batchnorm_step_matches_layer(rng):
     x = (rng.standard_normal((6, 3, 3, 4)) * 2 + 1).astype(F32)
     dy = rng.standard_normal(x.shape).astype(F32)
     with kernels.using("cpu"):
-        layer = BatchNorm(4)
-        layer.fuse(LeakyReLU(0.3))
+        layer = BatchNormLeakyReLU(4, 0.3)
         y = layer.forward(x, True).copy()
         dx = layer.backward(dy.copy()).copy()
     x2d, c = dev(x.reshape(-1, 4)), 4
@@ -412,6 +419,68 @@ def test_proposed_batchnorm_step_matches_layer(rng):
     assert_close(want, got, SUM_RTOL, SUM_ATOL)
 
 
+# ---------------------------------------------------------------- fused inference
+
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS)
+@pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
+def test_col2im_act(rng, n, h, w, c, k, s, activation):
+    """col2im plus bias and activation; the padding columns past KH*KW*C (NaN here) are ignored."""
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    cols = (rng.standard_normal((n * ho * wo, k * k * c + 3)) * 3).astype(F32)
+    cols[:, k * k * c:] = np.nan
+    bias = rng.standard_normal(c).astype(F32)
+    out = np.full((n, h, w, c), np.nan, F32)
+    assert_close(*both("col2im_act", [out], cols, k, k, s, pt, pl, bias, activation, 0.3), SUM_RTOL, SUM_ATOL)
+    with pytest.raises(ValueError, match="does not fit"):
+        gpu.col2im_act(dev(out), dev(cols[:-1]), k, k, s, pt, pl, dev(bias))
+    with pytest.raises(ValueError, match="unknown activation"):
+        gpu.col2im_act(dev(out), dev(cols), k, k, s, pt, pl, dev(bias), "tanh")
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", [(2, 3, 3, 5, 3, 2), (1, 4, 3, 2, 3, 1), (3, 2, 2, 3, 1, 2)])
+def test_conv_transpose_act(rng, n, h, w, c, k, s):
+    """The fused transposed convolution: one GEMM into cols, then col2im_act; cols from the caller's ws."""
+    o = 4
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    w2 = rng.standard_normal((c, k * k * o + 3)).astype(F32)
+    bias = rng.standard_normal(o).astype(F32)
+    pt = same_padding(h * s, k, s)[1]
+    pl = same_padding(w * s, k, s)[1]
+    y = np.full((n, h * s, w * s, o), np.nan, F32)
+    ref, got = both("conv_transpose_act", [y], x, w2, bias, k, k, s, pt, pl, "leaky", 0.3)
+    assert_close(ref, got, SUM_RTOL, SUM_ATOL)
+    made = []
+    ws = Workspace(lambda shape, dtype: made.append(shape) or gpu.empty(shape, dtype))
+    d = dev(y)
+    gpu.conv_transpose_act(d, dev(x), dev(w2), dev(bias), k, k, s, pt, pl, "leaky", 0.3, ws=ws)
+    assert made == [(n * h * w * w2.shape[1],)]  # the cols buffer came from ws
+    np.testing.assert_array_equal(d.copy_to_host(), got[0])
+
+
+@pytest.mark.parametrize("n,i,o", [(3, 5, 70), (130, 9, 3)])  # 2 x 1 and 1 x 2 GEMM tiles
+@pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
+def test_dense_act(rng, n, i, o, activation):
+    x = rng.standard_normal((n, i)).astype(F32)
+    w = rng.standard_normal((i, o)).astype(F32)
+    bias, scale, shift = (rng.standard_normal(o).astype(F32) for _ in range(3))
+    out = np.full((n, o), np.nan, F32)
+    assert_close(*both("dense_act", [out], x, w, bias, scale, shift, activation, 0.3), SUM_RTOL, SUM_ATOL)
+
+
+def test_fold_adjoint_weights(rng):
+    """BatchNorm's per-channel affine folded into a transposed convolution's GEMM weights and bias."""
+    kernel = rng.standard_normal((3, 2, 4, 5)).astype(F32)  # (kh, kw, out, in)
+    bias, shift = rng.standard_normal(4).astype(F32), rng.standard_normal(4).astype(F32)
+    scale = rng.uniform(0.5, 2, 4).astype(F32)
+    w2, b2 = np.full((5, 3 * 2 * 4 + 2), np.nan, F32), np.full(4, np.nan, F32)
+    ref, got = both("fold_adjoint_weights", [w2, b2], kernel, bias, scale, shift)
+    assert_close(ref, got)
+    assert not np.isnan(got[0]).any() and not got[0][:, 24:].any()  # padding columns are zeros
+    with pytest.raises(ValueError, match="does not fit"):
+        gpu.fold_adjoint_weights(dev(w2[:, :20]), dev(b2), dev(kernel), dev(bias), dev(scale), dev(shift))
+
+
 # ---------------------------------------------------------------- whole layers through the dispatch point
 
 def on_device(layer):
@@ -423,7 +492,6 @@ def on_device(layer):
 
 def run_chain(backend, x, dy):
     """Conv2D(relu) -> LeakyReLU -> Flatten -> Dense -> Sigmoid, forward and backward on `backend`."""
-    base._SHARED.clear()  # the shared work buffers belong to the backend that allocated them
     with kernels.using(backend):
         layers = [Conv2D(3, 4, 3, 2, activation="relu", rng=np.random.default_rng(0)), LeakyReLU(0.3),
                   Flatten(), Dense(36, 5, rng=np.random.default_rng(1)), Sigmoid()]
@@ -436,7 +504,6 @@ def run_chain(backend, x, dy):
         for layer in reversed(layers):
             g = layer.backward(g)
         grads = [kernels.to_host(v) for layer in layers for v in layer.grads.values()]
-    base._SHARED.clear()
     return [y, *grads]
 
 
@@ -451,7 +518,6 @@ def test_conv_input_gradient_and_batchnorm_on_device_match_cpu(rng, which):
     x = rng.standard_normal((2, 4, 4, 3)).astype(F32)
     out = {}
     for backend in ("cpu", "cuda"):
-        base._SHARED.clear()
         with kernels.using(backend):
             layer = Conv2D(3, 4, 3, 2, rng=np.random.default_rng(0)) if which == "conv_dx" else BatchNorm(3)
             if backend == "cuda":
@@ -460,7 +526,6 @@ def test_conv_input_gradient_and_batchnorm_on_device_match_cpu(rng, which):
             y_host = kernels.to_host(y)
             dx = layer.backward(kernels.from_host(np.ascontiguousarray(y_host[::-1])))
             out[backend] = [y_host, kernels.to_host(dx), *(kernels.to_host(g) for g in layer.grads.values())]
-        base._SHARED.clear()
     assert_close(out["cpu"], out["cuda"], SUM_RTOL, SUM_ATOL)
 
 
@@ -475,7 +540,6 @@ def test_whole_training_step_on_device_matches_cpu(rng):
     eps = rng.standard_normal((2, 3)).astype(F32)
     runs = {}
     for backend in ("cpu", "cuda"):
-        base._SHARED.clear()
         with kernels.using(backend):
             vae = VAE(cfg, seed=0)
             terms = vae.forward_backward(x, eps)
@@ -485,7 +549,6 @@ def test_whole_training_step_on_device_matches_cpu(rng):
             params = {k: kernels.to_host(v) for k, v in vae.params().items()}
             state = {k: kernels.to_host(v) for k, v in vae.state().items()}
             runs[backend] = terms, grads, norm, params, state, held_out
-        base._SHARED.clear()
     (t0, g0, n0, p0, s0, e0), (t1, g1, n1, p1, s1, e1) = runs["cpu"], runs["cuda"]
     scale = max(float(np.max(np.abs(g))) for g in g0.values())
     for k in g0:

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from scratchvae import kernels
+from scratchvae import kernels, threads
 from scratchvae.kernels import cpu, reference
+from scratchvae.kernels.cpu import fused, schedule
+from scratchvae.kernels.workspace import Workspace
 from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, same_padding
 
 F32 = np.float32
@@ -76,9 +78,9 @@ def test_conv_transpose_act(rng, monkeypatch, n, h, w, c, k, s, split):
     """The fused inference transposed convolution, its work split across the cores (by images, or
     by bands of output rows for small batches) or, where BLAS's threads cannot be set, not split."""
     if split:
-        monkeypatch.setattr(cpu, "MIN_BAND_ROWS", 1)  # several bands even on these small images
+        monkeypatch.setattr(schedule, "MIN_BAND_ROWS", 1)  # several bands even on these small images
     else:
-        monkeypatch.setattr(cpu.threads, "on_each_core", lambda fn, workers: False)
+        monkeypatch.setattr(threads, "on_each_core", lambda fn, workers: False)
     o = 4
     x = rng.standard_normal((n, h, w, c)).astype(F32)
     w2 = rng.standard_normal((c, k * k * o + 3)).astype(F32)
@@ -262,13 +264,77 @@ def test_batchnorm_statistics_closed_form(backend, rng):
     np.testing.assert_allclose(y_inf, (x - mm) / np.sqrt(mv + 1e-3) * [2.0, 0.5] + [0.1, -0.2], rtol=1e-10)
 
 
-def test_dispatch_switches_backend():
+def test_dispatch_switches_backend(monkeypatch):
     previous = kernels.active_name()
+    seen = []
+    monkeypatch.setattr(reference, "gather_taps", lambda *args: seen.append(args))
     with kernels.using("numpy") as active:
-        assert active is reference and kernels.gather_taps is reference.gather_taps
+        assert active is reference and kernels.backend() is reference and kernels.active_name() == "numpy"
+        kernels.gather_taps("cols", "x", 1, 2, 1, [0], [0])
+    assert seen == [("cols", "x", 1, 2, 1, [0], [0])]  # the dispatch function called the reference's
     assert kernels.active_name() == previous
     with pytest.raises(ValueError, match="unknown kernel backend"):
         kernels.use("tpu")
+
+
+def test_workspace_grows_only_when_too_small():
+    made = []
+
+    def empty(shape, dtype):
+        made.append(shape)
+        return np.empty(shape, dtype)
+
+    ws = Workspace(empty)
+    a = ws.buffer("cols", (4, 5), F32)
+    assert a.shape == (4, 5) and a.dtype == F32 and a.flags.c_contiguous and made == [(20,)]
+    b = ws.buffer("cols", (3, 2), F32)  # smaller: a view of the same memory, nothing allocated
+    assert made == [(20,)] and np.shares_memory(a, b)
+    c = ws.buffer("cols", (7, 3), F32)  # larger: grown once
+    assert made == [(20,), (21,)] and not np.shares_memory(a, c)
+    other = ws.buffer("other", (2,), F32)
+    wide = ws.buffer("cols", (2,), np.float64)  # another key or dtype: a buffer of its own
+    assert not np.shares_memory(other, c) and not np.shares_memory(wide, c) and len(made) == 4
+    ws.clear()
+    ws.buffer("cols", (2,), F32)
+    assert len(made) == 5
+
+
+def test_workspace_without_allocator_uses_the_active_backend():
+    ws = Workspace()
+    with kernels.using("numpy"):
+        a = ws.buffer("k", (3,), F32)
+    with kernels.using("cpu"):
+        b = ws.buffer("k", (3,), F32)
+    assert isinstance(a, np.ndarray) and not np.shares_memory(a, b)  # one buffer per backend's allocator
+
+
+@pytest.mark.parametrize("n", [1, 9])  # bands of one image; whole images
+def test_fused_cpu_ops_take_the_callers_workspace(rng, monkeypatch, n):
+    """conv_transpose_act and dense_act take their scratch from the `ws` they are given (else from
+    the module's WORKSPACE), with the same result either way."""
+    monkeypatch.setattr(schedule, "MIN_BAND_ROWS", 1)
+    fallback = []
+    monkeypatch.setattr(fused, "WORKSPACE", Workspace(lambda shape, dtype: fallback.append(shape) or
+                                                      np.empty(shape, dtype)))
+    x = rng.standard_normal((n, 4, 3, 5)).astype(F32)
+    w2 = rng.standard_normal((5, 3 * 3 * 4 + 2)).astype(F32)
+    bias = rng.standard_normal(4).astype(F32)
+    xd, w = rng.standard_normal((n, 6)).astype(F32), rng.standard_normal((6, 200)).astype(F32)
+    vecs = [rng.standard_normal(200).astype(F32) for _ in range(3)]
+    results = []
+    for ws in (None, Workspace(lambda shape, dtype: given.append(shape) or np.empty(shape, dtype))):
+        given = []
+        y, yd = np.full((n, 8, 6, 4), np.nan, F32), np.full((n, 200), np.nan, F32)
+        cpu.conv_transpose_act(y, x, w2, bias, 3, 3, 2, 0, 0, "sigmoid", 1.0, ws=ws)
+        convs = len(given)
+        cpu.dense_act(yd, xd, w, *vecs, "leaky", 0.3, ws=ws)
+        results.append((y, yd))
+        if ws is None:
+            assert fallback and not given
+        else:
+            assert convs > 0 and len(given) > convs  # each op took its buffers from ws
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_on_each_core_runs_every_worker_and_restores_blas_threads():

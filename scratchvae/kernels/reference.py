@@ -175,14 +175,16 @@ def _activate(y, activation, alpha):
         raise ValueError(f"unknown activation {activation!r}")
 
 
-def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0):
-    """y = act((x @ w + bias) * scale + shift), y (N, O): a Dense layer, then an inference BatchNorm."""
+def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
+    """y = act((x @ w + bias) * scale + shift), y (N, O): a Dense layer, then an inference BatchNorm.
+    ws (a Workspace) is accepted for the common signature and ignored: the reference allocates freely."""
     y[...] = (x @ w + bias) * scale + shift
     _activate(y, activation, alpha)
 
 
-def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0):
-    """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding)."""
+def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None):
+    """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding).
+    ws (a Workspace) is accepted for the common signature and ignored: the reference allocates freely."""
     cols = x.reshape(-1, x.shape[3]) @ w2
     col2im_act(y, cols, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
 

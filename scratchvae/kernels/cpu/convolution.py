@@ -1,0 +1,95 @@
+"""Convolution gathers and scatters on the CPU (NHWC): im2col by taps, phase scatter, col2im.
+
+cols rows are output pixels (n, p, q), columns (tap, channel). Every kernel is a gather or writes
+disjoint slices, parallel over (image, row): never a += into a slot two iterations share.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from scratchvae.kernels.cpu.jit import FASTMATH
+# A small reshuffle of the weights: the reference code is the CPU code.
+from scratchvae.kernels.reference import gather_weights  # noqa: F401
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
+    n, h, w, c = x.shape
+    th, tw = offs_h.size, offs_w.size
+    for r in prange(n * ho):
+        b = r // ho
+        p = r - b * ho
+        for q in range(wo):
+            row = r * wo + q
+            for t in range(th):
+                hh = p * stride + offs_h[t]
+                for u in range(tw):
+                    ww = q * stride + offs_w[u]
+                    base = (t * tw + u) * c
+                    if hh >= 0 and hh < h and ww >= 0 and ww < w:
+                        for ch in range(c):
+                            cols[row, base + ch] = x[b, hh, ww, ch]
+                    else:
+                        for ch in range(c):
+                            cols[row, base + ch] = 0
+
+
+def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
+    """cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x."""
+    _gather_taps(cols, x, ho, wo, stride, np.asarray(offs_h, np.int64), np.asarray(offs_w, np.int64))
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _scatter_phase(x, part, stride, a, b):
+    n, h, w, c = x.shape
+    hm = (h - a + stride - 1) // stride
+    wm = (w - b + stride - 1) // stride
+    for r in prange(n * hm):
+        img = r // hm
+        m = r - img * hm
+        for mm in range(wm):
+            src = r * wm + mm
+            for ch in range(c):
+                x[img, stride * m + a, stride * mm + b, ch] = part[src, ch]
+
+
+def scatter_phase(x, part, stride, a, b):
+    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map."""
+    _scatter_phase(x, part, stride, a, b)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo):
+    """x[n,h,w,c] = sum of the cols entries that im2col copied from (h, w): a gather, no races."""
+    n, h, w, c = x.shape
+    for r in prange(n * h):
+        b = r // h
+        hh = r - b * h
+        for ww in range(w):
+            for ch in range(c):
+                x[b, hh, ww, ch] = 0
+            for i in range(kh):
+                t = hh + pad_top - i
+                if t < 0 or t % stride != 0:
+                    continue
+                p = t // stride
+                if p >= ho:
+                    continue
+                for j in range(kw):
+                    u = ww + pad_left - j
+                    if u < 0 or u % stride != 0:
+                        continue
+                    q = u // stride
+                    if q >= wo:
+                        continue
+                    row = (b * ho + p) * wo + q
+                    base = (i * kw + j) * c
+                    for ch in range(c):
+                        x[b, hh, ww, ch] += cols[row, base + ch]
+
+
+def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
+    """x[n,h,w,c] = sum over (p,q,i,j) with stride*p+i-pad_top = h, stride*q+j-pad_left = w of
+    cols[(n,p,q), (i,j,c)], with Ho = ceil(H / stride): a gather, parallel over output rows."""
+    ho, wo = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
+    _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo)

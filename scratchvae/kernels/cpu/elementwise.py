@@ -1,0 +1,104 @@
+"""Elementwise CPU kernels: per-channel bias, ReLU, LeakyReLU and sigmoid, forward and backward.
+
+Each `prange` iteration writes its own element or row. 2-D arrays are (rows, channels) views of
+NHWC activations; the activations run over the flat array. Scalars are cast to the array dtype.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from scratchvae.kernels.cpu.jit import FASTMATH
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _affine(y, x, scale, shift):
+    """y[m, c] = x[m, c] * scale[c] + shift[c]."""
+    m, c = x.shape
+    for r in prange(m):
+        for ch in range(c):
+            y[r, ch] = x[r, ch] * scale[ch] + shift[ch]
+
+
+def add_bias(y, b):
+    """y[m, c] += b[c]."""
+    ones = np.ones_like(b)
+    _affine(y, y, ones, b)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _bias_relu(y, b):
+    """y[m, c] = max(y[m, c] + b[c], 0)."""
+    m, c = y.shape
+    for r in prange(m):
+        for ch in range(c):
+            v = y[r, ch] + b[ch]
+            y[r, ch] = v if v > 0 else 0
+
+
+def bias_relu(y, b):
+    """y[m, c] = max(y[m, c] + b[c], 0)."""
+    _bias_relu(y, b)
+
+
+def _flat(a):
+    return a.reshape(-1)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _leaky(y, x, alpha):
+    for i in prange(x.size):
+        v = x[i]
+        y[i] = v if v > 0 else v * alpha
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _leaky_back(dx, dy, x, alpha):
+    for i in prange(x.size):
+        dx[i] = dy[i] if x[i] > 0 else dy[i] * alpha
+
+
+def leaky_forward(y, x, alpha):
+    """y = x if x > 0 else alpha * x."""
+    _leaky(_flat(y), _flat(x), x.dtype.type(alpha))
+
+
+def leaky_backward(dx, dy, x, alpha):
+    """dx = dy if x > 0 else alpha * dy."""
+    _leaky_back(_flat(dx), _flat(dy), _flat(x), dy.dtype.type(alpha))
+
+
+def relu_forward(y, x):
+    """y = max(x, 0): LeakyReLU with slope 0."""
+    _leaky(_flat(y), _flat(x), x.dtype.type(0))
+
+
+def relu_backward(dx, dy, y):
+    """dx = dy * (y > 0)."""
+    _leaky_back(_flat(dx), _flat(dy), _flat(y), dy.dtype.type(0))
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sigmoid(y, x, one):
+    for i in prange(x.size):
+        v = x[i]
+        if v >= 0:
+            y[i] = one / (one + np.exp(-v))
+        else:
+            e = np.exp(v)
+            y[i] = e / (one + e)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _sigmoid_back(dx, dy, y, one):
+    for i in prange(y.size):
+        dx[i] = dy[i] * y[i] * (one - y[i])
+
+
+def sigmoid_forward(y, x):
+    """y = 1 / (1 + exp(-x)), written to avoid overflow for large |x|."""
+    _sigmoid(_flat(y), _flat(x), x.dtype.type(1))
+
+
+def sigmoid_backward(dx, dy, y):
+    """dx = dy * y * (1 - y)."""
+    _sigmoid_back(_flat(dx), _flat(dy), _flat(y), y.dtype.type(1))

@@ -1,0 +1,171 @@
+"""Fused inference on the CPU: a GEMM, then col2im (or a per-column affine) plus bias and activation
+written in the same pass. BatchNorm's moving statistics arrive folded into the weights and bias.
+
+Activations: None, "leaky" (x if x > 0 else alpha*x) or "sigmoid". The work is cut by schedule.py.
+Scratch cols come from a Workspace: the caller's `ws`, else this module's WORKSPACE.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from scratchvae.kernels.cpu import schedule
+from scratchvae.kernels.cpu.arrays import empty
+from scratchvae.kernels.cpu.jit import FASTMATH
+# A small per-call weight fold: the reference code is the CPU code.
+from scratchvae.kernels.reference import fold_adjoint_weights  # noqa: F401
+from scratchvae.kernels.workspace import Workspace
+
+# The cols buffers when the caller passes no workspace: one per worker, kept at their largest size.
+WORKSPACE = Workspace(empty)
+
+_ACTIVATIONS = {None: 0, "leaky": 1, "sigmoid": 2}
+
+
+def _act_code(activation):
+    """The code _activate takes for `activation` (None, "leaky" or "sigmoid")."""
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}")
+    return _ACTIVATIONS[activation]
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _activate(v, act, alpha):
+    """In place over a 1-D slice: act 0 none, 1 leaky (v if v > 0 else alpha*v), 2 sigmoid."""
+    one = v.dtype.type(1)
+    if act == 1:
+        for i in range(v.size):
+            v[i] = v[i] if v[i] > 0 else v[i] * alpha
+    elif act == 2:
+        for i in range(v.size):
+            if v[i] >= 0:
+                v[i] = one / (one + np.exp(-v[i]))
+            else:
+                e = np.exp(v[i])
+                v[i] = e / (one + e)
+
+
+# ---------------------------------------------------------------- col2im + bias + activation
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r0, r1, p0):
+    """Rows r0..r1 (of the N*H output rows) of col2im plus bias and an activation (act 0 none, 1 leaky,
+    2 sigmoid), in one pass. src_h[h, i] is the input row p that tap i brings to output row h, or -1
+    (src_w likewise for columns): the geometry worked out once per call, no divisions per pixel.
+    cols holds input rows from p0 on (a band of one image when p0 > 0)."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = src_h.shape[1], src_w.shape[1]
+    for r in range(r0, r1):
+        b = r // h
+        hh = r - b * h
+        for ww in range(w):
+            for ch in range(c):
+                x[b, hh, ww, ch] = bias[ch]
+            for i in range(kh):
+                p = src_h[hh, i]
+                if p < 0:
+                    continue
+                for j in range(kw):
+                    q = src_w[ww, j]
+                    if q < 0:
+                        continue
+                    row = (b * ho + p - p0) * wo + q
+                    base = (i * kw + j) * c
+                    for ch in range(c):
+                        x[b, hh, ww, ch] += cols[row, base + ch]
+            _activate(x[b, hh, ww], act, alpha)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _col2im_act(x, cols, src_h, src_w, ho, wo, bias, act, alpha):
+    for r in prange(x.shape[0] * x.shape[1]):
+        _col2im_act_rows(x, cols, src_h, src_w, ho, wo, bias, act, alpha, r, r + 1, 0)
+
+
+def _sources(size, k, stride, pad):
+    """src[h, i] = p where stride*p + i - pad = h and 0 <= p < ceil(size / stride), else -1."""
+    t = np.arange(size)[:, None] + pad - np.arange(k)[None, :]
+    p = t // stride
+    ok = (t >= 0) & (t % stride == 0) & (p < -(-size // stride))
+    return np.where(ok, p, -1).astype(np.int64)
+
+
+def _col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alpha):
+    act = _act_code(activation)
+    h, w = x.shape[1], x.shape[2]
+    return (_sources(h, kh, stride, pad_top), _sources(w, kw, stride, pad_left), -(-h // stride), -(-w // stride),
+            bias, act, x.dtype.type(alpha))
+
+
+def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None, alpha=1.0):
+    """x = act(col2im(cols) + bias[c]); act None, "leaky" (x if x > 0 else alpha*x) or "sigmoid".
+    Columns of cols past KH*KW*C are padding and ignored."""
+    _col2im_act(x, cols, *_col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alpha))
+
+
+def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None):
+    """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding).
+    The work is cut into pieces (a few images, or bands of output rows when there are few images)
+    that the cores take in turn, each running a single-threaded GEMM and col2im pass per piece.
+    ws: the Workspace for each worker's cols (None: this module's WORKSPACE)."""
+    ws = WORKSPACE if ws is None else ws
+    n, h, w, c = x.shape
+    args = _col2im_act_args(y, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
+    src_h, width = args[0], w2.shape[1]
+    image_bytes = h * w * width * w2.dtype.itemsize
+    cores = schedule.workers()
+    tasks = schedule.images_or_bands(n, y.shape[1], image_bytes, cores)
+
+    def do(k, t):
+        sl, r0, r1 = tasks[t]
+        if r1 is None:  # all rows of the images in sl
+            p0, p1, r1 = 0, h, (sl.stop - sl.start) * y.shape[1]
+        else:  # the input rows that reach output rows r0..r1
+            rows = src_h[r0:r1][src_h[r0:r1] >= 0]
+            p0, p1 = (int(rows.min()), int(rows.max()) + 1) if rows.size else (0, 0)
+        cols = ws.buffer(("conv_transpose_act", k), ((sl.stop - sl.start) * (p1 - p0) * w, width), w2.dtype)
+        np.matmul(x[sl, p0:p1].reshape(-1, c), w2, out=cols)
+        _col2im_act_rows(y[sl], cols, *args, r0, r1, p0)
+
+    if schedule.in_turn(len(tasks), do, cores):
+        return
+    for sl in schedule.image_steps(n, image_bytes):  # one core, or no say over BLAS's threads
+        cols = ws.buffer(("conv_transpose_act", 0), ((sl.stop - sl.start) * h * w, width), w2.dtype)
+        np.matmul(x[sl].reshape(-1, c), w2, out=cols)  # threaded GEMM, then a parallel loop
+        _col2im_act(y[sl], cols, *args)
+
+
+# ---------------------------------------------------------------- GEMM + per-column affine + activation
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _affine_act_columns(y, t, bias, scale, shift, j0, act, alpha):
+    """y[m, j0 + j] = act((t[m, j] + bias[j0 + j]) * scale[j0 + j] + shift[j0 + j])."""
+    for m in range(t.shape[0]):
+        row = y[m, j0:j0 + t.shape[1]]
+        for j in range(t.shape[1]):
+            row[j] = (t[m, j] + bias[j0 + j]) * scale[j0 + j] + shift[j0 + j]
+        _activate(row, act, alpha)
+
+
+def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
+    """y = act((x @ w + bias) * scale + shift), y (N, O): blocks of columns that the cores take in
+    turn, each a single-threaded GEMM and one pass (a threaded GEMM here would leave OpenBLAS's
+    workers spinning into the transposed convolutions that follow). ws: the Workspace for the
+    products (None: this module's WORKSPACE)."""
+    ws = WORKSPACE if ws is None else ws
+    act, alpha = _act_code(activation), y.dtype.type(alpha)
+    n, o = x.shape[0], w.shape[1]
+    dtype = np.result_type(x.dtype, w.dtype)  # what x @ w would give
+    cores = schedule.workers()
+    block = schedule.column_block(o, cores)
+
+    def do(k, t):
+        j0 = t * block
+        wj = w[:, j0:j0 + block]
+        product = ws.buffer(("dense_act", k), (n, wj.shape[1]), dtype)
+        np.matmul(x, wj, out=product)
+        _affine_act_columns(y, product, bias, scale, shift, j0, act, alpha)
+
+    if not schedule.in_turn(-(-o // block), do, cores):
+        product = ws.buffer(("dense_act", 0), (n, o), dtype)
+        np.matmul(x, w, out=product)
+        _affine_act_columns(y, product, bias, scale, shift, 0, act, alpha)

@@ -1,0 +1,61 @@
+"""How the CPU's fused inference ops split their work across cores: pieces the cores take in turn.
+
+Each piece runs a single-threaded GEMM and its epilogue on one core (see threads.on_each_core for
+why not a threaded GEMM, then a parallel loop); a core slowed by another job simply takes fewer.
+"""
+
+import itertools
+
+from numba import get_num_threads
+
+from scratchvae import threads
+
+TASKS_PER_CORE = 4  # pieces of work per core, taken in turn: a core slowed by another job takes fewer
+MIN_BAND_ROWS = 32  # a band's GEMM also covers the input rows it shares with its neighbours: keep that small
+CORE_COLS_BYTES = 24 * 2 ** 20  # one worker's cols per GEMM: a few images, or one large one
+
+
+def workers():
+    """The number of cores the CPU kernels use (Numba's thread count)."""
+    return get_num_threads()
+
+
+def images_or_bands(n, out_rows, image_bytes, cores):
+    """Pieces (images, r0, r1) of a batch of n images: whole images (r1 None), a few per piece within
+    CORE_COLS_BYTES of cols (image_bytes each), when there are TASKS_PER_CORE pieces per core; else
+    bands [r0, r1) of each image's out_rows output rows, MIN_BAND_ROWS at least."""
+    pieces = cores * TASKS_PER_CORE
+    if n >= pieces:
+        step = max(1, min(CORE_COLS_BYTES // image_bytes, n // pieces))
+        return [(slice(i, min(n, i + step)), 0, None) for i in range(0, n, step)]
+    bands = max(1, min(-(-pieces // n), out_rows // MIN_BAND_ROWS))
+    return [(slice(i, i + 1), b * out_rows // bands, (b + 1) * out_rows // bands)
+            for i in range(n) for b in range(bands)]
+
+
+def image_steps(n, image_bytes):
+    """Slices of the batch with at most CORE_COLS_BYTES of cols each (one image at least)."""
+    step = max(1, CORE_COLS_BYTES // image_bytes)
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def column_block(columns, cores):
+    """Columns per piece of a (N, columns) output: TASKS_PER_CORE pieces per core, 64 columns at least."""
+    return max(64, -(-columns // (cores * TASKS_PER_CORE)))
+
+
+def in_turn(count, do, cores):
+    """do(k, t) for every task t < count on `cores` threads (k: the thread, e.g. for its own buffers)
+    that take the tasks in turn, BLAS single-threaded meanwhile. Returns False, and runs nothing,
+    with one core or where threads.on_each_core cannot set BLAS's threads."""
+    if cores < 2:
+        return False
+    counter = itertools.count()
+
+    def work(k):
+        for t in iter(counter.__next__, None):
+            if t >= count:
+                return
+            do(k, t)
+
+    return threads.on_each_core(work, cores)

@@ -1,0 +1,149 @@
+"""Convolution gathers and scatters on CUDA (NHWC): im2col by taps, phase scatter, col2im, and the
+phase weights of a conv adjoint. Every kernel is a gather or writes disjoint elements: no atomics.
+
+Small index vectors (tap offsets) are uploaded once per distinct value and cached on the device.
+"""
+
+import functools
+
+import numpy as np
+from numba import cuda
+
+from scratchvae.kernels.cuda import launch as launching  # its MAX_BLOCKS, read at call time
+from scratchvae.kernels.cuda.arrays import is_device_array
+from scratchvae.kernels.cuda.launch import THREADS, launch
+
+
+@functools.lru_cache(maxsize=512)
+def _ints_on_device(values):
+    return cuda.to_device(np.asarray(values or (0,), dtype=np.int64))
+
+
+def _ints(values):
+    """Small index vectors (tap offsets) as cached device arrays: uploaded once per distinct value."""
+    if is_device_array(values):
+        return values
+    return _ints_on_device(tuple(int(v) for v in values))
+
+
+@cuda.jit(cache=True)
+def _gather_taps(cols, x, ho, wo, stride, offs_h, offs_w, tw):
+    """cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x.
+
+    blockIdx.z is the image and blockIdx.y the tap (t, u), so each element costs two integer
+    divisions rather than six; consecutive threads take consecutive channels (coalesced)."""
+    _, h, w, c = x.shape
+    img = cuda.blockIdx.z
+    tu = cuda.blockIdx.y
+    t = tu // tw
+    oh = offs_h[t]
+    ow = offs_w[tu - t * tw]
+    col0 = tu * c
+    row0 = img * ho * wo
+    for i in range(cuda.blockIdx.x * cuda.blockDim.x + cuda.threadIdx.x, ho * wo * c,
+                   cuda.gridDim.x * cuda.blockDim.x):
+        pq = i // c
+        ch = i - pq * c
+        p = pq // wo
+        hh = p * stride + oh
+        ww = (pq - p * wo) * stride + ow
+        if hh >= 0 and hh < h and ww >= 0 and ww < w:
+            cols[row0 + pq, col0 + ch] = x[img, hh, ww, ch]
+        else:
+            cols[row0 + pq, col0 + ch] = 0
+
+
+def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
+    """cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x."""
+    th, tw = len(offs_h), len(offs_w)
+    if tuple(cols.shape) != (x.shape[0] * ho * wo, th * tw * x.shape[3]):
+        raise ValueError(f"gather_taps: cols {tuple(cols.shape)} does not fit x {tuple(x.shape)}")
+    n = x.shape[0]
+    if cols.size == 0:
+        return
+    if n > 65535:
+        raise ValueError(f"gather_taps: {n} images in one call; at most 65535 (the grid's z limit)")
+    per_image = max(1, 4 * launching.MAX_BLOCKS // (th * tw * n))  # a few waves of blocks in all
+    grid = (max(1, min(-(-ho * wo * x.shape[3] // THREADS), per_image)), th * tw, n)
+    _gather_taps[grid, THREADS](cols, x, ho, wo, stride, _ints(offs_h), _ints(offs_w), tw)
+
+
+@cuda.jit(cache=True)
+def _scatter_phase(x, part, stride, a, b, hm, wm):
+    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]."""
+    c = part.shape[1]
+    for i in range(cuda.grid(1), part.size, cuda.gridsize(1)):
+        src = i // c
+        ch = i - src * c
+        img = src // (hm * wm)
+        mm = src - img * (hm * wm)
+        m = mm // wm
+        m2 = mm - m * wm
+        x[img, stride * m + a, stride * m2 + b, ch] = part[src, ch]
+
+
+def scatter_phase(x, part, stride, a, b):
+    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map."""
+    n, h, w, c = x.shape
+    hm, wm = -(-(h - a) // stride), -(-(w - b) // stride)
+    if tuple(part.shape) != (n * hm * wm, c):
+        raise ValueError(f"scatter_phase: part {tuple(part.shape)} does not fit x {tuple(x.shape)}")
+    launch(_scatter_phase, part.size, x, part, stride, a, b, hm, wm)
+
+
+@cuda.jit(cache=True)
+def _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo, zero):
+    """x[n,h,w,c] = sum of the cols entries that im2col copied from (h, w): a gather, no races."""
+    _, h, w, c = x.shape
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        ch = i % c
+        rest = i // c
+        ww = rest % w
+        rest = rest // w
+        hh = rest % h
+        img = rest // h
+        acc = zero
+        for ki in range(kh):
+            t = hh + pad_top - ki
+            if t < 0 or t % stride != 0 or t // stride >= ho:
+                continue
+            p = t // stride
+            for kj in range(kw):
+                u = ww + pad_left - kj
+                if u < 0 or u % stride != 0 or u // stride >= wo:
+                    continue
+                acc += cols[(img * ho + p) * wo + u // stride, (ki * kw + kj) * c + ch]
+        x[img, hh, ww, ch] = acc
+
+
+def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
+    """x[n,h,w,c] = sum over (p,q,i,j) with stride*p+i-pad_top = h, stride*q+j-pad_left = w of
+    cols[(n,p,q), (i,j,c)], with Ho = ceil(H / stride): a gather, one thread per element of x."""
+    n, h, w, c = x.shape
+    ho, wo = -(-h // stride), -(-w // stride)
+    if tuple(cols.shape) != (n * ho * wo, kh * kw * c):
+        raise ValueError(f"col2im: cols {tuple(cols.shape)} does not fit x {tuple(x.shape)}")
+    launch(_col2im, x.size, x, cols, kh, kw, stride, pad_top, pad_left, ho, wo, x.dtype.type(0))
+
+
+@cuda.jit(cache=True)
+def _gather_weights(wsub, kernel, taps_h, taps_w, tw):
+    """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]."""
+    c = kernel.shape[2]
+    o = kernel.shape[3]
+    for i in range(cuda.grid(1), wsub.size, cuda.gridsize(1)):
+        row = i // c
+        ch = i - row * c
+        tu = row // o
+        oo = row - tu * o
+        t = tu // tw
+        u = tu - t * tw
+        wsub[row, ch] = kernel[taps_h[t], taps_w[u], ch, oo]
+
+
+def gather_weights(wsub, kernel, taps_h, taps_w):
+    """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of conv_adjoint."""
+    c, o = kernel.shape[2], kernel.shape[3]
+    if tuple(wsub.shape) != (len(taps_h) * len(taps_w) * o, c):
+        raise ValueError(f"gather_weights: wsub {tuple(wsub.shape)} does not fit kernel {tuple(kernel.shape)}")
+    launch(_gather_weights, wsub.size, wsub, kernel, _ints(taps_h), _ints(taps_w), len(taps_w))
