@@ -62,20 +62,56 @@ def rank_pid(out, rank):
     raise AssertionError(f"no rank {rank} of the job in {out}")
 
 
-def assert_close_runs(a_dir, b_dir, tol=1e-5):
-    """Parameters, BatchNorm statistics and Adam moments within tol; the same epochs and steps."""
+# How far apart two float32 runs of TINY may end, as a fraction of how far training moved the reference
+# run (parameters and BatchNorm statistics from their initial values; Adam's moments from zero). Two runs
+# with the same math that differ only in float32 summation order do not stay within rounding of each
+# other: an activation computed within rounding of a LeakyReLU/ReLU kink takes the other slope in one of
+# them (one element's gradient scaled by 1 or 0.3), and a gradient that is exactly zero in exact
+# arithmetic (a ReLU convolution's bias on a channel active over the whole batch, which BatchNorm then
+# cancels) is rounding noise that Adam scales to steps of about lr with an arbitrary sign. Measured over
+# 60 seeds x 10 steps of this config on synthetic faces: one process against the same batches with their
+# rows permuted (the same math, another order) ends up to 0.043 apart in parameters, 0.0024 in
+# statistics, 0.023 in moments (median 3e-6); two ranks against one process up to 0.035 (through this CLI,
+# 24 seeds: 0.026, and the loss history up to 6e-4 relative). A real defect is far above: BatchNorm on
+# each rank's own rows 0.30-0.67, the heads' gradients left unaveraged 0.18-0.42 (every seed).
+RUN_DISTANCE = 0.1
+HISTORY_RTOL = 5e-3
+
+
+def run_distance(a, b, keys, origin):
+    """||a - b|| / ||b - origin|| over the arrays named in keys (float64 sums)."""
+    apart = sum(float(((a[k].astype(np.float64) - b[k]) ** 2).sum()) for k in keys)
+    moved = sum(float(((b[k].astype(np.float64) - origin.get(k, 0.0)) ** 2).sum()) for k in keys)
+    return (apart / moved) ** 0.5
+
+
+def assert_close_runs(a_dir, b_dir):
+    """Run a ends where the reference run b does, up to the float32 noise of two equal computations
+    (RUN_DISTANCE): parameters, BatchNorm statistics, Adam moments; the same epochs and steps."""
     a, a_arrays, a_meta = VAE.load(a_dir / "checkpoint.npz", with_extras=True)
     b, b_arrays, b_meta = VAE.load(b_dir / "checkpoint.npz", with_extras=True)
     assert sorted(a_arrays) == sorted(b_arrays)
-    for name in a_arrays:
-        np.testing.assert_allclose(a_arrays[name], b_arrays[name], rtol=0, atol=tol, err_msg=name)
     assert (a_meta["epoch"], a_meta["step"]) == (b_meta["epoch"], b_meta["step"])
-    for ra, rb in zip(a_meta["history"], b_meta["history"]):
+    np.testing.assert_array_equal(a_arrays["adam/t"], b_arrays["adam/t"])
+    start = VAE(b.config, seed=b_meta["train"]["seed"])
+    origin = {**{f"param/{k}": v for k, v in start.params().items()},
+              **{f"state/{k}": v for k, v in start.state().items()}}
+    for group in ("param/", "state/", "adam/m.", "adam/v."):
+        keys = [k for k in b_arrays if k.startswith(group)]
+        assert keys, group
+        distance = run_distance(a_arrays, b_arrays, keys, origin)
+        assert distance < RUN_DISTANCE, (group, distance)
+    for ra, rb in zip(a_meta["history"], b_meta["history"], strict=True):
         for key in ("train_total", "val_total", "val_mse"):
-            assert ra[key] == pytest.approx(rb[key], rel=1e-4), key
+            assert ra[key] == pytest.approx(rb[key], rel=HISTORY_RTOL), key
 
 
 def test_two_ranks_stop_resume_and_equal_one_process(tmp_path):
+    """A 2-rank job stopped by Ctrl-C and resumed ends where one process trained on the same global
+    batches ends, up to float32 noise (RUN_DISTANCE; the exact equality is the float64 test below).
+    In float32 this config's default seed puts one activation of encoder.bn_1 at +2.7e-8 in one process
+    and -2.2e-8 over two ranks at step 3: LeakyReLU's slope differs there, that channel's gradients by
+    10 %, and parameters end 3e-4 apart (3e-6 elsewhere), so an element-wise 1e-5 failed by chance."""
     out = tmp_path / "two"
     proc = start_mpi(out, "--epochs", "400")
     try:
@@ -182,9 +218,8 @@ if comm.rank == 0:
 @pytest.mark.parametrize("ranks", [3, 4])
 def test_the_math_is_exact_in_float64_at_any_rank_count(ranks):
     """In float64 three steps over K ranks (gradients, weights, statistics) equal one process to
-    1e-12 (in float32, Adam turns the
-    rounding of gradients that nearly cancel into visible differences within a few steps, more of
-    them the more ranks split the batch: the CLI test above runs two ranks)."""
+    1e-12 (in float32 the rounding differs with the summation order, and a kink of (Leaky)ReLU or a
+    gradient that is exactly zero turns it into visible differences: see RUN_DISTANCE)."""
     assert MPIEXEC
     done = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-c", FLOAT64_STEPS], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
