@@ -19,6 +19,7 @@ from scratchvae.evaluation import distances, measure, report, source
 from scratchvae.evaluation.features import FeatureModel
 from scratchvae.model import VAE
 from scratchvae.prefetch import ImageReader
+from scratchvae.training import batchnorm
 
 
 def build_parser():
@@ -45,6 +46,10 @@ def build_parser():
     p.add_argument("--cache-dir", help="where decoded images are cached (default: the user cache folder)")
     p.add_argument("--threads", type=int, help="threads for Numba, BLAS and onnxruntime (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--bn-batches", type=int, default=0,
+                   help="first measure every BatchNorm's exact statistics over this many batches of the run's "
+                        "training images (on its own data), as training does after each epoch; for checkpoints "
+                        "trained with Keras' moving averages only (default 0: use the checkpoint's statistics)")
     return p
 
 
@@ -71,6 +76,19 @@ def feature_distances(model, real, fake):
             "frechet_distance": distances.frechet_distance_of_features(real, fake),
             "kid": mean, "kid_std": std, "kid_subset_size": size,
             "kid_subsets": 1 if size == len(real) == len(fake) else distances.KID_SUBSETS}
+
+
+def precise_statistics(vae, meta, chosen, reader, n_batches, quiet):
+    """Replace the checkpoint's BatchNorm statistics by exact ones over the run's training images."""
+    if n_batches < 0:
+        raise UserError(f"--bn-batches {n_batches} must be zero or more")
+    if chosen.train_idx is None:
+        raise UserError("--bn-batches measures on the run's own training images: evaluate its held-out split "
+                        "(its own --data)")
+    s = meta["train"]
+    seen = batchnorm.measure(vae, reader, chosen.train_idx, s["seed"], int(meta.get("epoch", 1)) - 1,
+                             s["batch_size"], n_batches, progress=not quiet)
+    print(f"BatchNorm statistics measured on {seen} training images", file=sys.stderr)
 
 
 def check_writable(args):
@@ -104,6 +122,8 @@ def run(args):
     if features is not None and n < 2:
         raise UserError("--features needs at least 2 images to fit a Gaussian; raise --n or add images")
     reader = ImageReader(chosen.pixels)
+    if args.bn_batches:
+        precise_statistics(vae, meta, chosen, reader, args.bn_batches, args.quiet)
 
     def read(start, stop):
         return reader.read(chosen.idx[start:stop])

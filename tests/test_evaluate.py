@@ -242,3 +242,33 @@ def test_json_is_strict_and_output_folders_are_made(run, tmp_path, capsys):
     blocked.write_text("x")
     assert evaluate.main([str(run["root"] / "checkpoint.npz"), "--report", str(blocked / "sub"), "--quiet"]) == 2
     assert "cannot create" in _one_line_error(capsys)
+
+
+def test_bn_batches_measures_the_statistics_training_would_have(tmp_path):
+    """A run trained with Keras' moving averages only, evaluated with --bn-batches N, gives exactly
+    the numbers of the same run trained with N precise batches after its last epoch: the same
+    weights, and the same training batches and noise for the measurement."""
+    from scratchvae import train
+    tiny = ["--image-size", "16", "--filters", "4", "--blocks", "2", "--z-dim", "4", "--batch-size", "8",
+            "--limit", "64", "--epochs", "2", "--quiet"]
+    assert train.main([*tiny, "--bn-batches", "0", "--out", str(tmp_path / "keras")]) == 0
+    assert train.main([*tiny, "--bn-batches", "3", "--out", str(tmp_path / "precise")]) == 0
+    common = ["--quiet", "--cache-dir", str(tmp_path / "cache")]
+    results = {}
+    for name, extra in (("keras", []), ("keras+bn", ["--bn-batches", "3"]), ("precise", [])):
+        path = tmp_path / f"{name}.json"
+        ckpt = tmp_path / name.split("+")[0] / "checkpoint.npz"
+        assert evaluate.main([str(ckpt), *common, *extra, "--json", str(path)]) == 0
+        results[name] = json.loads(path.read_text())
+    assert results["keras+bn"]["z_sampled"] == results["precise"]["z_sampled"]
+    assert results["keras+bn"]["z_mean"] == results["precise"]["z_mean"]
+    assert results["keras"]["z_mean"] != results["precise"]["z_mean"]
+
+
+def test_bn_batches_needs_the_runs_own_training_images(run, tmp_path, capsys):
+    other = tmp_path / "other"
+    make_images(other, 6)
+    code = evaluate.main([str(run["root"] / "checkpoint.npz"), "--data", str(other), "--bn-batches", "2", "--quiet",
+                          "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: --bn-batches") and "training images" in err[-1]

@@ -30,6 +30,7 @@ class Chosen:
     split: str  # "held-out" or "all"
     crop: str | None  # None for the synthetic faces
     notes: list = field(default_factory=list)  # one-line remarks for the console
+    train_idx: np.ndarray | None = None  # the run's training images (held-out split only)
 
 
 def choose(meta, image_size, data_path=None, split=None, limit=None, crop=None, n=None, cache_dir=None,
@@ -95,8 +96,8 @@ def _held_out(s, meta, image_size, source, limit, crop, cache_dir, quiet, notes)
             notes.append(f"note: {source} now gives {len(pixels)} images, the run was trained on {meta['images']}: "
                          f"this held-out split is not exactly the run's")
         notes += _size_note(source, found.names, image_size, crop)
-    _, val_idx = data.split_indices(len(pixels), s["val_fraction"], s["batch_size"], s["seed"], partition)
-    return Chosen(pixels, val_idx, source or SYNTHETIC, "held-out", crop, notes)
+    train_idx, val_idx = data.split_indices(len(pixels), s["val_fraction"], s["batch_size"], s["seed"], partition)
+    return Chosen(pixels, val_idx, source or SYNTHETIC, "held-out", crop, notes, train_idx)
 
 
 def _everything(s, meta, image_size, source, limit, crop, same, cache_dir, quiet, notes):
