@@ -10,7 +10,6 @@ fsynced, and only then is the array renamed into place.
 
 from __future__ import annotations
 
-import errno
 import json
 import multiprocessing
 import os
@@ -31,7 +30,6 @@ from scratchvae import atomic
 CHUNK = 256  # images per unit of work, of progress and of the checksum
 PARALLEL_MIN = 2048  # fewer images than this are decoded in this process: starting workers costs ~1 s
 CHECKSUM = "crc32-per-256-rows"  # the sidecar's name for what its "chunks" list holds
-FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def partial_files(npy: Path) -> tuple[Path, Path]:
@@ -60,7 +58,7 @@ def build(npy: Path, names: list[str], decode, shape: tuple, progress: bool = Tr
                 try:
                     os.posix_fallocate(f.fileno(), 0, os.path.getsize(part))
                 except OSError as e:
-                    if e.errno in FULL_DISK:
+                    if e.errno in atomic.FULL_OR_READ_ONLY:
                         remove(part)
                         raise
         atomic.write_bytes(record, (json.dumps(header) + "\n").encode())
@@ -93,7 +91,7 @@ def build(npy: Path, names: list[str], decode, shape: tuple, progress: bool = Tr
             finally:
                 _Chunks.current = None
     except BaseException as e:
-        if done and not (isinstance(e, OSError) and e.errno in FULL_DISK):
+        if done and not (isinstance(e, OSError) and e.errno in atomic.FULL_OR_READ_ONLY):
             count = sum(min(n, (k + 1) * CHUNK) - k * CHUNK for k in done)
             sys.stderr.write(f"\nstopped after decoding {count:,} of {n:,} images; they are kept in {part}, "
                              f"and the same command continues from there\n")

@@ -8,12 +8,10 @@ N. Batches become float32 in [0, 1] only when they are used.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import json
 import os
-import shutil
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -234,7 +232,7 @@ def _read_cache(stem: Path, src: _Source, names: list[str], reader) -> ImageSet 
             return None
         images = np.load(npy, mmap_mode="r", allow_pickle=False)
     except OSError as e:
-        raise DataError(f"cannot check the image cache {npy} ({_why(e, npy.parent)}); pass cache_dir= a "
+        raise DataError(f"cannot check the image cache {npy} ({atomic.why_failed(e, npy.parent)}); pass cache_dir= a "
                         f"writable folder, or delete the cache") from None
     except (ValueError, KeyError, TypeError):
         return None
@@ -295,22 +293,11 @@ def _build(src: _Source, names: list[str], reader, stem: Path, progress: bool,
         atomic.write_bytes(meta, json.dumps(info).encode())
         cache.install(npy)
     except OSError as e:
-        if e.errno in cache.FULL_DISK:
+        if e.errno in atomic.FULL_OR_READ_ONLY:
             cache.remove(*cache.partial_files(npy))
-        raise DataError(f"cannot write the image cache beside {npy} ({_why(e, npy.parent)}); pass cache_dir= a "
+        raise DataError(f"cannot write the image cache beside {npy} ({atomic.why_failed(e, npy.parent)}); pass cache_dir= a "
                         f"writable folder with room for {len(names) * reader.size ** 2 * 3:,} bytes") from None
     return ImageSet(np.load(npy, mmap_mode="r", allow_pickle=False), kept, partition, skipped)
-
-
-def _why(e: OSError, folder: Path) -> str:
-    """An OSError's reason, with the folder's free space when the disk is full or read-only."""
-    why = e.strerror or str(e)
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-        try:
-            why += f", {shutil.disk_usage(folder).free:,} bytes free in {folder}"
-        except OSError:
-            pass
-    return why
 
 
 def verify_cache(images: np.ndarray) -> None:
