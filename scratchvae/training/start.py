@@ -52,6 +52,6 @@ def check(s, args, comm):
         raise UserError(f"--batch-size {s.batch_size} does not split evenly over {comm.size} ranks: "
                         f"use a multiple of {comm.size}")
     if s.data is not None and not os.path.exists(s.data):
-        raise UserError(f"--data {s.data}: no such file or folder; pass a folder of images, a .zip of images, "
+        raise UserError(f"{s.data}: no such file or folder; pass --data a folder of images, a .zip of images, "
                         f"or CelebA's folder")
     return epochs
