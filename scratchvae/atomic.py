@@ -2,11 +2,14 @@
 
 Bytes go to a temporary file in the same folder (named TMP_PREFIX + 8 random characters + the
 final name), are fsynced, then renamed into place. A run killed mid-write leaves only such a
-temporary file; `is_temp_name` recognises one, so the next run can remove it.
+temporary file; `is_temp_name` recognises one, so the next run can remove it. `why_failed` says
+why a write failed, with the free space when the disk is full or read-only.
 """
 
+import errno
 import os
 import re
+import shutil
 import tempfile
 
 TMP_PREFIX = ".tmp-"
@@ -45,6 +48,20 @@ def write_bytes(path, data):
             os.close(dir_fd)
     except OSError:
         pass  # some file systems cannot fsync a directory; the rename is still atomic
+
+
+FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def why_failed(e, folder):
+    """An OSError's reason in words; for a full or read-only disk, with the free space in `folder`."""
+    why = e.strerror or str(e)
+    if e.errno in FULL_OR_READ_ONLY:
+        try:
+            why += f", {shutil.disk_usage(folder).free / 1e6:,.1f} MB free in {folder}"
+        except OSError:
+            pass
+    return why
 
 
 def is_temp_name(name):

@@ -1,8 +1,9 @@
 """Image folders, zips and CelebA's layout turned into uint8 NHWC arrays, cached as .npy.
 
-Each image is decoded once with Pillow (to RGB, square crop, resize), in worker processes for big
-sets (see scratchvae/cache.py), and the result is memory-mapped on later runs; batches become
-float32 in [0, 1] only when they are used.
+Each image is decoded once with Pillow (EXIF rotation applied, to RGB, square crop, resize), in
+worker processes for big sets (see scratchvae/cache.py); later runs check the cache's chunk
+checksums, rebuild damaged chunks, and memory-map it. A cache of N images serves any --limit up to
+N. Batches become float32 in [0, 1] only when they are used.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import hashlib
 import io
 import json
 import os
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from scratchvae import atomic, cache
 from scratchvae.errors import UserError
@@ -28,7 +30,7 @@ MAX_FILE_BYTES = 512 << 20  # zip members are read whole; a bigger one is skippe
 # Content formats Pillow may use, whatever the suffix says (a downloaded ".jpg" is often WebP).
 # Others (EPS runs Ghostscript, exotic scientific formats) are never tried on untrusted files.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
-FORMAT_VERSION = 2  # bump when decoding changes, so old caches are not reused (2: only FORMATS)
+FORMAT_VERSION = 3  # bump when decoding changes, so old caches are not reused (2: only FORMATS, 3: EXIF)
 CELEBA_DIR, CELEBA_ZIP = "img_align_celeba", "img_align_celeba.zip"
 CELEBA_PARTITION = "list_eval_partition.txt"
 
@@ -66,11 +68,13 @@ def load_images(source, image_size: int = 128, crop: str = "center", limit: int 
     if len(names) < min_count:
         raise DataError(f"{src.path}: {len(names)} image files are too few, at least {min_count} are needed; "
                         f"add images" + (" or raise the limit" if limit else "") + " or lower the batch size")
+    # One cache per source, size and crop: a --limit takes its first rows (see _read_cache).
     key = hashlib.sha256(json.dumps(
-        [FORMAT_VERSION, str(src.path), src.fingerprint, int(image_size), crop, limit]).encode()).hexdigest()
+        [FORMAT_VERSION, str(src.path), src.fingerprint, int(image_size), crop]).encode()).hexdigest()
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     stem = folder / f"{_safe(src.path.name)}-{image_size}px-{crop}-{key[:16]}"
-    cached = _read_cache(stem)
+    reader = _Reader(src.root, src.zip_path, int(image_size), crop)
+    cached = _read_cache(stem, src, names, reader)
     if cached is not None:
         return cached
     try:
@@ -78,7 +82,7 @@ def load_images(source, image_size: int = 128, crop: str = "center", limit: int 
     except OSError as e:
         raise DataError(f"cannot create cache folder {folder} ({e.strerror}); "
                         f"pass cache_dir= a writable folder") from e
-    return _build(src, names, int(image_size), crop, stem, progress, workers)
+    return _build(src, names, reader, stem, progress, workers)
 
 
 def default_cache_dir() -> Path:
@@ -211,67 +215,107 @@ def _read_partition(path: Path) -> dict[str, int] | None:
     return out
 
 
-def _read_cache(stem: Path) -> ImageSet | None:
-    """The cached ImageSet, or None when it is missing or does not match its sidecar."""
+def _read_cache(stem: Path, src: _Source, names: list[str], reader) -> ImageSet | None:
+    """The cached ImageSet of `names` (the first len(names) of the source's), its damaged chunks
+    decoded again first; None when there is no usable cache of at least these names."""
     npy, meta = _cache_files(stem)
     if not (npy.is_file() and meta.is_file()):
         return None
     try:
         info = json.loads(meta.read_text())
+        kept, count, shape = info["names"], info["count"], tuple(info["shape"])
+        if (info.get("version") != FORMAT_VERSION or info.get("checksum") != cache.CHECKSUM
+                or len(kept) != count or info["covers"] < len(names)):
+            return None
+        bad = cache.damaged_chunks(npy, count, shape, info["chunks"])
+        if bad and not _repair(npy, info, bad, reader):
+            return None
         images = np.load(npy, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError):
+    except OSError as e:
+        raise DataError(f"cannot check the image cache {npy} ({atomic.why_failed(e, npy.parent)}); pass cache_dir= a "
+                        f"writable folder, or delete the cache") from None
+    except (ValueError, KeyError, TypeError):
         return None
-    if info.get("version") != FORMAT_VERSION or not images.shape[0] == len(info["names"]) == info.get("count"):
-        return None
-    part = info["partition"]
-    return ImageSet(images, info["names"], None if part is None else np.array(part, np.int8),
-                    [tuple(s) for s in info["skipped"]])
+    # The first rows are the images among the first len(names) files: the kept names keep their order.
+    wanted = set(names)
+    n = count if len(names) == info["covers"] else sum(1 for name in kept if name in wanted)
+    skipped = [tuple(s) for s in info["skipped"] if s[0] in wanted]
+    return ImageSet(images if n == count else images[:n], kept[:n], src.partition(kept[:n]), skipped)
 
 
-def _build(src: _Source, names: list[str], size: int, crop: str, stem: Path, progress: bool,
+def _repair(npy: Path, info: dict, bad: list[int], reader) -> bool:
+    """Decode the damaged chunks again from the source into the cache; False when they then differ
+    from what was cached (the source changed: build afresh). A file that cannot be read now is a
+    DataError: the chunk cannot be rebuilt."""
+    sys.stderr.write(f"{npy}: {len(bad)} chunk(s) of {cache.CHUNK} images do not match their checksum "
+                     f"(chunk {', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}); "
+                     f"decoding them again from {info['source']}\n")
+
+    def rows_of_chunk(k):
+        rows = []
+        for name in info["names"][k * cache.CHUNK:(k + 1) * cache.CHUNK]:
+            img, why = reader(name)
+            if img is None:
+                raise DataError(f"{npy}: chunk {k} is damaged and cannot be rebuilt, {name} is unreadable now "
+                                f"({why}); restore the images or delete the cache to build it from what is left")
+            rows.append(img)
+        return np.stack(rows)
+
+    got = cache.rewrite_chunks(npy, bad, rows_of_chunk)
+    if got == [info["chunks"][k] for k in bad]:
+        return True
+    sys.stderr.write(f"{npy}: the images decode differently from when the cache was built; building it again\n")
+    return False
+
+
+def _build(src: _Source, names: list[str], reader, stem: Path, progress: bool,
            workers: int | None = None) -> ImageSet:
     """Decode names into the cache (in worker processes, resuming an interrupted build), then
     write its sidecar and move the array into place."""
     npy, meta = _cache_files(stem)
-    reader = _Reader(src.root, src.zip_path, size, crop)
+    shape = (reader.size, reader.size, 3)
     try:
-        kept_idx, skipped_idx, checksum = cache.build(npy, names, reader, (size, size, 3), progress,
-                                                      f"decoding {src.path.name}", workers)
+        kept_idx, skipped_idx = cache.build(npy, names, reader, shape, progress, f"decoding {src.path.name}",
+                                            workers)
+        skipped = [(names[i], why) for i, why in skipped_idx]
+        if not kept_idx:
+            cache.remove(*cache.partial_files(npy))
+            first = f"{skipped[0][0]}: {skipped[0][1]}"
+            raise DataError(f"{src.path}: none of the {len(names)} images could be read (first: {first}); "
+                            f"check the files")
+        kept = [names[i] for i in kept_idx]
+        chunks = cache.finish(npy, kept_idx)
+        partition = src.partition(kept)
+        info = {"version": FORMAT_VERSION, "source": str(src.path), "image_size": reader.size, "crop": reader.crop,
+                "covers": len(names), "count": len(kept), "shape": list(shape), "checksum": cache.CHECKSUM,
+                "chunks": chunks, "names": kept, "skipped": skipped,
+                "partition": None if partition is None else partition.tolist()}
+        atomic.write_bytes(meta, json.dumps(info).encode())
+        cache.install(npy)
     except OSError as e:
-        raise DataError(f"cannot write the image cache beside {npy} ({e.strerror or e}); pass cache_dir= a "
-                        f"writable folder with room for {len(names) * size * size * 3:,} bytes") from e
-    skipped = [(names[i], why) for i, why in skipped_idx]
-    if not kept_idx:
-        cache.remove(*cache.partial_files(npy))
-        first = f"{skipped[0][0]}: {skipped[0][1]}"
-        raise DataError(f"{src.path}: none of the {len(names)} images could be read (first: {first}); "
-                        f"check the files")
-    kept = [names[i] for i in kept_idx]
-    checksum = cache.compact(npy, kept_idx, checksum)
-    partition = src.partition(kept)
-    info = {"version": FORMAT_VERSION, "source": str(src.path), "image_size": size, "crop": crop,
-            "count": len(kept), "checksum": checksum, "names": kept, "skipped": skipped,
-            "partition": None if partition is None else partition.tolist()}
-    atomic.write_bytes(meta, json.dumps(info).encode())
-    cache.install(npy)
+        if e.errno in atomic.FULL_OR_READ_ONLY:
+            cache.remove(*cache.partial_files(npy))
+        raise DataError(f"cannot write the image cache beside {npy} ({atomic.why_failed(e, npy.parent)}); pass cache_dir= a "
+                        f"writable folder with room for {len(names) * reader.size ** 2 * 3:,} bytes") from None
     return ImageSet(np.load(npy, mmap_mode="r", allow_pickle=False), kept, partition, skipped)
 
 
 def verify_cache(images: np.ndarray) -> None:
-    """Check a cached array against the image count and checksum recorded beside it; DataError if not."""
+    """Check a cached array against the count and chunk checksums recorded beside it, without
+    repairing anything; DataError if they differ."""
     path = Path(getattr(images, "filename", "") or "")
     meta = path.with_suffix(".json")
     try:
         info = json.loads(meta.read_text())
     except (OSError, ValueError) as e:
         raise DataError(f"{meta}: cannot read the cache's record ({e}); delete the cache to rebuild it") from None
-    if images.shape[0] != info.get("count"):
-        raise DataError(f"{path}: holds {images.shape[0]} images, its record says {info.get('count')}; "
+    if np.load(path, mmap_mode="r").shape[0] != info.get("count"):
+        raise DataError(f"{path}: holds another number of images than its record's {info.get('count')}; "
                         f"delete it to rebuild")
-    if info.get("checksum") is None:
-        return  # a cache written before checksums were recorded
-    if cache.checksum_of(path) != info["checksum"]:
-        raise DataError(f"{path}: checksum mismatch, the file changed since it was written; delete it to rebuild")
+    bad = [k for k, (a, b) in enumerate(zip(cache.chunk_digests(path), info["chunks"])) if a != b]
+    if bad:
+        raise DataError(f"{path}: checksum mismatch in chunk {bad[0]}, the file changed since it was written; "
+                        f"loading it again rebuilds the damaged chunks")
 
 
 class _Reader:
@@ -323,7 +367,7 @@ def _decode(data, size: int, crop: str) -> tuple[np.ndarray | None, str]:
                 return None, f"{w}x{h} is over the {MAX_PIXELS:,} pixel limit"
             if img.format in ("JPEG", "MPO"):
                 img.draft(None, (2 * size, 2 * size))  # DCT scaling: decode big JPEGs at 1/2..1/8
-            rgb = _to_rgb(img)
+            rgb = _to_rgb(_upright(img))
         if crop == "center":
             w, h = rgb.size
             s = min(w, h)
@@ -338,6 +382,30 @@ def _decode(data, size: int, crop: str) -> tuple[np.ndarray | None, str]:
         return None, "not a JPEG, PNG, WebP, BMP or GIF image"
     except Exception as e:  # noqa: BLE001 - any failure skips just this file, with its reason
         return None, (f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)[:160]
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 upright .. 8); 1 when absent or unreadable (a damaged EXIF
+    block does not make a good picture unusable)."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - any EXIF parsing failure means: no rotation known
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The decoded image turned as its EXIF orientation says (phone photos are stored sideways)."""
+    img.load()
+    return ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+
+
+def upright_size(fp) -> tuple[int, int]:
+    """(width, height) of an image file (path or file object) as it is shown, from its header:
+    swapped when its EXIF orientation turns it by 90 degrees."""
+    with Image.open(fp, formats=FORMATS) as img:
+        w, h = img.size
+        return (h, w) if _orientation(img) in (5, 6, 7, 8) else (w, h)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

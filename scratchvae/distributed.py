@@ -204,10 +204,16 @@ class MPIRanks(Single):
 
 
 def connect(timeout=DEFAULT_TIMEOUT):
-    """The ranks of this job: MPIRanks under mpiexec (mpi4py required)."""
+    """The ranks of this job: MPIRanks under mpiexec (mpi4py required). A job of one rank (started
+    without mpiexec, most likely) trains correctly as one process, so it is said, not refused:
+    scripts that scale a job down to one rank keep working."""
     if not timeout > 0:
         raise UserError(f"--rank-timeout {timeout} must be a positive number of seconds")
-    return MPIRanks(timeout)
+    comm = MPIRanks(timeout)
+    if comm.size == 1:
+        print("note: --distributed with a world size of 1 (started without mpiexec?): training as one process; "
+              "for K ranks run: mpiexec -n K python -m scratchvae.train ... --distributed", file=sys.stderr)
+    return comm
 
 
 class DataParallel:

@@ -286,3 +286,39 @@ def test_batch_to_float_maps_to_unit_range():
     assert y.dtype == np.float32 and y.shape == x.shape
     assert y.min() == 0.0 and y.max() == 1.0
     assert np.allclose(y, x / 255.0, atol=1e-7)
+
+
+# exif_transpose's turn for each EXIF orientation; a stored image is the upright one turned back.
+_STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+           5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+           8: Image.Transpose.ROTATE_270}
+
+
+def test_exif_orientation_is_applied_wherever_an_image_is_read(tmp_path):
+    """A photo stored sideways with its EXIF orientation tag gives the upright picture to training,
+    to `sample`, to `evaluate`'s size note and to decode_image (all go through data.py's reader)."""
+    from scratchvae import sample
+    from scratchvae.evaluation.source import native_size
+    upright = np.random.default_rng(3).integers(0, 256, (12, 20, 3), dtype=np.uint8)  # 20 wide, 12 high
+    root = tmp_path / "photos"
+    root.mkdir()
+    Image.fromarray(upright).save(root / "o0.png")
+    for o in range(1, 9):
+        stored = Image.fromarray(upright)
+        stored = stored.transpose(_STORED[o]) if o in _STORED else stored
+        exif = Image.Exif()
+        exif[0x0112] = o
+        stored.save(root / f"o{o}.png", exif=exif)
+    for crop in ("center", "squash"):
+        s = data.load_images(root, 8, crop=crop, cache_dir=tmp_path / "c", progress=False)
+        want = data.decode_image(root / "o0.png", 8, crop)[0]
+        assert s.names == [f"o{o}.png" for o in range(9)] and not s.skipped
+        for o in range(1, 9):
+            assert np.array_equal(s.images[o], want), (crop, o)
+            assert np.array_equal(data.decode_image(root / f"o{o}.png", 8, crop)[0], want), (crop, o)
+    x = sample.read_images([str(root / f"o{o}.png") for o in range(9)], 8, "center")
+    assert all(np.array_equal(x[o], x[0]) for o in range(1, 9))
+    assert {native_size(root, f"o{o}.png") for o in range(9)} == {(20, 12)}
+    turned = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    turned.save(root / "plain.png")  # no tag: used as stored
+    assert native_size(root, "plain.png") == (12, 20)

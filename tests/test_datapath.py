@@ -3,18 +3,26 @@ interruption and checked by its checksum; batches read ahead by a thread; memory
 batches in flight, not by the size of the set."""
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from scratchvae import cache, data
+from scratchvae import cache, data, train
+from scratchvae.data import CELEBA_PARTITION
 from scratchvae.prefetch import ImageReader, Prefetcher
 
 N = 3000
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +42,15 @@ def test_worker_processes_build_a_verified_cache(many, tmp_path):
     assert np.array_equal(np.asarray(s.images), pixels)
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npy"]
     info = json.loads(next(tmp_path.glob("*.json")).read_text())
-    assert info["count"] == N and info["checksum"].startswith(cache.CHECKSUM + ":")
+    assert info["count"] == N and info["checksum"] == cache.CHECKSUM
+    assert info["chunks"] == [zlib.crc32(pixels[lo:lo + cache.CHUNK].tobytes()) for lo in range(0, N, cache.CHUNK)]
     data.verify_cache(s.images)
     with open(s.images.filename, "r+b") as f:  # one flipped byte in the last image
         f.seek(-1, 2)
         last = f.read(1)
         f.seek(-1, 2)
         f.write(bytes([last[0] ^ 1]))
-    with pytest.raises(data.DataError, match="checksum mismatch"):
+    with pytest.raises(data.DataError, match=f"checksum mismatch in chunk {N // cache.CHUNK}"):
         data.verify_cache(s.images)
 
 
@@ -62,18 +71,25 @@ def test_an_interrupted_build_continues_where_it_stopped(many, tmp_path, monkeyp
     part = next(tmp_path.glob("*.partial.npy"))
     record = part.with_name(part.name.replace(".partial.npy", ".progress"))
     assert len(record.read_text().splitlines()) == 1 + 2  # the header, then two finished chunks
-    # Mark the finished rows: a build that continues keeps them, one that started over would not.
-    rows = np.load(part, mmap_mode="r+")
-    rows[:512] = 7
-    del rows
-    monkeypatch.setattr(data, "_decode", real)
-    s = data.load_images(root, 8, cache_dir=tmp_path, progress=False, workers=2)  # the rest in processes
-    images = np.asarray(s.images)
-    assert (images[:512] == 7).all() and np.array_equal(images[512:], pixels[512:])
+    # Spoil the first 512 files, keeping their size and time (the cache's key): a build that
+    # continues never reads them again, one that started over would skip them.
+    for i in range(512):
+        f = root / f"{i:05d}.png"
+        st = f.stat()
+        f.write_bytes(b"x" * st.st_size)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    try:
+        monkeypatch.setattr(data, "_decode", real)
+        s = data.load_images(root, 8, cache_dir=tmp_path, progress=False, workers=2)  # the rest in processes
+    finally:
+        for i in range(512):
+            f = root / f"{i:05d}.png"
+            st = f.stat()
+            Image.fromarray(pixels[i]).save(f, compress_level=0)
+            os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert np.array_equal(np.asarray(s.images), pixels) and not s.skipped
     assert not part.exists() and not record.exists()
-    # The checksum holds what was decoded, so it also catches the rows changed behind its back.
-    with pytest.raises(data.DataError, match="checksum mismatch"):
-        data.verify_cache(s.images)
+    data.verify_cache(s.images)
 
 
 def test_reader_and_prefetcher_give_the_batches_in_order(many, tmp_path):
@@ -147,3 +163,169 @@ def test_reading_every_batch_keeps_memory_bounded(tmp_path):
     expected = float(((np.arange(n) % 251).astype(np.float64) / 255).sum() * 64 * 64 * 3)
     assert result["seen"] == n and result["total"] == pytest.approx(expected, rel=1e-6)
     assert result["growth"] < 64 << 20, result  # a batch is 6 MB as float32; the cache 400 MB
+
+
+# ------------------------------------------------------------------ a damaged cache
+
+M = 600  # three chunks: 256, 256 and 88 images
+
+
+@pytest.fixture(scope="module")
+def few(tmp_path_factory):
+    """600 random 8x8 PNGs, decoded in this process (fewer than cache.PARALLEL_MIN)."""
+    root = tmp_path_factory.mktemp("few") / "imgs"
+    root.mkdir()
+    pixels = np.random.default_rng(8).integers(0, 256, (M, 8, 8, 3), dtype=np.uint8)
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(root / f"{i:05d}.png", compress_level=0)
+    return root, pixels
+
+
+def counting(monkeypatch):
+    """Replace the decoder with one that counts the images it decodes."""
+    real, calls = data._decode, []
+
+    def count(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(data, "_decode", count)
+    return calls
+
+
+def zero_chunk(path, row_bytes):
+    a = np.load(path, mmap_mode="r+")
+    a[cache.CHUNK:2 * cache.CHUNK] = 0
+    a.flush()
+
+
+def flip_byte(path, row_bytes):
+    with open(path, "r+b") as f:
+        f.seek(-row_bytes * 10, 2)  # inside the last chunk
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x40]))
+
+
+def truncate(path, row_bytes):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - row_bytes * 100)  # the last chunk and 12 rows of the middle one
+
+
+def zero_header(path, row_bytes):
+    with open(path, "r+b") as f:
+        f.write(b"\0" * (128 + row_bytes))  # the .npy header (128 bytes here) and the first row
+
+
+@pytest.mark.parametrize("damage, rebuilt", [(zero_chunk, [1]), (flip_byte, [2]), (truncate, [1, 2]),
+                                             (zero_header, [0])])
+def test_damaged_chunks_are_rebuilt_and_only_they(few, tmp_path, monkeypatch, capsys, damage, rebuilt):
+    root, pixels = few
+    s = data.load_images(root, 8, cache_dir=tmp_path, progress=False)
+    path = s.images.filename
+    del s
+    damage(path, 8 * 8 * 3)
+    calls = counting(monkeypatch)
+    s = data.load_images(root, 8, cache_dir=tmp_path, progress=False)
+    assert np.array_equal(np.asarray(s.images), pixels)
+    assert len(calls) == sum(min(M, (k + 1) * cache.CHUNK) - k * cache.CHUNK for k in rebuilt)
+    err = capsys.readouterr().err
+    assert f"{path}: {len(rebuilt)} chunk(s)" in err and f"chunk {', '.join(map(str, rebuilt))})" in err
+    data.verify_cache(s.images)
+
+
+def test_a_deleted_sidecar_rebuilds_the_cache(few, tmp_path, monkeypatch):
+    root, pixels = few
+    s = data.load_images(root, 8, cache_dir=tmp_path, progress=False)
+    Path(s.images.filename).with_suffix(".json").unlink()
+    calls = counting(monkeypatch)
+    s = data.load_images(root, 8, cache_dir=tmp_path, progress=False)
+    assert len(calls) == M and np.array_equal(np.asarray(s.images), pixels)
+    data.verify_cache(s.images)
+
+
+def test_a_chunk_that_cannot_be_rebuilt_is_exit_2(few, tmp_path, capsys):
+    root, pixels = few
+    work = tmp_path / "imgs"
+    shutil.copytree(root, work)
+    s = data.load_images(work, 8, cache_dir=tmp_path / "c", progress=False)
+    zero_chunk(s.images.filename, 0)
+    victim = work / f"{cache.CHUNK + 3:05d}.png"  # in the damaged chunk; same size and time: same cache key
+    st = victim.stat()
+    victim.write_bytes(b"x" * st.st_size)
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(data.DataError, match=f"chunk 1 is damaged and cannot be rebuilt, {victim.name}"):
+        data.load_images(work, 8, cache_dir=tmp_path / "c", progress=False)
+    args = ["--image-size", "8", "--filters", "4", "--blocks", "2", "--z-dim", "4", "--batch-size", "16",
+            "--quiet", "--epochs", "1", "--data", str(work), "--cache-dir", str(tmp_path / "c"),
+            "--out", str(tmp_path / "o")]
+    assert train.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "cannot be rebuilt" in err[-1]
+    assert not (tmp_path / "o" / "checkpoint.npz").exists()
+
+
+KILLED = """
+import sys, time
+from scratchvae import data
+real = data._decode
+def slow(*a):
+    time.sleep(0.004)
+    return real(*a)
+data._decode = slow
+data.load_images(sys.argv[1], 8, cache_dir=sys.argv[2], progress=False, workers=1)
+"""
+
+
+def test_a_builder_killed_mid_chunk_continues_from_the_chunks_that_match(few, tmp_path, monkeypatch):
+    """SIGKILL while a chunk is being decoded, then (as a power loss could) a recorded chunk's rows
+    lost: the next build keeps the recorded chunks that still match and decodes the rest."""
+    root, pixels = few
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(root), str(tmp_path)], cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            record = next(tmp_path.glob("*.progress"), None)
+            if record is not None and len(record.read_text().splitlines()) >= 3:  # header and two chunks
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "the builder never finished two chunks"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    part = next(tmp_path.glob("*.partial.npy"))
+    recorded = len(record.read_text().splitlines()) - 1
+    assert 2 <= recorded < 3, "killed after the whole build"
+    rows = np.load(part, mmap_mode="r+")
+    rows[:cache.CHUNK] = 0  # chunk 0's rows never reached the disk
+    rows.flush()
+    del rows
+    calls = counting(monkeypatch)
+    s = data.load_images(root, 8, cache_dir=tmp_path, progress=False, workers=1)
+    assert np.array_equal(np.asarray(s.images), pixels)
+    assert len(calls) == M - cache.CHUNK  # chunk 1 kept; chunks 0 and 2 decoded
+    data.verify_cache(s.images)
+
+
+def test_a_cache_serves_any_smaller_limit_as_a_cache_built_for_it(few, tmp_path, monkeypatch):
+    root, pixels = few
+    work = tmp_path / "imgs"
+    shutil.copytree(root, work)
+    (work / "00010.png").write_bytes(b"not an image")  # skipped, inside every limit below
+    (work / "00400.png").write_bytes(b"")  # skipped beyond limit 300
+    (work / CELEBA_PARTITION).write_text("".join(f"{i:05d}.png {int(i >= 280) + int(i >= 450)}\n"
+                                                 for i in range(M)))
+    whole = data.load_images(work, 8, cache_dir=tmp_path / "shared", progress=False)
+    assert len(whole) == M - 2
+    for limit in (300, 256, 11, M):
+        own = data.load_images(work, 8, cache_dir=tmp_path / f"own{limit}", progress=False, limit=limit)
+        monkeypatch.setattr(data, "_decode", None)  # the shared cache must not decode anything
+        got = data.load_images(work, 8, cache_dir=tmp_path / "shared", progress=False, limit=limit)
+        monkeypatch.undo()
+        assert np.array_equal(np.asarray(got.images), np.asarray(own.images)) and got.names == own.names
+        assert got.skipped == own.skipped and len(got) == len(own)
+        assert np.array_equal(got.partition, own.partition) if own.partition is not None else got.partition is None
+        assert isinstance(got.images, np.memmap) and ImageReader(got.images).path is not None
+    assert len(list((tmp_path / "shared").iterdir())) == 2  # one .npy and its .json

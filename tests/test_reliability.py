@@ -308,16 +308,122 @@ def test_huge_learning_rate_diverges_at_the_same_step_every_time(tmp_path, capsy
         assert not (tmp_path / str(attempt) / "checkpoint.npz").exists()
 
 
-def test_a_full_disk_is_one_line_and_keeps_the_checkpoint(tmp_path, capsys, monkeypatch, trained):
+class FailingFile:
+    """A file whose write puts half the bytes down and then fails as a full or read-only disk does."""
+
+    def __init__(self, f, err):
+        self.f, self.err = f, err
+
+    def write(self, data):
+        self.f.write(bytes(data)[:len(data) // 2])
+        raise OSError(self.err, os.strerror(self.err))
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+        return False
+
+
+def fail_writes_to(monkeypatch, suffix, err):
+    """Make every atomic write to a file whose name ends with `suffix` fail with errno `err`."""
+    real = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        f = real(fd, *args, **kwargs)
+        return FailingFile(f, err) if os.readlink(f"/proc/self/fd/{fd}").endswith(suffix) else f
+
+    monkeypatch.setattr(atomic.os, "fdopen", fdopen)
+
+
+def assert_full_disk_line(capsys, folder, err):
+    line = one_line_error(capsys)
+    assert f"into {folder} ({os.strerror(err)}, " in line and f"MB free in {folder})" in line, line
+
+
+@pytest.mark.parametrize("target,err", [("checkpoint.npz", errno.ENOSPC), ("samples.png", errno.EDQUOT),
+                                        ("metrics.csv", errno.EROFS), ("checkpoint.npz", errno.EROFS)])
+def test_a_full_or_read_only_disk_is_one_line_and_keeps_the_files(tmp_path, capsys, monkeypatch, trained,
+                                                                   target, err):
     out = copy_run(trained, tmp_path / "run")
-
-    def full(path, data):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(atomic, "write_bytes", full)
+    before = (out / target).read_bytes()
+    fail_writes_to(monkeypatch, target, err)
     assert train.main([*TINY, "--out", str(out), "--resume", "--epochs", "2"]) == 2
-    assert "No space left on device" in one_line_error(capsys)
+    assert_full_disk_line(capsys, out, err)
+    assert (out / target).read_bytes() == before  # the previous good file
+    assert not [p for p in os.listdir(out) if atomic.is_temp_name(p)]  # its temporary file removed
+    VAE.load(out / "checkpoint.npz")
+
+
+def test_a_full_disk_while_caching_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    bad_folder(tmp_path / "mixed", n_good=40)
+    fail_writes_to(monkeypatch, ".json", errno.EDQUOT)  # the cache's sidecar, its last write
+    cache_dir = tmp_path / "cache"
+    assert train.main([*TINY, "--data", str(tmp_path / "mixed"), "--out", str(tmp_path / "o"), "--cache-dir",
+                       str(cache_dir)]) == 2
+    line = one_line_error(capsys)
+    assert f"cannot write the image cache beside {cache_dir}" in line and os.strerror(errno.EDQUOT) in line
+    assert f"MB free in {cache_dir})" in line
+    assert not list(cache_dir.iterdir()) and not (tmp_path / "o").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MB tmpfs, mounted for the test (root, as in CI's containers)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root (the monkeypatched tests above cover the same paths)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(folder):
+    """Write into `folder` until the disk is full."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+
+
+def test_a_really_full_disk_keeps_the_checkpoint(small_disk, capsys, trained):
+    out = copy_run(trained, small_disk / "run")
+    fill(small_disk)
+    # Not a byte free: refused before training, by the probe write into --out.
+    assert train.main([*TINY, "--out", str(out), "--resume", "--epochs", "2"]) == 2
+    assert f"cannot write to --out {out} (No space left on device, 0.0 MB free" in one_line_error(capsys)
+    # Two pages free: the run starts, and its first checkpoint (tens of kB) does not fit.
+    os.truncate(small_disk / "filler", os.path.getsize(small_disk / "filler") - 8192)
+    assert train.main([*TINY, "--out", str(out), "--resume", "--epochs", "2"]) == 2
+    assert_full_disk_line(capsys, out, errno.ENOSPC)
     assert (out / "checkpoint.npz").read_bytes() == trained[1]
+    assert not [p for p in os.listdir(out) if atomic.is_temp_name(p)]
+
+
+def test_a_really_full_disk_while_caching_leaves_nothing(small_disk, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(400):  # 400 images of 32x32x3: 1.2 MB, more than the disk
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(folder / f"{i:03d}.png")
+    assert train.main([*MODEL, "--image-size", "32", "--batch-size", "16", "--data", str(folder),
+                       "--out", str(tmp_path / "o"), "--cache-dir", str(small_disk / "cache")]) == 2
+    line = one_line_error(capsys)
+    assert "cannot write the image cache" in line and "No space left on device" in line and "MB free" in line
+    assert not list((small_disk / "cache").iterdir())
+
+
+def test_a_read_only_out_is_refused_before_training(small_disk, capsys):
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    assert train.main([*TINY, "--out", str(small_disk / "run")]) == 2
+    line = one_line_error(capsys)
+    assert f"cannot write to --out {small_disk / 'run'} (Read-only file system, " in line and "MB free" in line
 
 
 def test_an_interrupt_while_preparing_leaves_no_half_built_cache(tmp_path, capsys, monkeypatch):

@@ -42,6 +42,10 @@ def test_resume_at_epoch_boundary_is_exact(tmp_path):
             assert np.array_equal(d1[k], d2[k]), k
     rows = list(csv.DictReader(open(split / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    # One column order for the life of a run: the resumed history comes back from JSON sorted by key.
+    header = (split / "metrics.csv").read_text().splitlines()[0]
+    assert header == (straight / "metrics.csv").read_text().splitlines()[0]
+    assert header.startswith("epoch,step,train_total,train_reconstruction,") and header.endswith(",seconds")
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -53,9 +57,10 @@ def test_resume_at_epoch_boundary_is_exact(tmp_path):
     (["--limit", "20"], "too few"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys, extra, message):
-    assert run(tmp_path / "o", *extra) == 2
+    assert run(tmp_path / "o" / "run", *extra) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()  # no --out folder holding only .lock
 
 
 def test_resume_rejects_another_configuration(tmp_path, capsys):

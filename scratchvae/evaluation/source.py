@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from scratchvae import data
 from scratchvae.errors import UserError
@@ -126,11 +125,10 @@ def native_size(source, name):
     path = Path(source)
     try:
         if path.is_dir() and (path / name).is_file():
-            with Image.open(path / name, formats=data.FORMATS) as im:
-                return im.size
+            return data.upright_size(path / name)
         zip_path = path if path.suffix.lower() == ".zip" else path / data.CELEBA_ZIP
-        with zipfile.ZipFile(zip_path) as zf, zf.open(name) as f, Image.open(f, formats=data.FORMATS) as im:
-            return im.size
+        with zipfile.ZipFile(zip_path) as zf, zf.open(name) as f:
+            return data.upright_size(f)
     except Exception:  # noqa: BLE001 - only a remark depends on it
         return None
 

@@ -12,6 +12,7 @@ import numpy as np
 
 from scratchvae import atomic, data
 from scratchvae.errors import UserError
+from scratchvae.training import outdir
 
 # The built-in data set: sized so the no-argument run finishes within 10 minutes on 2 cores.
 SYNTHETIC_COUNT = 1344
@@ -72,7 +73,8 @@ def report_skipped(skipped, out):
         print(f"  {name}: {why}")
     if len(skipped) > SHOW_SKIPPED:
         path = os.path.join(out, "skipped.txt")
-        atomic.write_bytes(path, "".join(f"{n}\t{w}\n" for n, w in skipped).encode())
+        with outdir.writing(out):
+            atomic.write_bytes(path, "".join(f"{n}\t{w}\n" for n, w in skipped).encode())
         print(f"  ... and {len(skipped) - SHOW_SKIPPED} more, all listed in {path}")
 
 

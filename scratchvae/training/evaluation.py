@@ -17,6 +17,11 @@ from scratchvae.training import draws
 
 N_SAMPLES, N_RECON = 64, 8
 AVERAGED = ("total", "reconstruction", "kl", "mse")  # PSNR is not averaged: it is the mean MSE's
+TERMS = (*AVERAGED, "psnr")  # the order of losses.terms
+# metrics.csv's columns for the life of a run: a resumed history comes back from the checkpoint's
+# JSON with its keys sorted, and scripts read the file by position.
+COLUMNS = ("epoch", "step", *(f"train_{k}" for k in TERMS), *(f"val_{k}" for k in TERMS), "images_per_s",
+           "seconds")
 
 
 def held_out(vae, reader, val_idx, s, epoch, comm=None):
@@ -65,9 +70,10 @@ def save_pictures(vae, reader, val_idx, s, history, out):
 
 
 def write_metrics(path, history):
-    """metrics.csv: one row per epoch, columns in the order of the history's rows."""
+    """metrics.csv: one row per epoch, in COLUMNS' order (any other key after them, sorted)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+    writer = csv.DictWriter(buf, fieldnames=[c for c in COLUMNS if c in history[0]]
+                            + sorted(set(history[0]) - set(COLUMNS)))
     writer.writeheader()
     writer.writerows(history)
     atomic.write_bytes(path, buf.getvalue().encode())

@@ -82,6 +82,10 @@ def run(args, comm=None):
                     return stopped_after_epoch(job, epoch, stop, code)
         job.say(f"done: {job.out}/checkpoint.npz, samples.png, reconstructions.png, loss.png, metrics.csv")
         return 0
+    except BaseException:
+        if comm.is_root:
+            outdir.remove_if_unused(held.get("created"), held.get("out"))  # stopped before writing anything
+        raise
     finally:
         if held.get("lock") is not None:
             os.close(held["lock"])  # releases the lock on --out

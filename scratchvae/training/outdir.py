@@ -1,5 +1,6 @@
 """The run folder (--out): its default name, the lock that keeps a second run out of it, the proof
-that it is writable, and the temporary files an interrupted write left in it.
+that it is writable, the temporary files an interrupted write left in it, and its removal when a
+run stopped before writing anything.
 
 Only rank 0 touches the folder. Every file in it is written atomically (scratchvae.atomic).
 """
@@ -37,7 +38,8 @@ def lock_out(out):
         os.makedirs(out, exist_ok=True)
         fd = os.open(os.path.join(out, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as e:
-        raise UserError(f"cannot write to --out {out} ({e.strerror}): choose a folder you can write to") from None
+        raise UserError(f"cannot write to --out {out} ({atomic.why_failed(e, _existing(out))}): choose a folder "
+                        f"you can write to") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -45,6 +47,41 @@ def lock_out(out):
         raise UserError(f"another training run is writing into {out}: let it finish, or choose another --out") \
             from None
     return fd
+
+
+def first_missing(out):
+    """The outermost folder of `out` that does not exist yet (None when `out` exists): what a run
+    that fails before writing anything removes again."""
+    out, missing = os.path.abspath(out), None
+    while not os.path.exists(out):
+        out, missing = os.path.dirname(out), out
+    return missing
+
+
+def remove_if_unused(created, out):
+    """Remove the folders a run created (`created`, from first_missing) when `out` holds nothing but
+    the lock: a run stopped by an argument check leaves no trace."""
+    if created is None or not os.path.isdir(out) or set(os.listdir(out)) - {LOCK_NAME}:
+        return
+    try:
+        if os.path.exists(os.path.join(out, LOCK_NAME)):
+            os.unlink(os.path.join(out, LOCK_NAME))
+        path = os.path.abspath(out)
+        while True:
+            os.rmdir(path)  # only empty folders: anything else written meanwhile stays
+            if path == created:
+                break
+            path = os.path.dirname(path)
+    except OSError:
+        pass
+
+
+def _existing(path):
+    """The nearest folder of `path` that exists (for the free space of a folder not made yet)."""
+    path = os.path.abspath(path)
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return path
 
 
 def prepare_out(out):
@@ -57,7 +94,8 @@ def prepare_out(out):
             f.write(b"ok")
         os.unlink(probe)
     except OSError as e:
-        raise UserError(f"cannot write to --out {out} ({e.strerror}): choose a folder you can write to") from None
+        raise UserError(f"cannot write to --out {out} ({atomic.why_failed(e, _existing(out))}): choose a folder "
+                        f"you can write to") from None
     stale = [name for name in os.listdir(out) if atomic.is_temp_name(name)]
     for name in stale:
         try:
@@ -70,9 +108,11 @@ def prepare_out(out):
 
 @contextlib.contextmanager
 def writing(out):
-    """A failed write (disk full, folder removed) is the environment's problem: one line, exit 2."""
+    """A failed write (disk full or read-only, folder removed) is the environment's problem: one line
+    naming the folder and its free space, exit 2. The write left the previous file in place."""
     try:
         yield
     except OSError as e:
-        raise UserError(f"cannot write into {out} ({e.strerror or e}): free some space or fix the folder; "
-                        f"files already written there are intact") from None
+        raise UserError(f"cannot write into {out} ({atomic.why_failed(e, _existing(out))}): free some space or "
+                        f"fix the folder; the files already there, the last checkpoint included, are intact") \
+            from None

@@ -22,15 +22,15 @@ def prepare(args, comm, held):
     if not args.resume and os.path.isfile(ckpt_path) and not args.overwrite:
         raise UserError(f"{ckpt_path} already holds a checkpoint: pass --resume to continue it, --overwrite to "
                         f"start again, or choose another --out")
+    if not args.resume:
+        check(settings.resolve(args), args, comm)  # before --out is created: a bad flag leaves nothing
+    held["out"], held["created"] = out, outdir.first_missing(out)
     held["lock"] = outdir.lock_out(out)  # kept open (and locked) until the run ends
     saved = progress = None
     if args.resume:
         saved, progress, vae, arrays = resume.load(ckpt_path, held.get("hooks"))
     s = settings.resolve(args, saved)
-    epochs = settings.epochs(args.epochs, s)
-    if s.batch_size % comm.size:
-        raise UserError(f"--batch-size {s.batch_size} does not split evenly over {comm.size} ranks: "
-                        f"use a multiple of {comm.size}")
+    epochs = check(s, args, comm)
     outdir.prepare_out(out)
     adam_t = 0
     if args.resume:
@@ -43,3 +43,15 @@ def prepare(args, comm, held):
         held["vae"], held["opt"], adam_t = vae, opt, opt.t
     return {"out": out, "s": s.to_record(), "epochs": epochs, "adam_t": adam_t,
             "progress": None if progress is None else dataclasses.asdict(progress)}
+
+
+def check(s, args, comm):
+    """The checks of the settings that need no file: the epoch count to reach."""
+    epochs = settings.epochs(args.epochs, s)
+    if s.batch_size % comm.size:
+        raise UserError(f"--batch-size {s.batch_size} does not split evenly over {comm.size} ranks: "
+                        f"use a multiple of {comm.size}")
+    if s.data is not None and not os.path.exists(s.data):
+        raise UserError(f"{s.data}: no such file or folder; pass --data a folder of images, a .zip of images, "
+                        f"or CelebA's folder")
+    return epochs
