@@ -9,7 +9,6 @@ N. Batches become float32 in [0, 1] only when they are used.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
@@ -18,18 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
-from scratchvae import atomic, cache
+from scratchvae import atomic, cache, imagefile
 from scratchvae.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CROPS = ("center", "squash")
-MAX_PIXELS = 64_000_000  # larger images are refused unread: a decompression bomb costs gigabytes
 MAX_FILE_BYTES = 512 << 20  # zip members are read whole; a bigger one is skipped unread
 # Content formats Pillow may use, whatever the suffix says (a downloaded ".jpg" is often WebP).
 # Others (EPS runs Ghostscript, exotic scientific formats) are never tried on untrusted files.
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+FORMATS = imagefile.FORMATS
 FORMAT_VERSION = 3  # bump when decoding changes, so old caches are not reused (2: only FORMATS, 3: EXIF)
 CELEBA_DIR, CELEBA_ZIP = "img_align_celeba", "img_align_celeba.zip"
 CELEBA_PARTITION = "list_eval_partition.txt"
@@ -353,75 +350,13 @@ def _member(zf: zipfile.ZipFile, name: str) -> bytes | Exception:
 
 
 def _decode(data, size: int, crop: str) -> tuple[np.ndarray | None, str]:
-    """One image (a path or bytes) to (size, size, 3) uint8, or (None, why it was skipped)."""
+    """One image (a path, bytes, or the error that kept a zip member from being read) to
+    (size, size, 3) uint8, or (None, why it was skipped)."""
     if isinstance(data, Exception):
         if isinstance(data, _Refused):
             return None, str(data)
         return None, f"cannot read it from the zip ({type(data).__name__}: {data})"[:160]
-    if (len(data) if isinstance(data, bytes) else os.path.getsize(data)) == 0:
-        return None, "empty file (0 bytes)"
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data, formats=FORMATS) as img:
-            w, h = img.size  # known from the header, before any pixel is decoded
-            if w * h > MAX_PIXELS:
-                return None, f"{w}x{h} is over the {MAX_PIXELS:,} pixel limit"
-            if img.format in ("JPEG", "MPO"):
-                img.draft(None, (2 * size, 2 * size))  # DCT scaling: decode big JPEGs at 1/2..1/8
-            rgb = _to_rgb(_upright(img))
-        if crop == "center":
-            w, h = rgb.size
-            s = min(w, h)
-            box = ((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2)
-            rgb = rgb.resize((size, size), Image.LANCZOS, box=box)
-        else:
-            rgb = rgb.resize((size, size), Image.LANCZOS)
-        return np.asarray(rgb, np.uint8), ""
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        return None, f"refused as a decompression bomb ({e})"[:160]
-    except Image.UnidentifiedImageError:
-        return None, "not a JPEG, PNG, WebP, BMP or GIF image"
-    except Exception as e:  # noqa: BLE001 - any failure skips just this file, with its reason
-        return None, (f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)[:160]
-
-
-def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1 upright .. 8); 1 when absent or unreadable (a damaged EXIF
-    block does not make a good picture unusable)."""
-    try:
-        value = img.getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - any EXIF parsing failure means: no rotation known
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
-
-
-def _upright(img: Image.Image) -> Image.Image:
-    """The decoded image turned as its EXIF orientation says (phone photos are stored sideways)."""
-    img.load()
-    return ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
-
-
-def upright_size(fp) -> tuple[int, int]:
-    """(width, height) of an image file (path or file object) as it is shown, from its header:
-    swapped when its EXIF orientation turns it by 90 degrees."""
-    with Image.open(fp, formats=FORMATS) as img:
-        w, h = img.size
-        return (h, w) if _orientation(img) in (5, 6, 7, 8) else (w, h)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Decoded 8-bit RGB: alpha composited on white, 16-bit gray scaled, other modes converted."""
-    img.load()
-    mode = img.mode
-    if mode.startswith("I;16") or mode == "I":
-        # Pillow's convert('L') clips 16-bit values at 255 instead of scaling them.
-        a = np.asarray(img).astype(np.float64)
-        g = np.clip(np.round(a * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-        return Image.fromarray(np.repeat(g[..., None], 3, axis=2), "RGB")
-    if "A" in mode or mode == "PA" or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img if mode == "RGB" else img.convert("RGB")
+    return imagefile.decode(data, size, crop)
 
 
 def decode_image(path, image_size: int, crop: str = "center") -> tuple[np.ndarray | None, str]:
@@ -429,3 +364,8 @@ def decode_image(path, image_size: int, crop: str = "center") -> tuple[np.ndarra
     if crop not in CROPS:
         raise DataError(f"crop mode {crop!r} is not supported; use 'center' or 'squash'")
     return _decode(str(path), int(image_size), crop)
+
+
+def upright_size(fp) -> tuple[int, int]:
+    """(width, height) of an image as it is shown (see scratchvae/imagefile.py)."""
+    return imagefile.upright_size(fp)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scratchvae import data
+from scratchvae import data, imagefile
 from scratchvae.data import DataError, batch_to_float, load_images, split_indices
 
 
@@ -190,7 +190,7 @@ def odd_files(root):
 
 
 def test_odd_files_are_converted_or_skipped_with_reasons(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MAX_PIXELS", 10_000)
+    monkeypatch.setattr(imagefile, "MAX_PIXELS", 10_000)
     bad = odd_files(tmp_path / "odd")
     s = load(tmp_path / "odd", tmp_path, crop="squash")
     assert {name for name, _ in s.skipped} == bad
