@@ -96,8 +96,9 @@ def fix_negative_values(argv, options=("--strengths", "--attribute")):
     """Glue `--strengths -3:3:7` into `--strengths=-3:3:7` so argparse does not read an option."""
     out, i = [], 0
     while i < len(argv):
-        if argv[i] in options and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2] not in ("-", ""):
-            out.append(f"{argv[i]}={argv[i + 1]}")
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if argv[i] in options and value.startswith("-") and value[1:2] not in ("-", ""):
+            out.append(f"{argv[i]}={value}")
             i += 2
         else:
             out.append(argv[i])

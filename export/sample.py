@@ -113,7 +113,8 @@ def identity(*sessions):
 
 
 def _stem(path):
-    return "".join(ch if ch.isalnum() or ch in "_.+-" else "_" for ch in os.path.splitext(os.path.basename(path))[0])[:40]
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "_.+-" else "_" for ch in stem)[:40]
 
 
 def describe(paths):
@@ -149,10 +150,12 @@ def check_args(args):
     if bool(args.vectors) != bool(args.attribute):
         raise SampleError("--vectors and --attribute go together: the vectors file, and the attributes to add")
     if args.image and not args.vectors:
-        raise SampleError("--image names faces to edit with --vectors and --attribute (to reconstruct, use --reconstruct)")
+        raise SampleError("--image names faces to edit with --vectors and --attribute "
+                          "(to reconstruct, use --reconstruct)")
     needs = args.reconstruct or args.interpolate or args.morph or args.image
     if needs and not args.encoder:
-        raise SampleError("encoding images (--reconstruct, --interpolate, --morph, --image) needs --encoder encoder.onnx")
+        raise SampleError("encoding images (--reconstruct, --interpolate, --morph, --image) "
+                          "needs --encoder encoder.onnx")
 
 
 def run(args):

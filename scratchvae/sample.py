@@ -122,7 +122,8 @@ def check_modes(args):
     if len(new) > 1 or (new and old):
         raise UserError(f"{' and '.join(new + old)} make different pictures: run them one at a time")
     if args.image and not args.attribute:
-        raise UserError("--image names faces to edit with --vectors and --attribute (to reconstruct, use --reconstruct)")
+        raise UserError("--image names faces to edit with --vectors and --attribute "
+                        "(to reconstruct, use --reconstruct)")
     if bool(args.vectors) != bool(args.attribute):
         raise UserError("--vectors and --attribute go together: the vectors file, and the attributes to add")
     if (args.n is not None and args.n < 1) or args.steps < 2:

@@ -184,7 +184,8 @@ def test_slerp_ends_at_the_ends_and_keeps_the_norm_of_equal_norm_ends(rng):
     np.testing.assert_allclose(np.linalg.norm(path, axis=1), np.linalg.norm(a), rtol=1e-5)
 
 
-@pytest.mark.parametrize("text,words", [("Smilling", "nearest: Smiling"), ("Blond_Hair+Eyeglases", "nearest: Eyeglasses"),
+@pytest.mark.parametrize("text,words", [("Smilling", "nearest: Smiling"),
+                                        ("Blond_Hair+Eyeglases", "nearest: Eyeglasses"),
                                         ("Bald", "skipped"), ("Smiling++Bald", "joined by + or -")])
 def test_bad_attribute_names_are_refused_on_both_sides(world, text, words):
     found = vectors.load(world["vectors"])
@@ -302,8 +303,8 @@ def test_onnx_sampler_checks_an_identity_in_the_model_metadata(world, tmp_path, 
             model = onnx.load(world[part[:3]])
             model.metadata_props.add(key=edits.IDENTITY_KEY, value=stamp)
             onnx.save(model, str(tmp_path / f"{part}.onnx"))
-        assert onnx_sample.main(["--decoder", str(tmp_path / "decoder.onnx"), "--encoder", str(tmp_path / "encoder.onnx"),
-                                 "--vectors", world["vectors"], "--attribute", "Smiling", "-n", "2",
+        assert onnx_sample.main(["--decoder", str(tmp_path / "decoder.onnx"),
+                                 "--encoder", str(tmp_path / "encoder.onnx"), "--vectors", world["vectors"], "--attribute", "Smiling", "-n", "2",
                                  "--out", str(tmp_path / "out.png"), "--force"]) == rc
     assert "another checkpoint" in capsys.readouterr().err
 
@@ -320,7 +321,8 @@ print(json.dumps({{"rc": rc, "bad": bad}}))
 
 def test_onnx_attribute_rows_need_neither_numba_nor_scratchvae(world, tmp_path):
     args = ["--decoder", world["dec"], "--encoder", world["enc"], "--vectors", world["vectors"], "--attribute",
-            "Smiling-Eyeglasses", "--image", world["files"][0], "--strengths", "-1:1:3", "--out", str(tmp_path / "a.png")]
+            "Smiling-Eyeglasses", "--image", world["files"][0], "--strengths", "-1:1:3",
+            "--out", str(tmp_path / "a.png")]
     proc = subprocess.run([sys.executable, "-c", ONNX_ONLY.format(export=str(EXPORT), args=args)], capture_output=True,
                           text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -113,7 +113,8 @@ def report(accuracy, rates, names):
                      f"{s['true_negative_rate'] or 0:>6.3f} {s['positives']:>5} {s['negatives']:>5}")
     lines.append("share called positive, real -> decoded z -> decoded edited z:")
     for key, r in rates.items():
-        cells = "  ".join(f"{attr} {c['real']:.2f}->{c['before']:.2f}->{c['after']:.2f}" for attr, c in r["shares"].items())
+        cells = "  ".join(f"{attr} {c['real']:.2f}->{c['before']:.2f}->{c['after']:.2f}"
+                          for attr, c in r["shares"].items())
         lines.append(f"  {key:<22} n={r['faces']:<4} {r['edit']:<6} {cells}")
     return "\n".join(lines)
 
