@@ -77,3 +77,38 @@ def test_accuracy_summary_counts_by_hand():
     assert s[0] == {"accuracy": 0.5, "baseline": 0.5, "true_positive_rate": 0.5, "true_negative_rate": 0.5,
                     "positives": 2, "negatives": 2}
     assert s[1]["accuracy"] == 1.0 and s[1]["baseline"] == 0.75 and s[1]["true_positive_rate"] == 1.0
+
+
+class _Decoder:
+    """A stand-in VAE whose decode makes an image from z: top half bright when z[0] > 0."""
+    def decode(self, z):
+        x = np.zeros((len(z), 8, 8, 3), np.float32)
+        x[:, :4] = (np.asarray(z)[:, 0] > 0)[:, None, None, None]
+        return x
+
+
+class _Judge:
+    """A stand-in classifier: attribute 'top' is a bright top half, 'never' is never seen."""
+    attributes = ["top", "never"]
+
+    def probabilities(self, x):
+        top = np.asarray(x)[:, :4].mean(axis=(1, 2, 3)) > 0.5
+        return np.stack([top, np.zeros(len(x), bool)], axis=1).astype(np.float64)
+
+
+def test_edit_rates_count_the_shares_before_and_after():
+    from scratchvae import vectors
+    from scratchvae.evaluation import edit_rates
+    z = np.array([[-1.0, 0], [-3.0, 0], [0.5, 0], [-0.5, 0], [2.5, 0]], np.float32)
+    y = np.array([[0, 0], [0, 0], [1, 0], [0, 0], [1, 0]], np.float32)
+    vec = vectors.Vectors(["top"], np.array([[1.0, 0]], np.float32), np.array([[1.0, 0]], np.float32),
+                          np.array([2]), np.array([3]), np.array([1.0]), "id", [], 1)
+    p_real = np.array([[1.0, 0], [0, 0], [1, 0], [0, 0], [1, 0]])
+    out = edit_rates.edit_rates(_Decoder(), _Judge(), p_real, z, y, vec, ["top"], 2.0, batch_size=2)
+    without, with_ = out["top without"], out["top with"]
+    assert without["faces"] == 3 and without["edit"] == "+2*v" and with_["edit"] == "-2*v"
+    # without: z0 -1, -3, -0.5 -> after +2: 1, -1, 1.5 -> two of three now bright
+    assert without["shares"]["top"] == {"real": pytest.approx(1 / 3), "before": 0.0, "after": pytest.approx(2 / 3)}
+    # with: z0 0.5, 2.5 -> after -2: -1.5, 0.5 -> one of two still bright
+    assert with_["shares"]["top"] == {"real": 1.0, "before": 1.0, "after": 0.5}
+    assert with_["shares"]["never"] == {"real": 0.0, "before": 0.0, "after": 0.0}

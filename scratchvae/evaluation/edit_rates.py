@@ -84,10 +84,11 @@ def decode_all(vae, z, batch_size):
     return np.concatenate([np.asarray(vae.decode(z[i:i + batch_size])) for i in range(0, len(z), batch_size)])
 
 
-def edit_rates(vae, clf, x, z, y, vec, edit, strength, batch_size):
+def edit_rates(vae, clf, p_real, z, y, vec, edit, strength, batch_size):
     """For each edited attribute: held-out faces without it (+s v) and with it (-s v); the share of each
     classified attribute called positive on the real images, the decoded codes and the edited codes."""
     out = {}
+    called = {"real": p_real > 0.5, "before": clf.probabilities(decode_all(vae, z, batch_size)) > 0.5}
     for name in edit:
         a, v = clf.attributes.index(name), vec.vectors[vec.names.index(name)]
         for group, sign in (("without", 1.0), ("with", -1.0)):
@@ -95,9 +96,8 @@ def edit_rates(vae, clf, x, z, y, vec, edit, strength, batch_size):
             if not len(rows):
                 continue
             z_edit = (z[rows] + np.float32(sign * strength) * v).astype(np.float32)
-            shares = {key: clf.probabilities(images) > 0.5 for key, images in
-                      (("real", x[rows]), ("before", decode_all(vae, z[rows], batch_size)),
-                       ("after", decode_all(vae, z_edit, batch_size)))}
+            shares = {"real": called["real"][rows], "before": called["before"][rows],
+                      "after": clf.probabilities(decode_all(vae, z_edit, batch_size)) > 0.5}
             out[f"{name} {group}"] = {"faces": int(len(rows)), "edit": f"{'+' if sign > 0 else '-'}{strength:g}*v",
                                       "shares": {attr: {k: float(s[:, j].mean()) for k, s in shares.items()}
                                                  for j, attr in enumerate(clf.attributes)}}
@@ -133,10 +133,10 @@ def run(args):
         raise UserError(f"--edit {bad[0]}: needs a vector and a place in --names")
     clf, how = get_classifier(args, vae, names, meta)
     reader, idx, y = labelled(meta, vae, args, "held-out", names)
-    x = reader.read(idx)
-    accuracy = classifier.accuracy(clf.probabilities(x), y)
+    p_real = clf.probabilities(reader.read(idx))
+    accuracy = classifier.accuracy(p_real, y)
     z = encode_all(vae, reader, idx, args.batch_size)
-    rates = edit_rates(vae, clf, x, z, y, vec, edit, args.strength, args.batch_size)
+    rates = edit_rates(vae, clf, p_real, z, y, vec, edit, args.strength, args.batch_size)
     print(f"classifier {how}; {len(idx)} held-out images")
     print(report(accuracy, rates, names))
     if args.json:
