@@ -1,22 +1,23 @@
-"""Faces from the exported ONNX models with onnxruntime: a sample grid, reconstructions, an interpolation.
+"""Faces from the exported ONNX models with onnxruntime: a sample grid, reconstructions, walks between
+faces, and attribute edits with the vectors of python -m scratchvae.attributes.
 
 Imports only onnxruntime, numpy, Pillow and the standard library (never Numba or scratchvae), so it
 runs wherever the .onnx files are copied. Images are NHWC float32 in [0, 1], as the models expect.
+z is drawn from --seed as python -m scratchvae.sample draws it, so the same seed gives the same faces.
 """
 
 import argparse
-import io
 import json
 import math
 import os
 import sys
-import tempfile
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
-PAD = 2  # pixels of white between and around grid tiles
+import edits
+import pictures
+
 RECON_COLS = 8  # reconstructions per row pair (inputs above, reconstructions below)
 
 
@@ -27,16 +28,27 @@ class SampleError(Exception):
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--decoder", required=True, help="decoder.onnx from export/to_onnx.py")
-    p.add_argument("--encoder", help="encoder.onnx: needed for --reconstruct and image interpolation")
-    p.add_argument("-n", type=int, default=64, help="faces in the sample grid (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the latent draws")
-    p.add_argument("--out", default="samples.png", help="PNG to write")
+    p.add_argument("--encoder", help="encoder.onnx: needed for --reconstruct, --image, --morph and image interpolation")
+    p.add_argument("-n", type=int, help="faces in the sample grid (default 64), or random faces to edit when "
+                                        "--attribute is given without --image (default 8)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for z: face i is row i of default_rng(seed).standard_normal((n, z_dim)) (default 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior's standard deviation (default 1)")
+    p.add_argument("--out", help="PNG to write (default: named after what it shows, beside the decoder)")
+    p.add_argument("--force", action="store_true", help="replace a picture that already exists")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--reconstruct", nargs="+", metavar="IMG", help="write input/reconstruction pairs instead")
     mode.add_argument("--interpolate", nargs="*", metavar="IMG",
-                      help="write an interpolation strip instead: between two images, or two random points")
-    p.add_argument("--steps", type=int, default=8, help="decoded frames in the interpolation (default 8)")
-    return p.parse_args(argv)
+                      help="write an interpolation strip instead: between two images, or the first two random faces")
+    mode.add_argument("--morph", nargs=2, metavar=("A", "B"), help="linear and spherical walks between two faces")
+    mode.add_argument("--vectors", metavar="VECTORS.npz", help="attribute vectors from python -m scratchvae.attributes")
+    p.add_argument("--attribute", action="append", metavar="EXPR",
+                   help="with --vectors: an attribute or a sum such as Smiling+Blond_Hair-Eyeglasses (repeatable)")
+    p.add_argument("--image", action="extend", nargs="+", metavar="IMG", help="with --vectors: faces to edit")
+    p.add_argument("--strengths", default="-3:3:7", help="s in z + s*v: first:last:count or 0,1,2 (default -3:3:7)")
+    p.add_argument("--steps", type=int, default=8, help="decoded frames in a walk or morph (default 8)")
+    p.add_argument("--crop", choices=["center", "squash"], default="center", help="how to fit given images")
+    return p.parse_args(edits.fix_negative_values(list(argv)))
 
 
 def open_session(path, role):
@@ -90,80 +102,105 @@ def check_encoder(session, path, z_dim, size, channels):
                           f"[{z_dim}]): export both from one checkpoint")
 
 
-def load_image(path, size, channels):
-    """Centre-cropped square, resized with LANCZOS, as (size, size, channels) float32 in [0, 1]."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if channels == 3 else "L")
-            side = min(im.size)
-            left, top = (im.width - side) // 2, (im.height - side) // 2
-            im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
-            x = np.asarray(im, dtype=np.float32) / np.float32(255)
-    except FileNotFoundError:
-        raise SampleError(f"no image at {path}") from None
-    except OSError as e:  # Pillow's UnidentifiedImageError is an OSError too
-        raise SampleError(f"cannot read image {path} ({e})") from None
-    return x.reshape(size, size, channels)
+def identity(*sessions):
+    """The checkpoint identity the models were exported with (metadata prop checkpoint_sha256), or None
+    when they carry none; refused when encoder and decoder carry different ones."""
+    found = {sess.get_modelmeta().custom_metadata_map.get(edits.IDENTITY_KEY) for sess in sessions if sess}
+    found.discard(None)
+    if len(found) > 1:
+        raise SampleError("the encoder and decoder come from different checkpoints: export both from one checkpoint")
+    return found.pop() if found else None
 
 
-def tile(images, cols):
-    """(K, S, S, C) floats in [0, 1] -> one uint8 grid, `cols` wide, PAD pixels of white between tiles."""
-    k, s, _, c = images.shape
-    rows = math.ceil(k / cols)
-    grid = np.full((rows * (s + PAD) + PAD, cols * (s + PAD) + PAD, c), 255, dtype=np.uint8)
-    pixels = np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)
-    for i, im in enumerate(pixels):
-        r, q = divmod(i, cols)
-        grid[PAD + r * (s + PAD):(r + 1) * (s + PAD), PAD + q * (s + PAD):(q + 1) * (s + PAD)] = im
-    return grid[..., 0] if c == 1 else grid
+def _stem(path):
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "_.+-" else "_" for ch in stem)[:40]
 
 
-def write_png(path, grid):
-    """Encode in memory, then temp file + rename, so a reader never sees half a PNG."""
-    buf = io.BytesIO()
-    Image.fromarray(grid).save(buf, format="PNG")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-        try:
-            mask = os.umask(0)
-            os.umask(mask)
-            os.fchmod(fd, 0o666 & ~mask)  # mkstemp makes 0600; the picture should be readable like any file
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.getvalue())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError as e:
-        raise SampleError(f"cannot write {path} ({e.strerror or e}): choose a writable --out") from None
+def describe(paths):
+    stems = [_stem(p) for p in paths[:2]]
+    return "-".join(stems) + (f"-and-{len(paths) - 2}-more" if len(paths) > 2 else "")
 
 
-def run(args):
-    if args.n < 1 or args.steps < 2:
+def output_path(args):
+    """--out, or a name saying what the picture shows beside the decoder; refused when it exists without --force."""
+    random_part = f"seed{args.seed}" + (f"-t{args.temperature:g}" if args.temperature != 1 else "")
+    if args.vectors:
+        faces = describe(args.image) if args.image else f"n{args.n or 8}-{random_part}"
+        name = f"attributes-{'_'.join(_stem(e) for e in args.attribute)}-{faces}.png"
+    elif args.morph:
+        name = f"morph-{describe(args.morph)}.png"
+    elif args.reconstruct:
+        name = f"reconstructions-{describe(args.reconstruct)}.png"
+    elif args.interpolate is not None:
+        name = f"interpolation-{describe(args.interpolate) or random_part}.png"
+    else:
+        name = f"samples-n{args.n or 64}-{random_part}.png"
+    path = args.out or os.path.join(os.path.dirname(os.path.abspath(args.decoder)), name)
+    if os.path.exists(path) and not args.force:
+        raise SampleError(f"{path} exists: pass --force to replace it, or choose another --out")
+    return path
+
+
+def check_args(args):
+    if (args.n is not None and args.n < 1) or args.steps < 2:
         raise SampleError("-n must be at least 1 and --steps at least 2")
     if args.interpolate is not None and len(args.interpolate) not in (0, 2):
         raise SampleError(f"--interpolate takes two images or none, got {len(args.interpolate)}")
+    if bool(args.vectors) != bool(args.attribute):
+        raise SampleError("--vectors and --attribute go together: the vectors file, and the attributes to add")
+    if args.image and not args.vectors:
+        raise SampleError("--image names faces to edit with --vectors and --attribute "
+                          "(to reconstruct, use --reconstruct)")
+    needs = args.reconstruct or args.interpolate or args.morph or args.image
+    if needs and not args.encoder:
+        raise SampleError("encoding images (--reconstruct, --interpolate, --morph, --image) "
+                          "needs --encoder encoder.onnx")
+
+
+def run(args):
+    check_args(args)
+    strengths = edits.parse_strengths(args.strengths)
+    path = output_path(args)
     decoder = open_session(args.decoder, "decoder")
     z_dim, size, channels = decoder_geometry(decoder, args.decoder)
     encoder = None
     if args.encoder:
         encoder = open_session(args.encoder, "encoder")
         check_encoder(encoder, args.encoder, z_dim, size, channels)
-    if (args.reconstruct or args.interpolate) and encoder is None:
-        raise SampleError("reconstructing or interpolating images needs --encoder encoder.onnx")
-
-    rng = np.random.default_rng(args.seed)
 
     def decode(z):
-        return decoder.run(["image"], {"z": np.ascontiguousarray(z, dtype=np.float32)})[0]
+        """Images of z (..., z_dim), the leading shape kept."""
+        flat = np.ascontiguousarray(z.reshape(-1, z_dim), dtype=np.float32)
+        out = decoder.run(["image"], {"z": flat})[0]
+        return out.reshape(z.shape[:-1] + out.shape[1:])
 
     def encode(paths):
-        x = np.stack([load_image(p, size, channels) for p in paths])  # (K, S, S, C)
+        x = np.stack([pictures.load_image(p, size, channels, args.crop) for p in paths])  # (K, S, S, C)
         return x, encoder.run(["z_mean"], {"image": x})[0]  # the posterior mean: no sampling noise
 
-    if args.reconstruct:
+    if args.vectors:
+        names, vec, skipped = edits.load_vectors(args.vectors, z_dim, identity(decoder, encoder))
+        terms = [edits.parse_expression(text, names, skipped) for text in args.attribute]
+        if args.image:
+            x, z = encode(args.image)
+            faces = [os.path.basename(p) for p in args.image]
+        else:
+            n = args.n or 8
+            x, z, faces = None, edits.draw_z(args.seed, n, z_dim, args.temperature), [f"z{i}" for i in range(n)]
+        rows, labels = [], []
+        for text, term in zip(args.attribute, terms):
+            edited = decode(edits.attribute_rows(z, edits.combine(term, names, vec), strengths))
+            for i, row in enumerate(edited):
+                rows.append(row if x is None else np.concatenate([x[i:i + 1], row]))
+                labels.append(f"{text}, {faces[i]}")
+        grid = pictures.labelled_rows(rows, labels)
+    elif args.morph:
+        x, z = encode(args.morph)
+        t = np.linspace(0, 1, args.steps)
+        rows = [np.concatenate([x[:1], decode(walk(z[0], z[1], t)), x[1:]]) for walk in (edits.lerp, edits.slerp)]
+        grid = pictures.labelled_rows(rows, ["linear", "slerp"])
+    elif args.reconstruct:
         x, z = encode(args.reconstruct)
         y = decode(z)
         cols = min(len(x), RECON_COLS)
@@ -172,31 +209,31 @@ def run(args):
             row_x, row_y = x[i:i + cols], y[i:i + cols]
             blank = np.ones((cols - len(row_x),) + x.shape[1:], np.float32)
             pairs += [np.concatenate([row_x, blank]), np.concatenate([row_y, blank])]
-        grid = tile(np.concatenate(pairs), cols)
+        grid = pictures.tile(np.concatenate(pairs), cols)
     elif args.interpolate is not None:
-        t = np.linspace(0, 1, args.steps, dtype=np.float32)[:, None]
+        t = np.linspace(0, 1, args.steps)
         if args.interpolate:
             x, z = encode(args.interpolate)
         else:
-            x, z = None, rng.standard_normal((2, z_dim)).astype(np.float32)
-        frames = decode((1 - t) * z[0] + t * z[1])
+            x, z = None, edits.draw_z(args.seed, 2, z_dim, args.temperature)
+        frames = decode(edits.lerp(z[0], z[1], t))
         strip = frames if x is None else np.concatenate([x[:1], frames, x[1:]])
-        grid = tile(strip, len(strip))
+        grid = pictures.tile(strip, len(strip))
     else:
-        faces = decode(rng.standard_normal((args.n, z_dim)).astype(np.float32))
-        grid = tile(faces, math.ceil(math.sqrt(args.n)))
-    write_png(args.out, grid)
-    return grid.shape
+        n = args.n or 64
+        grid = pictures.tile(decode(edits.draw_z(args.seed, n, z_dim, args.temperature)), math.ceil(math.sqrt(n)))
+    pictures.write_png(path, grid)
+    return path, grid.shape
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        shape = run(args)
-    except SampleError as e:
+        path, shape = run(args)
+    except (SampleError, edits.EditError, pictures.PictureError) as e:
         print(f"sample: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out} ({shape[1]}x{shape[0]})")
+    print(f"wrote {path} ({shape[1]}x{shape[0]})")
     return 0
 
 

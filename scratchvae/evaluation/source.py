@@ -17,6 +17,7 @@ from scratchvae.errors import UserError
 
 SYNTHETIC = "built-in synthetic faces"
 SPLITS = ("held-out", "all")
+RUN_SPLITS = ("held-out", "train")  # rebuilt from the checkpoint's settings; "train" is for tools, not evaluate
 # What rebuilding the run's split needs from meta["train"], with the types train.py records.
 SPLIT_KEYS = {"limit": (int, type(None)), "crop": str, "batch_size": int, "seed": int, "val_fraction": (int, float)}
 
@@ -29,12 +30,14 @@ class Chosen:
     split: str  # "held-out" or "all"
     crop: str | None  # None for the synthetic faces
     notes: list = field(default_factory=list)  # one-line remarks for the console
-    train_idx: np.ndarray | None = None  # the run's training images (held-out split only)
+    names: list | None = None  # each image's name inside the source (None for the synthetic faces)
+    train_idx: np.ndarray | None = None  # the run's training images (its own data only)
 
 
 def choose(meta, image_size, data_path=None, split=None, limit=None, crop=None, n=None, cache_dir=None,
-           quiet=False):
-    """The images to evaluate, from the checkpoint's metadata and the command's options."""
+           quiet=False, own_split="held-out"):
+    """The images to evaluate, from the checkpoint's metadata and the command's options; without a
+    split, `own_split` of the run's own data, or all of any other."""
     s = meta.get("train") if isinstance(meta.get("train"), dict) else {}
     notes = []
     if data_path is None:
@@ -50,19 +53,19 @@ def choose(meta, image_size, data_path=None, split=None, limit=None, crop=None, 
         recorded = s.get("data")
         same = isinstance(recorded, str) and (recorded == source
                                               or os.path.realpath(recorded) == os.path.realpath(source))
-    split = split or ("held-out" if same else "all")
-    if split not in SPLITS:
+    split = split or (own_split if same else "all")
+    if split not in SPLITS + RUN_SPLITS:
         raise UserError(f"--split {split!r}: use held-out or all")
-    if split == "held-out" and not same:
+    if split in RUN_SPLITS and not same:
         run = "not recorded" if "data" not in s else SYNTHETIC if s["data"] is None else s["data"]
-        raise UserError(f"--split held-out: {source} is not the data this checkpoint was trained on "
-                        f"({run}); evaluate it with --split all")
+        raise UserError(f"--split {split}: {source} is not the data this checkpoint was trained on "
+                        f"({run}); use --split all")
     if n is not None and n < 1:
         raise UserError(f"--n {n} must be at least 1")
     if limit is not None and limit < 1:
         raise UserError(f"--limit {limit} must be at least 1")
-    if split == "held-out":
-        chosen = _held_out(s, meta, image_size, source, limit, crop, cache_dir, quiet, notes)
+    if split in RUN_SPLITS:
+        chosen = _run_split(split, s, meta, image_size, source, limit, crop, cache_dir, quiet, notes)
     else:
         # The first n of every image are the first n files: decode no more than those.
         first = min((v for v in (limit, n) if v is not None), default=None)
@@ -72,7 +75,7 @@ def choose(meta, image_size, data_path=None, split=None, limit=None, crop=None, 
     return chosen
 
 
-def _held_out(s, meta, image_size, source, limit, crop, cache_dir, quiet, notes):
+def _run_split(split, s, meta, image_size, source, limit, crop, cache_dir, quiet, notes):
     for key, kind in SPLIT_KEYS.items():
         if key not in s or isinstance(s[key], bool) or not isinstance(s[key], kind):
             raise UserError(f"the checkpoint does not record its held-out split ({key} = {s.get(key)!r}); "
@@ -85,18 +88,19 @@ def _held_out(s, meta, image_size, source, limit, crop, cache_dir, quiet, notes)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise UserError("the checkpoint does not record how many synthetic faces it was trained on; "
                             "evaluate real images with --data")
-        pixels, partition, crop = _synthetic(count, image_size, s["seed"], quiet), None, None
+        pixels, partition, crop, names = _synthetic(count, image_size, s["seed"], quiet), None, None, None
     else:
         crop = crop or s["crop"]
         found = data.load_images(source, image_size, crop=crop, limit=s["limit"], cache_dir=cache_dir,
                                  progress=not quiet, min_count=2 * s["batch_size"])
-        pixels, partition = found.images, found.partition
+        pixels, partition, names = found.images, found.partition, found.names
         if isinstance(meta.get("images"), int) and meta["images"] != len(pixels):
             notes.append(f"note: {source} now gives {len(pixels)} images, the run was trained on {meta['images']}: "
                          f"this held-out split is not exactly the run's")
         notes += _size_note(source, found.names, image_size, crop)
     train_idx, val_idx = data.split_indices(len(pixels), s["val_fraction"], s["batch_size"], s["seed"], partition)
-    return Chosen(pixels, val_idx, source or SYNTHETIC, "held-out", crop, notes, train_idx)
+    idx = val_idx if split == "held-out" else train_idx
+    return Chosen(pixels, idx, source or SYNTHETIC, split, crop, notes, names, train_idx)
 
 
 def _everything(s, meta, image_size, source, limit, crop, same, cache_dir, quiet, notes):
@@ -110,7 +114,7 @@ def _everything(s, meta, image_size, source, limit, crop, same, cache_dir, quiet
     crop = crop or (s.get("crop") if same and s.get("crop") in data.CROPS else "center")
     found = data.load_images(source, image_size, crop=crop, limit=limit, cache_dir=cache_dir, progress=not quiet)
     notes += _size_note(source, found.names, image_size, crop)
-    return Chosen(found.images, np.arange(len(found), dtype=np.int64), source, "all", crop, notes)
+    return Chosen(found.images, np.arange(len(found), dtype=np.int64), source, "all", crop, notes, found.names)
 
 
 def _synthetic(count, image_size, seed, quiet):

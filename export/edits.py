@@ -1,0 +1,131 @@
+"""Latent arithmetic and the attribute-vectors file for export/sample.py, with NumPy alone.
+
+A copy of scratchvae.latent and of scratchvae.vectors' reader (this side must not import scratchvae
+or Numba); tests/test_attributes.py holds the two sides equal on the same inputs.
+"""
+
+import difflib
+import os
+import re
+
+import numpy as np
+
+FORMAT, VERSION = "scratchvae-attribute-vectors", 1
+IDENTITY_KEY = "checkpoint_sha256"  # ONNX metadata prop carrying the checkpoint's identity, when exported with it
+EXPRESSION = re.compile(r"([+-]?)([^+\-\s]+)")
+
+
+class EditError(Exception):
+    """A user's mistake; the message is the one line printed."""
+
+
+def draw_z(seed, n, z_dim, temperature=1.0):
+    """Row i of default_rng(seed).standard_normal((n, z_dim)), times the temperature, as float32."""
+    if not temperature > 0:
+        raise EditError(f"--temperature {temperature}: use a positive number (1 is the prior)")
+    return (temperature * np.random.default_rng(seed).standard_normal((n, z_dim))).astype(np.float32)
+
+
+def parse_strengths(text):
+    """`-3:3:7` (first:last:count) or `0,1,2` -> float32 array."""
+    try:
+        if ":" in text:
+            first, last, count = text.split(":")
+            count = int(count)
+            if count < 1:
+                raise ValueError
+            values = np.linspace(float(first), float(last), count)
+        else:
+            values = np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        raise EditError(f"--strengths {text!r}: write first:last:count (e.g. -3:3:7) or a list (e.g. 0,1,2)") \
+            from None
+    if not np.all(np.isfinite(values)):
+        raise EditError(f"--strengths {text!r}: every strength must be a finite number")
+    return values.astype(np.float32)
+
+
+def lerp(a, b, t):
+    t = np.asarray(t, np.float64)[:, None]
+    return ((1 - t) * a.astype(np.float64) + t * b.astype(np.float64)).astype(np.float32)
+
+
+def slerp(a, b, t):
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    cos = np.dot(a64, b64) / max(np.linalg.norm(a64) * np.linalg.norm(b64), 1e-300)
+    omega = np.arccos(np.clip(cos, -1.0, 1.0))
+    if np.sin(omega) < 1e-6:
+        return lerp(a, b, t)
+    t = np.asarray(t, np.float64)[:, None]
+    return ((np.sin((1 - t) * omega) * a64 + np.sin(t * omega) * b64) / np.sin(omega)).astype(np.float32)
+
+
+def parse_expression(text, known, skipped=()):
+    """[(sign, name), ...] from `Smiling+Blond_Hair-Eyeglasses`."""
+    text = text.strip()
+    terms = EXPRESSION.findall(text)
+    if not terms or "".join(s + n for s, n in terms) != text.replace(" ", ""):
+        raise EditError(f"--attribute {text!r}: write names joined by + or -, e.g. Smiling+Blond_Hair-Eyeglasses")
+    out = []
+    for sign, name in terms:
+        if name not in known:
+            if name in skipped:
+                raise EditError(f"--attribute {name}: skipped when the vectors were made (too few images on one "
+                                f"side); remake them with more images or a lower --min-count")
+            near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.0)
+            raise EditError(f"--attribute {name}: no such attribute in the vectors file; nearest: {', '.join(near)}")
+        out.append((-1.0 if sign == "-" else 1.0, name))
+    return out
+
+
+def combine(terms, names, vectors):
+    row = {name: i for i, name in enumerate(names)}
+    total = np.zeros(vectors.shape[1], np.float64)
+    for sign, name in terms:
+        total += sign * vectors[row[name]].astype(np.float64)
+    return total.astype(np.float32)
+
+
+def attribute_rows(z, direction, strengths):
+    """(faces, strengths, z_dim): z + s * direction."""
+    return (z[:, None, :].astype(np.float32)
+            + strengths.astype(np.float32)[None, :, None] * direction.astype(np.float32)[None, None, :])
+
+
+def fix_negative_values(argv, options=("--strengths", "--attribute")):
+    """Glue `--strengths -3:3:7` into `--strengths=-3:3:7` so argparse does not read an option."""
+    out, i = [], 0
+    while i < len(argv):
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if argv[i] in options and value.startswith("-") and value[1:2] not in ("-", ""):
+            out.append(f"{argv[i]}={value}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def load_vectors(path, z_dim, identity=None):
+    """(names, vectors (K, z_dim) float32, skipped) from a vectors file, read with allow_pickle=False;
+    refused when its z size differs, or when `identity` (from the ONNX metadata) is not the file's."""
+    if not os.path.isfile(path):
+        raise EditError(f"no vectors file at {path}: make one with python -m scratchvae.attributes")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            raw = {k: f[k] for k in f.files}
+        if str(raw["format"]) != FORMAT or int(raw["version"]) != VERSION:
+            raise KeyError("format")
+        names, vec, skipped = raw["names"].tolist(), raw["vectors"].astype(np.float32), raw["skipped"].tolist()
+        file_identity = str(raw["identity"])
+    except Exception as e:  # noqa: BLE001 - zipfile and the .npy parser raise many kinds on damage
+        raise EditError(f"{path} is not a readable scratchvae attribute-vectors file ({type(e).__name__})") from None
+    if vec.ndim != 2 or len(names) != len(vec):
+        raise EditError(f"{path} is a damaged vectors file (inconsistent shapes); remake it")
+    if vec.shape[1] != z_dim:
+        raise EditError(f"{path} holds {vec.shape[1]}-dimensional vectors but the decoder's z has {z_dim}: "
+                        f"use the vectors made for this model")
+    if identity is not None and identity != file_identity:
+        raise EditError(f"{path} was made for another checkpoint (identity {file_identity[:12]}…, the ONNX "
+                        f"models' {identity[:12]}…): use the vectors made for this model")
+    return names, vec, skipped
