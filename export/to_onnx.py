@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 import onnx_graphs
+from scratchvae import vectors
 from scratchvae.atomic import write_bytes as atomic_write_bytes
 from scratchvae.checkpoint import CheckpointError
 from scratchvae.model import VAE
@@ -48,7 +49,7 @@ def export(args):
     if not onnx_graphs.MIN_OPSET <= args.opset <= top:
         raise ExportError(f"--opset {args.opset} is not supported: use {onnx_graphs.MIN_OPSET} to {top}")
     try:
-        vae, _, meta = VAE.load(args.checkpoint, with_extras=True)
+        vae, arrays, meta = VAE.load(args.checkpoint, with_extras=True)
     except CheckpointError as e:
         raise ExportError(str(e)) from None
     tensors = {**vae.params(), **vae.state()}
@@ -64,6 +65,9 @@ def export(args):
             model = build(tensors, vae.config, fold=not args.no_fold, opset=args.opset, meta=meta)
         except ValueError as e:
             raise ExportError(f"{args.checkpoint}: {e}") from None
+        # The checkpoint's identity, so export/sample.py can refuse attribute vectors of another model.
+        onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                            "checkpoint_sha256": vectors.checkpoint_identity(arrays)})
         onnx.checker.check_model(model, full_check=True)
         path = os.path.join(args.out, f"{part}.onnx")
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scratchvae import checkpoint
+from scratchvae import atomic
 from scratchvae import kernels as K
 from scratchvae.errors import UserError
 
@@ -92,7 +92,7 @@ def save(path, v):
              skipped=np.array(v.skipped, dtype=str).reshape(-1), min_count=np.array(v.min_count, np.int64))
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    checkpoint.atomic_write_bytes(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())
 
 
 def load(path, identity=None, z_dim=None):
