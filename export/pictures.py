@@ -1,7 +1,7 @@
 """Images in and pictures out for export/sample.py, with Pillow and NumPy alone.
 
-`load_image` decodes a face exactly as scratchvae.data.decode_image does (JPEG draft scaling, alpha
-on white, a centred square box resized with LANCZOS), so an image gives the same pixels to both
+`load_image` decodes a face exactly as scratchvae/imagefile.py does (JPEG draft scaling, the EXIF
+orientation, alpha on white, 16-bit scaling, a centred square box resized with LANCZOS), so an image gives the same pixels to both
 samplers; `labelled_rows` lays rows out as scratchvae.images.save_rows does. Tests hold them equal.
 """
 
@@ -11,7 +11,7 @@ import os
 import tempfile
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 PAD = 2  # pixels of white between and around grid tiles
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # what scratchvae.data lets Pillow open
@@ -36,6 +36,21 @@ def _to_rgb(img):
     return img if mode == "RGB" else img.convert("RGB")
 
 
+def _orientation(img):
+    """The EXIF orientation tag (1..8); 1 when absent or unreadable."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a damaged EXIF block means no known rotation
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _upright(img):
+    """The image turned as its EXIF orientation says (phone photos are stored sideways)."""
+    img.load()
+    return ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+
+
 def load_image(path, size, channels, crop="center"):
     """(size, size, channels) float32 in [0, 1], as scratchvae's training and sampler see the file."""
     if not os.path.isfile(path):
@@ -49,7 +64,7 @@ def load_image(path, size, channels, crop="center"):
                 raise PictureError(f"cannot use {path}: {w}x{h} is over the {MAX_PIXELS:,} pixel limit")
             if img.format in ("JPEG", "MPO"):
                 img.draft(None, (2 * size, 2 * size))
-            rgb = _to_rgb(img)
+            rgb = _to_rgb(_upright(img))
         if crop == "center":
             w, h = rgb.size
             s = min(w, h)

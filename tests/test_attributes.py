@@ -246,10 +246,21 @@ def test_labelled_rows_lay_out_as_save_rows(tmp_path, rng):
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "rows.png")), pictures.labelled_rows(rows, labels))
 
 
-@pytest.mark.parametrize("kind", ["big_jpeg", "rgba_png", "grey16_png", "squash"])
+@pytest.mark.parametrize("kind", ["big_jpeg", "rgba_png", "grey16_png", "squash", "exif_6", "exif_5"])
 def test_both_samplers_read_an_image_to_the_same_pixels(tmp_path, rng, kind):
     path, crop = tmp_path / ("face.jpg" if kind == "big_jpeg" else "face.png"), "center"
-    if kind == "big_jpeg":  # big enough for JPEG draft scaling
+    if kind.startswith("exif"):  # stored sideways, with the tag that turns it upright
+        orientation = int(kind.split("_")[1])
+        upright = Image.fromarray(rng.integers(0, 256, (90, 40, 3), dtype=np.uint8))
+        upright.save(tmp_path / "upright.png")
+        stored = upright.transpose({6: Image.Transpose.ROTATE_90, 5: Image.Transpose.TRANSPOSE}[orientation])
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / "face.png"
+        stored.save(path, exif=exif)
+        np.testing.assert_array_equal(pictures.load_image(str(path), 16, 3, crop),
+                                      pictures.load_image(str(tmp_path / "upright.png"), 16, 3, crop))
+    elif kind == "big_jpeg":  # big enough for JPEG draft scaling
         Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(path, quality=90)
     elif kind == "rgba_png":
         Image.fromarray(rng.integers(0, 256, (30, 20, 4), dtype=np.uint8), "RGBA").save(path)
