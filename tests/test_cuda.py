@@ -354,6 +354,15 @@ def test_scatter_phase_and_gather_weights(rng):
         assert_close(*both("gather_weights", [wsub], kernel, taps_h, taps_w, cpu_fn=gather_weights))
 
 
+@pytest.mark.parametrize("n,h,w,c", [(2, 3, 5, 3), (1, 4, 4, 70)])
+def test_upsample_nearest_and_its_adjoint(rng, n, h, w, c):
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    ref, got = both("upsample_nearest", [np.full((n, 2 * h, 2 * w, c), np.nan, F32)], x)
+    np.testing.assert_array_equal(got[0], ref[0])
+    dy = rng.standard_normal((n, 2 * h, 2 * w, c)).astype(F32)
+    assert_close(*both("upsample_nearest_backward", [np.full((n, h, w, c), np.nan, F32)], dy))
+
+
 def test_proposed_batchnorm_kernels(rng):
     var = rng.uniform(0.0, 2.0, 7).astype(F32)
     assert_close(*both("bn_invstd", [np.zeros(7, F32)], var, 1e-3, cpu_fn=bn_invstd))
@@ -384,6 +393,10 @@ def test_proposed_loss_kernels_match_losses(rng):
     d_mean, d_logvar = losses.latent_grads(dz, z_mean, z_log_var, eps, sigma)
     _, got = both("latent_grads", [np.zeros_like(z), np.zeros_like(z)], dz, z_mean, z_log_var, eps, sigma, lo, hi,
                   cpu_fn=latent_grads)
+    assert_close([d_mean, d_logvar], got)
+    d_mean, d_logvar = losses.latent_grads(dz, z_mean, z_log_var, eps, sigma, 0.25)  # a KL warm-up weight
+    _, got = both("latent_grads", [np.zeros_like(z), np.zeros_like(z)], dz, z_mean, z_log_var, eps, sigma, lo, hi,
+                  0.25, cpu_fn=latent_grads)
     assert_close([d_mean, d_logvar], got)
     x, x_hat = rng.uniform(0, 1, (2, 11, 11, 3)).astype(F32), rng.uniform(0, 1, (2, 11, 11, 3)).astype(F32)
     beta = 2000.0
@@ -529,20 +542,22 @@ def test_conv_input_gradient_and_batchnorm_on_device_match_cpu(rng, which):
     assert_close(out["cpu"], out["cuda"], SUM_RTOL, SUM_ATOL)
 
 
-def test_whole_training_step_on_device_matches_cpu(rng):
+@pytest.mark.parametrize("options,kl_weight", [({}, 1.0), ({"decoder": "resize", "recon": "sigma"}, 0.5)])
+def test_whole_training_step_on_device_matches_cpu(rng, options, kl_weight):
     """forward_backward, Adam and a held-out evaluation of a tiny VAE: device against CPU to 1e-5.
     17 filters (> THIN_CHANNELS) so both adjoint paths run; biases that feed a BatchNorm have a
-    zero gradient up to round-off, so gradients are compared against the largest gradient."""
+    zero gradient up to round-off, so gradients are compared against the largest gradient. Also
+    the resize decoder with the sigma-VAE loss and a KL warm-up weight."""
     from scratchvae.model import VAE, VAEConfig
     from scratchvae.optim import Adam
-    cfg = VAEConfig(image_size=8, channels=3, filters=17, blocks=2, z_dim=3)
+    cfg = VAEConfig(image_size=8, channels=3, filters=17, blocks=2, z_dim=3, **options)
     x = rng.uniform(0, 1, (2, 8, 8, 3)).astype(F32)
     eps = rng.standard_normal((2, 3)).astype(F32)
     runs = {}
     for backend in ("cpu", "cuda"):
         with kernels.using(backend):
             vae = VAE(cfg, seed=0)
-            terms = vae.forward_backward(x, eps)
+            terms = vae.forward_backward(x, eps, kl_weight)
             grads = {k: kernels.to_host(v) for k, v in vae.grads().items()}
             held_out = vae.evaluate(x, eps)  # inference mode, before Adam moves the round-off biases
             norm = Adam(1e-3).step(vae.params(), vae.grads())
@@ -558,6 +573,7 @@ def test_whole_training_step_on_device_matches_cpu(rng):
         assert np.all(np.abs(p1[k] - p0[k]) <= room), k
     for k in s0:
         np.testing.assert_allclose(s1[k], s0[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert t0.keys() == t1.keys() and (options.get("recon") != "sigma" or t0["reconstruction"] < 0)
     for k in t0:
         assert abs(t0[k] - t1[k]) <= 1e-5 * max(1.0, abs(t0[k])), (k, t0[k], t1[k])
         assert abs(e0[k] - e1[k]) <= 1e-5 * max(1.0, abs(e0[k])), (k, e0[k], e1[k])

@@ -192,7 +192,7 @@ def train_step(job, x, epoch, step):
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         terms = job.vae.forward_backward(x, eps)
         job.sync.finish_gradients(job.vae)
-        terms = job.sync.mean_terms(terms, s.beta)
+        terms = job.sync.mean_terms(terms, job.vae.config)
         if not np.isfinite(terms["total"]):
             raise diverged(job, f"the loss became {terms['total']}", epoch, step)
         try:
