@@ -37,10 +37,11 @@ def held_out(vae, reader, val_idx, s, epoch, comm=None):
     return {**result, "psnr": losses.psnr(result["mse"])}
 
 
-def metrics_row(epoch, step, train, val, images, seconds):
+def metrics_row(epoch, step, train, val, images, seconds, kl_weight=None):
     """One line of metrics.csv (and of the checkpoint's history): the epoch's mean training terms,
-    its held-out terms and its speed."""
-    return {"epoch": epoch, "step": step,
+    its held-out terms and its speed; with a KL warm-up, the epoch's mean KL weight (`kl_weight`)."""
+    weight = {} if kl_weight is None else {"kl_weight": round(kl_weight, 6)}
+    return {"epoch": epoch, "step": step, **weight,
             **{f"train_{k}": round(v, 6) for k, v in train.items()},
             **{f"val_{k}": round(v, 6) for k, v in val.items()},
             "images_per_s": round(images / seconds, 2), "seconds": round(seconds, 1)}
@@ -60,7 +61,7 @@ def save_pictures(vae, reader, val_idx, s, history, out):
                         "held-out total": [h["val_total"] for h in history],
                         "held-out reconstruction": [h["val_reconstruction"] for h in history],
                         "held-out KL": [h["val_kl"] for h in history]},
-                       title="loss per epoch", log_y=True, x=epochs)
+                       title="loss per epoch", log_y=vae.config.recon == "mse", x=epochs)
     write_metrics(os.path.join(out, "metrics.csv"), history)
 
 
