@@ -44,6 +44,20 @@ def test_resume_at_epoch_boundary_is_exact(tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
 
 
+def test_a_resize_sigma_vae_run_records_its_choices_and_reports_nats(tmp_path):
+    assert run(tmp_path, "--limit", "96", "--epochs", "2", "--decoder", "resize", "--recon", "sigma") == 0
+    vae, _, meta = VAE.load(tmp_path / "checkpoint.npz", with_extras=True)
+    assert (vae.config.decoder, vae.config.recon) == ("resize", "sigma") == (meta["train"]["decoder"],
+                                                                           meta["train"]["recon"])
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert "kl_weight" not in rows[0]
+    for r in rows:  # held out: D/2 (log(2 pi MSE) + 1) nats per image, one variance for the set
+        d, mse = 16 * 16 * 3, float(r["val_mse"])
+        assert float(r["val_reconstruction"]) == pytest.approx(d / 2 * (np.log(2 * np.pi * mse) + 1), rel=1e-4)
+        assert float(r["val_total"]) == pytest.approx(float(r["val_reconstruction"]) + float(r["val_kl"]), abs=1e-5)
+    assert float(rows[-1]["train_mse"]) < float(rows[0]["train_mse"])
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--batch-size", "1"], "BatchNorm needs at least 2"),
     (["--epochs", "0"], "--epochs 0 must be at least 1"),

@@ -21,8 +21,9 @@ AVERAGED = ("total", "reconstruction", "kl", "mse")  # PSNR is not averaged: it 
 
 def held_out(vae, reader, val_idx, s, epoch, comm=None):
     """Inference-mode loss terms on the held-out images, z sampled as in training: each batch's terms
-    (from losses) weighted by its size, PSNR from the mean MSE. Under MPI each rank takes every K-th
-    batch and the sums are shared."""
+    (from losses) weighted by its size, PSNR from the mean MSE (and with recon "sigma" the total and
+    reconstruction too: one variance for the whole set). Under MPI each rank takes every K-th batch
+    and the sums are shared."""
     comm = comm or distributed.Single()
     sums = np.zeros(len(AVERAGED) + 1)  # the terms times their image counts, then the count
     for j, start in enumerate(range(0, len(val_idx), s.batch_size)):
@@ -34,6 +35,8 @@ def held_out(vae, reader, val_idx, s, epoch, comm=None):
         sums += [*(terms[k] * len(idx) for k in AVERAGED), len(idx)]
     comm.sum_(sums)
     result = {k: float(sums[i] / sums[-1]) for i, k in enumerate(AVERAGED)}
+    if vae.config.recon == "sigma":  # one variance, the held-out MSE, for all of them (as evaluate uses)
+        return losses.config_terms(result["mse"], result["kl"], vae.config)
     return {**result, "psnr": losses.psnr(result["mse"])}
 
 
