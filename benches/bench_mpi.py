@@ -52,7 +52,7 @@ def child(args):
         sync.finish_gradients(vae)
         t_grad = sync.waited - waited
         bn_sync = in_collectives[0]
-        sync.mean_terms(terms, config.beta)
+        sync.mean_terms(terms, config)
         opt.step(vae.params(), vae.grads())
         if i >= args.warmup:
             steps.append(time.perf_counter() - t)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from scratchvae import architecture, losses
 from scratchvae.geometry import same_padding
-from scratchvae.model import VAE, VAEConfig
+from scratchvae.model import VAE, VAEConfig, dead_biases
 
 
 class KerasBatchNorm(nn.Module):
@@ -115,6 +115,8 @@ class TorchVAE(nn.Module):
                 x = F.leaky_relu(x, a["alpha"])
             elif spec.kind == "Sigmoid":
                 x = torch.sigmoid(x)
+            elif spec.kind == "UpSampling2D":
+                x = F.interpolate(x, scale_factor=a["size"], mode="nearest")  # Keras' nearest: floor(i / 2)
             elif spec.kind == "Flatten":
                 x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # Keras Flatten order (H, W, C)
             elif spec.kind == "Reshape":
@@ -134,13 +136,18 @@ class TorchVAE(nn.Module):
         return self._run("decoder", self.parts["decoder"], z)
 
     def loss_terms(self, x, eps):
-        """(total, mse, kl) tensors for a batch, z = mu + exp(lv/2) eps with lv clamped as in losses."""
+        """(total, mse, kl) tensors for a batch, z = mu + exp(lv/2) eps with lv clamped as in losses;
+        total = beta * MSE + KL, or with recon "sigma" the sigma-VAE's D/2 log(2 pi s2) + D MSE / (2 s2) + KL,
+        s2 = max(MSE, floor) (autograd differentiates through s2 too: the check that dL/ds2 = 0)."""
         z_mean, z_log_var = self.encode(x)
         lv = torch.clamp(z_log_var, *losses.LOGVAR_RANGE)
         z = z_mean + torch.exp(0.5 * lv) * eps
         x_hat = self.decode(z)
         mse = torch.mean((x_hat - x) ** 2)
         kl = torch.mean(-0.5 * torch.sum(1.0 + lv - z_mean ** 2 - torch.exp(lv), dim=1))
+        if self.config.recon == "sigma":
+            d, s2 = self.config.pixels, torch.clamp(mse, min=losses.MIN_SIGMA_SQ)
+            return 0.5 * d * (torch.log(2 * np.pi * s2) + mse / s2) + kl, mse, kl
         return self.config.beta * mse + kl, mse, kl
 
     # ------------------------------------------------------------ weights from / to scratchvae
@@ -296,11 +303,12 @@ def compare_step(config, batch, seed, dtype=np.float64, lr=1e-3):
            "inference-mode kl": _rel(held["kl"], e_kl.item())}
     # A bias straight before a training-mode BN has an exactly zero gradient: both sides hold
     # round-off only, so those are reported as absolute sizes, not compared.
-    zero = {n for n in ours_g if n == "decoder.dense.bias" or (n.startswith("decoder.conv_t_")
-                                                               and n.endswith(".bias") and "_out" not in n)}
+    zero = {f"{part}.{name}.bias" for part, _, specs in architecture.parts(config)
+            for name in dead_biases([spec for spec, _ in specs])}
     live = [n for n in ours_g if n not in zero]
     names = [n for n in live if n.startswith(("encoder.conv_1.", "encoder.bn_2.", "encoder.z_log_var.",
                                               "decoder.dense.", "decoder.bn_0.", "decoder.conv_t_1.kernel",
+                                              "decoder.conv_1.kernel",
                                               "decoder.conv_t_out."))]
     out.update({f"grad {n}": _rel(ours_g[n], theirs_g[n]) for n in names})
     out["grad (all other tensors, worst)"] = max(_rel(ours_g[n], theirs_g[n]) for n in live)
@@ -466,11 +474,12 @@ def main(argv=None):
         print("Conv2DTranspose stride 2 'same' vs torch, max abs diff:")
         for k, v in check_conv_transpose_padding().items():
             print(f"  {k:<32}{v:.3e}")
-        cfg = VAEConfig(image_size=16, channels=3, filters=8, blocks=2, z_dim=6)
-        for dtype in (np.float64, np.float32):
-            print(f"compare_step({cfg}, batch=4, seed=0) {np.dtype(dtype).name}: relative differences")
-            for k, v in compare_step(cfg, 4, 0, dtype).items():
-                print(f"  {k:<52}{v:.2e}")
+        seed_cfg = VAEConfig(image_size=16, channels=3, filters=8, blocks=2, z_dim=6)
+        for cfg in (seed_cfg, VAEConfig(**{**seed_cfg.to_dict(), "decoder": "resize", "recon": "sigma"})):
+            for dtype in (np.float64, np.float32):
+                print(f"compare_step({cfg}, batch=4, seed=0) {np.dtype(dtype).name}: relative differences")
+                for k, v in compare_step(cfg, 4, 0, dtype).items():
+                    print(f"  {k:<52}{v:.2e}")
         return 0
     if not args.data:
         p.error("give --data FOLDER or --check")

@@ -183,6 +183,11 @@ def _walk(b, part, specs, x, cfg, fold, output=None):
             x = b.node("LeakyRelu", [x], name, alpha=float(a["alpha"]))
         elif spec.kind == "Sigmoid":
             x = b.node("Sigmoid", [x], name)
+        elif spec.kind == "UpSampling2D":
+            # Keras' nearest upsampling: output pixel (i, j) reads input (floor(i / 2), floor(j / 2)).
+            scales = b.const(f"{name}.scales", [1.0, 1.0, a["size"], a["size"]])
+            x = b.node("Resize", [x, "", scales], name, mode="nearest",
+                       coordinate_transformation_mode="asymmetric", nearest_mode="floor")
         elif spec.kind == "Flatten":
             # Keras flattens NHWC as (H, W, C): back to NHWC first so the Dense rows line up.
             x = b.node("Transpose", [x], f"{part}.to_nhwc", perm=TO_NHWC)

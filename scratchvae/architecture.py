@@ -10,10 +10,19 @@ from dataclasses import dataclass, field
 
 from scratchvae.geometry import same_pads
 
+DECODERS = ("transpose", "resize")  # how the decoder doubles the size: Conv2DTranspose, or UpSampling2D + Conv2D
+RECONS = ("mse", "sigma")  # the reconstruction term: beta * MSE, or the sigma-VAE's Gaussian likelihood
+
 
 @dataclass(frozen=True)
 class VAEConfig:
-    """The seed's Keras model by default: 128x128x3 images, 4 stride-2 blocks of 128 filters, z 200."""
+    """The seed's Keras model by default: 128x128x3 images, 4 stride-2 blocks of 128 filters, z 200.
+
+    decoder: "transpose" (the seed's stride-2 Conv2DTranspose blocks) or "resize" (nearest
+    UpSampling2D then a stride-1 Conv2D per block, no checkerboard). recon: "mse" (the seed's
+    beta * MSE + KL) or "sigma" (the sigma-VAE: D/2 log(2 pi MSE) + D/2 + KL in nats; beta unused).
+    Checkpoints written before these fields load with the defaults (from_dict fills them).
+    """
 
     image_size: int = 128
     channels: int = 3
@@ -25,6 +34,8 @@ class VAEConfig:
     beta: float = 2000.0
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
+    decoder: str = "transpose"
+    recon: str = "mse"
 
     def __post_init__(self):
         step = 2 ** self.blocks if isinstance(self.blocks, int) else 1
@@ -37,6 +48,15 @@ class VAEConfig:
                              f"use a multiple of {step} (e.g. {max(step, self.image_size // step * step)})")
         if self.encoder_activation not in (None, "relu"):
             raise ValueError("encoder_activation must be 'relu' or None")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
+        if self.recon not in RECONS:
+            raise ValueError(f"recon {self.recon!r} is not one of {', '.join(RECONS)}")
+
+    @property
+    def pixels(self):
+        """D = H * W * C: the numbers of one image (the sigma-VAE's likelihood is over these)."""
+        return self.image_size * self.image_size * self.channels
 
     @property
     def bottleneck(self):
@@ -90,16 +110,23 @@ def encoder_heads(cfg):
 
 def decoder(cfg):
     """Dense -> BN -> LeakyReLU -> Reshape, then Conv2DTranspose -> BN -> LeakyReLU per stride-2
-    block, and a stride-1 Conv2DTranspose to the image channels with a Sigmoid."""
+    block, and a stride-1 Conv2DTranspose to the image channels with a Sigmoid. With
+    decoder="resize" each stride-2 Conv2DTranspose is UpSampling2D(2) -> Conv2D(3x3, stride 1,
+    no activation: its bias feeds BatchNorm, a dead bias like the Conv2DTranspose's)."""
     s, f = cfg.bottleneck, cfg.filters
     specs = [LayerSpec("Dense", "dense", {"in_features": cfg.z_dim, "units": s * s * f}),
              _batchnorm(cfg, "bn_0", s * s * f),
              LayerSpec("LeakyReLU", "leaky_0", {"alpha": cfg.leaky_alpha}),
              LayerSpec("Reshape", "reshape", {"target_shape": (s, s, f)})]
     for i in range(1, cfg.blocks + 1):
-        specs += [LayerSpec("Conv2DTranspose", f"conv_t_{i}", {"in_channels": f, "filters": f, "kernel_size": 3,
-                                                               "strides": 2}),
-                  _batchnorm(cfg, f"bn_{i}", f),
+        if cfg.decoder == "resize":
+            specs += [LayerSpec("UpSampling2D", f"up_{i}", {"size": 2}),
+                      LayerSpec("Conv2D", f"conv_{i}", {"in_channels": f, "filters": f, "kernel_size": 3,
+                                                        "strides": 1, "activation": None})]
+        else:
+            specs.append(LayerSpec("Conv2DTranspose", f"conv_t_{i}", {"in_channels": f, "filters": f,
+                                                                      "kernel_size": 3, "strides": 2}))
+        specs += [_batchnorm(cfg, f"bn_{i}", f),
                   LayerSpec("LeakyReLU", f"leaky_{i}", {"alpha": cfg.leaky_alpha})]
     return specs + [LayerSpec("Conv2DTranspose", "conv_t_out", {"in_channels": f, "filters": cfg.channels,
                                                                 "kernel_size": 3, "strides": 1}),
@@ -148,6 +175,9 @@ def output_shape(spec, in_shape):
         raise ValueError(f"{spec.name}: expects {a['features']} features, got {in_shape[-1]}")
     if spec.kind == "Flatten":
         return (_size(in_shape),)
+    if spec.kind == "UpSampling2D":
+        h, w, c = in_shape
+        return (h * a["size"], w * a["size"], c)
     if spec.kind == "Reshape":
         if _size(in_shape) != _size(a["target_shape"]):
             raise ValueError(f"{spec.name}: cannot reshape {in_shape} to {tuple(a['target_shape'])}")

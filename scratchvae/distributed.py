@@ -259,14 +259,15 @@ class DataParallel:
         self.pending = []
         vae.flat_grads *= vae.flat_grads.dtype.type(1.0 / self.comm.size)
 
-    def mean_terms(self, terms, beta):
-        """The loss terms of the global batch from each rank's (means over equal shards)."""
+    def mean_terms(self, terms, config):
+        """The loss terms of the global batch from each rank's (means over equal shards), with the
+        objective of `config` (a VAEConfig: its recon and beta)."""
         if self.comm.size == 1:
             return terms
         buf = np.array([terms["mse"], terms["kl"]], np.float64)
         self.comm.sum_(buf)
         mse, kl = (float(v) for v in buf / self.comm.size)
-        return losses.terms(mse, kl, beta)
+        return losses.config_terms(mse, kl, config)
 
 
 def shard(n, comm):

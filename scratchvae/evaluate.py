@@ -134,7 +134,8 @@ def run(args):
         rec = measure.reconstructions(vae, read, n, args.batch_size, args.seed, features, bar)
         gen = measure.samples(vae, n, args.batch_size, args.seed, features, bar)
     record = {"checkpoint": str(args.checkpoint), "data": chosen.source, "split": chosen.split, "crop": chosen.crop,
-              "images": n, "image_size": size, "beta": vae.config.beta, "seed": args.seed,
+              "images": n, "image_size": size, "beta": vae.config.beta,
+              "recon": vae.config.recon, "decoder": vae.config.decoder, "seed": args.seed,
               "z_sampled": rec["z_sampled"], "z_mean": rec["z_mean"],
               "samples": {"count": n, **{k: {"samples": gen[k], "real": rec["real"][k],
                                              "ratio": report.ratio(gen[k], rec["real"][k])}

@@ -14,7 +14,7 @@ from scratchvae.architecture import VAEConfig
 from scratchvae.inference import Plan
 from scratchvae.kernels.workspace import Workspace
 from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU,
-                               Reshape, Sigmoid)
+                               Reshape, Sigmoid, UpSampling2D)
 
 __all__ = ["VAE", "VAEConfig", "Sequential", "LOAD_EXPANSION"]
 
@@ -66,6 +66,7 @@ class VAE:
         self.dtype = np.dtype(dtype)
         self.workspace = Workspace()
         self.on_grads_ready = on_grads_ready
+        self.reducer = reducer  # also sums the sigma-VAE's squared error over the ranks
         cfg, rng = self.config, np.random.default_rng(seed)
         trunk_specs, head_specs, decoder_specs = (architecture.encoder_trunk(cfg), architecture.encoder_heads(cfg),
                                                   architecture.decoder(cfg))
@@ -132,6 +133,8 @@ class VAE:
                 layer = Flatten(**common)
             elif spec.kind == "Reshape":
                 layer = Reshape(a["target_shape"], **common)
+            elif spec.kind == "UpSampling2D":
+                layer = UpSampling2D(a["size"], **common)
             else:
                 raise ValueError(f"{part}.{spec.name}: no layer for kind {spec.kind!r}")
             if not isinstance(layer, (Flatten, Reshape)):
@@ -200,19 +203,24 @@ class VAE:
         z_mean, z_log_var = self.encode(x, training)
         z, _ = losses.reparameterize(z_mean, z_log_var, self._on_backend(eps))
         x_hat = self.decode(z, training)
-        return losses.loss_terms(x, x_hat, z_mean, z_log_var, self.config.beta)
+        return losses.config_terms(losses.mse(x, x_hat), losses.kl_divergence(z_mean, z_log_var), self.config)
 
-    def forward_backward(self, x, eps):
-        """One training-mode pass: loss terms as floats, gradients left in `grads()`."""
+    def forward_backward(self, x, eps, kl_weight=1.0):
+        """One training-mode pass: loss terms as floats (unweighted: total = reconstruction + KL),
+        gradients of reconstruction + kl_weight * KL left in `grads()` (the config's recon decides
+        the reconstruction term; kl_weight 1.0 is the plain objective, bit for bit)."""
         x = self._check_images(x)
         eps = self._on_backend(eps)
         z_mean, z_log_var = self.encode(x, training=True)
         z, sigma = losses.reparameterize(z_mean, z_log_var, eps)
         x_hat = self.decoder.forward(z, True)
-        m, dx_hat = losses.mse_and_grad(x, x_hat, self.config.beta)
-        terms = losses.terms(m, losses.kl_divergence(z_mean, z_log_var), self.config.beta)
+        if self.config.recon == "sigma":
+            m, dx_hat = losses.sigma_recon_and_grad(x, x_hat, self.reducer)
+        else:
+            m, dx_hat = losses.mse_and_grad(x, x_hat, self.config.beta)
+        terms = losses.config_terms(m, losses.kl_divergence(z_mean, z_log_var), self.config)
         dz = self.decoder.backward(dx_hat)
-        d_mean, d_logvar = losses.latent_grads(dz, z_mean, z_log_var, eps, sigma)
+        d_mean, d_logvar = losses.latent_grads(dz, z_mean, z_log_var, eps, sigma, kl_weight)
         dh = self.heads[0].backward(d_mean)
         self._ready(self.heads[0])
         K.add(dh, self.heads[1].backward(d_logvar))

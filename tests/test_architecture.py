@@ -14,9 +14,10 @@ from scratchvae.model import VAE, VAEConfig, dead_biases
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 CONFIGS = [VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4),
            VAEConfig(image_size=24, channels=1, filters=3, blocks=3, z_dim=5, encoder_activation=None)]
+RESIZE = VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4, decoder="resize")
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", CONFIGS + [RESIZE])
 def test_the_spec_names_and_shapes_every_tensor_of_the_built_model(config):
     vae = VAE(config)
     built = {k: v.shape for k, v in {**vae.params(), **vae.state()}.items()}
@@ -33,6 +34,41 @@ def test_the_summary_lists_the_keras_layers_even_where_the_model_fuses_them():
     vae = VAE(CONFIGS[0])
     kinds = [layer.kind for layer in vae.decoder.layers]
     assert "LeakyReLU" not in kinds and kinds.count("BatchNormalization+LeakyReLU") == 3
+
+
+def test_the_resize_decoder_replaces_each_stride_2_transpose_by_upsampling_and_a_conv():
+    specs = architecture.decoder(VAEConfig(decoder="resize"))
+    seed = architecture.decoder(VAEConfig())
+    assert [s.name for s in specs[4:]] == ["up_1", "conv_1", "bn_1", "leaky_1", "up_2", "conv_2", "bn_2", "leaky_2",
+                                           "up_3", "conv_3", "bn_3", "leaky_3", "up_4", "conv_4", "bn_4", "leaky_4",
+                                           "conv_t_out", "sigmoid"]
+    assert specs[:4] == seed[:4] and specs[-2:] == seed[-2:]  # Dense block and output layer unchanged
+    conv = specs[5]
+    assert conv.kind == "Conv2D" and conv.args == {"in_channels": 128, "filters": 128, "kernel_size": 3,
+                                                   "strides": 1, "activation": None}
+    assert specs[4].kind == "UpSampling2D" and specs[4].args == {"size": 2}
+    assert "up_4 (UpSampling2D)                 (None, 128, 128, 128)" in architecture.summary(VAEConfig(decoder="resize"))
+    assert dead_biases(specs) == {"dense", "conv_1", "conv_2", "conv_3", "conv_4"}
+    # the same trainable numbers: a 3x3 Conv2D kernel and a 3x3 Conv2DTranspose kernel of 128 -> 128
+    assert architecture.count_params(VAEConfig(decoder="resize"), "decoder") == \
+        architecture.count_params(VAEConfig(), "decoder")
+
+
+def test_the_resize_decoder_runs_upsampling_and_conv_unfused_in_inference(rng):
+    vae = VAE(RESIZE, seed=1)
+    x = rng.uniform(0, 1, (3, 16, 16, 3)).astype(np.float32)
+    vae.forward_backward(x, rng.standard_normal((3, 4)).astype(np.float32))  # BN statistics off their init
+    assert vae.decoder_plan.describe() == ["dense+bn_0", "reshape", "up_1", "conv_1", "bn_1", "up_2", "conv_2",
+                                           "bn_2", "conv_t_out+sigmoid"]
+    z = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(vae.decode(z), vae.decoder.forward(z, training=False), rtol=1e-5, atol=2e-6)
+    assert not vae.grads()["decoder.conv_1.bias"].any() and vae.grads()["decoder.conv_t_out.bias"].any()
+
+
+@pytest.mark.parametrize("field,value", [("decoder", "deconv"), ("recon", "bce"), ("decoder", None)])
+def test_the_config_refuses_unknown_decoders_and_reconstructions(field, value):
+    with pytest.raises(ValueError, match=f"{field} {value!r} is not one of"):
+        VAEConfig(**{field: value})
 
 
 def test_output_shape_refuses_a_mismatch():
@@ -119,6 +155,9 @@ def test_a_checkpoint_written_before_the_specs_still_loads_and_computes_the_same
     vae, arrays, meta = VAE.load(os.path.join(FIXTURES, "checkpoint-v0.1.npz"), with_extras=True)
     want = np.load(os.path.join(FIXTURES, "checkpoint-v0.1-outputs.npz"))
     assert meta["epoch"] == 1 and vae.config == VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4)
+    # written before the decoder and recon choices: they load as the seed's
+    assert "decoder" not in meta["config"] and "recon" not in meta["config"]
+    assert (vae.config.decoder, vae.config.recon) == ("transpose", "mse")
     z_mean, z_log_var = vae.encode(want["x"])
     np.testing.assert_allclose(z_mean, want["z_mean"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(z_log_var, want["z_log_var"], rtol=1e-5, atol=1e-6)

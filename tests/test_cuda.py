@@ -357,6 +357,15 @@ def test_scatter_phase_and_gather_weights(rng):
         assert_close(*both("gather_weights", [wsub], kernel, taps_h, taps_w, cpu_fn=gather_weights))
 
 
+@pytest.mark.parametrize("n,h,w,c", [(2, 3, 5, 3), (1, 4, 4, 70)])
+def test_upsample_nearest_and_its_adjoint(rng, n, h, w, c):
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    ref, got = both("upsample_nearest", [np.full((n, 2 * h, 2 * w, c), np.nan, F32)], x)
+    np.testing.assert_array_equal(got[0], ref[0])
+    dy = rng.standard_normal((n, 2 * h, 2 * w, c)).astype(F32)
+    assert_close(*both("upsample_nearest_backward", [np.full((n, h, w, c), np.nan, F32)], dy))
+
+
 def test_proposed_batchnorm_kernels(rng):
     var = rng.uniform(0.0, 2.0, 7).astype(F32)
     assert_close(*both("bn_invstd", [np.zeros(7, F32)], var, 1e-3, cpu_fn=bn_invstd))
@@ -387,6 +396,10 @@ def test_proposed_loss_kernels_match_losses(rng):
     d_mean, d_logvar = losses.latent_grads(dz, z_mean, z_log_var, eps, sigma)
     _, got = both("latent_grads", [np.zeros_like(z), np.zeros_like(z)], dz, z_mean, z_log_var, eps, sigma, lo, hi,
                   cpu_fn=latent_grads)
+    assert_close([d_mean, d_logvar], got)
+    d_mean, d_logvar = losses.latent_grads(dz, z_mean, z_log_var, eps, sigma, 0.25)  # a KL warm-up weight
+    _, got = both("latent_grads", [np.zeros_like(z), np.zeros_like(z)], dz, z_mean, z_log_var, eps, sigma, lo, hi,
+                  0.25, cpu_fn=latent_grads)
     assert_close([d_mean, d_logvar], got)
     x, x_hat = rng.uniform(0, 1, (2, 11, 11, 3)).astype(F32), rng.uniform(0, 1, (2, 11, 11, 3)).astype(F32)
     beta = 2000.0
@@ -576,6 +589,28 @@ def test_whole_training_step_on_device_matches_cpu(rng):
         assert abs(t0[k] - t1[k]) <= 1e-5 * max(1.0, abs(t0[k])), (k, t0[k], t1[k])
         assert abs(e0[k] - e1[k]) <= 1e-5 * max(1.0, abs(e0[k])), (k, e0[k], e1[k])
     assert abs(n0 - n1) <= 1e-5 * n0
+
+
+def test_resize_decoder_sigma_loss_and_kl_weight_on_device_match_cpu_in_float64(rng):
+    """The resize decoder (UpSampling2D + Conv2D), the sigma-VAE loss (two mse_and_grad passes)
+    and a KL weight on the device: float64, so the device and CPU agree to round-off (1e-12); in
+    float32 a 4-filter net's BatchNorms amplify the summation order's rounding past 1e-5."""
+    from scratchvae.model import VAE, VAEConfig
+    cfg = VAEConfig(image_size=8, channels=3, filters=4, blocks=2, z_dim=3, decoder="resize", recon="sigma")
+    x, eps = rng.uniform(0, 1, (2, 8, 8, 3)), rng.standard_normal((2, 3))
+    runs = {}
+    for backend in ("cpu", "cuda"):
+        with kernels.using(backend):
+            vae = VAE(cfg, seed=0, dtype=np.float64)
+            terms = vae.forward_backward(x, eps, 0.5)
+            runs[backend] = terms, {k: kernels.to_host(v) for k, v in vae.grads().items()}, vae.evaluate(x, eps)
+    (t0, g0, e0), (t1, g1, e1) = runs["cpu"], runs["cuda"]
+    scale = max(float(np.max(np.abs(g))) for g in g0.values())
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=0, atol=1e-12 * scale, err_msg=k)
+    assert t0["reconstruction"] == pytest.approx(96 * (np.log(2 * np.pi * t0["mse"]) + 1), rel=1e-12)
+    for k in t0:
+        assert t1[k] == pytest.approx(t0[k], rel=1e-12, abs=1e-12) and e1[k] == pytest.approx(e0[k], rel=1e-12)
 
 
 # The parent collects the test that starts the child (and the device choice); the child the rest.

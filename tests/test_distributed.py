@@ -212,7 +212,9 @@ from scratchvae.optim import Adam
 
 threads.set_threads(1)
 comm = distributed.connect()
-cfg = VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4)
+options = dict(a.split("=") for a in sys.argv[1:])  # e.g. decoder=resize recon=sigma kl_weight=0.5
+kl_weight = float(options.pop("kl_weight", 1.0))
+cfg = VAEConfig(image_size=16, filters=4, blocks=2, z_dim=4, **options)
 batch = 4 * comm.size
 pixels = np.random.default_rng(0).integers(0, 256, (3 * batch, 16, 16, 3), dtype=np.uint8)
 mine = distributed.shard(batch, comm)
@@ -224,7 +226,7 @@ def steps(comm, part):
     for step in range(3):
         x = pixels[step * batch:(step + 1) * batch].astype(np.float64) / 255
         eps = train.step_noise(0, 0, step, (batch, cfg.z_dim)).astype(np.float64)
-        vae.forward_backward(x[part], eps[part])
+        vae.forward_backward(x[part], eps[part], kl_weight)
         sync.finish_gradients(vae)
         seen.update({f"{step}/{k}": g.copy() for k, g in vae.grads().items()})
         opt.step(vae.params(), vae.grads())
@@ -243,13 +245,17 @@ if comm.rank == 0:
 """
 
 
-@pytest.mark.parametrize("ranks", [3, 4])
-def test_the_math_is_exact_in_float64_at_any_rank_count(ranks):
+@pytest.mark.parametrize("ranks,options", [(3, []), (4, []),
+                                           (3, ["decoder=resize", "recon=sigma", "kl_weight=0.5"])])
+def test_the_math_is_exact_in_float64_at_any_rank_count(ranks, options):
     """In float64 three steps over K ranks (gradients, weights, statistics, Adam's moments) equal one
-    process to 1e-12 of each array's own largest value (in float32 the rounding differs with the summation order, and a kink of (Leaky)ReLU or a
-    gradient that is exactly zero turns it into visible differences: see RUN_DISTANCE)."""
+    process to 1e-12 of each array's own largest value (in float32 the rounding differs with the
+    summation order, and a kink of (Leaky)ReLU or a gradient that is exactly zero turns it into
+    visible differences: see RUN_DISTANCE). Also the resize decoder with the sigma-VAE loss, whose
+    variance is the global batch's MSE (the ranks sum their squared errors first), and a KL warm-up
+    weight."""
     assert MPIEXEC
-    done = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-c", FLOAT64_STEPS], cwd=ROOT,
+    done = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, "-c", FLOAT64_STEPS, *options], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 

@@ -272,3 +272,25 @@ def test_bn_batches_needs_the_runs_own_training_images(run, tmp_path, capsys):
                           "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: --bn-batches") and "training images" in err[-1]
+
+
+def test_a_sigma_vae_with_the_resize_decoder_reports_its_total_in_nats(tmp_path, capsys):
+    """recon "sigma": total = D/2 (log(2 pi MSE) + 1) + KL over the evaluated images, labelled so;
+    the MSE, PSNR and KL are measured as for every model."""
+    cfg = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4, decoder="resize", recon="sigma")
+    vae = VAE(cfg, seed=1)
+    vae.save(tmp_path / "checkpoint.npz", meta={"train": {**RUN, "data": None, "decoder": "resize",
+                                                          "recon": "sigma"}, "images": 40, "epoch": 1})
+    out = tmp_path / "out.json"
+    assert evaluate.main([str(tmp_path / "checkpoint.npz"), "--json", str(out), "--threads", "1", "--quiet"]) == 0
+    record = json.loads(out.read_text())
+    assert (record["recon"], record["decoder"]) == ("sigma", "resize")
+    assert "total (sigma-VAE, nats per image)" in capsys.readouterr().out
+    _, val = data.split_indices(40, RUN["val_fraction"], RUN["batch_size"], RUN["seed"])
+    x = synthetic_faces(40, 16, seed=RUN["seed"])[val].astype(np.float32) / 255
+    x_hat = np.asarray(vae.decode(vae.encode(x)[0]), np.float64)
+    mse = np.mean((x - x_hat) ** 2)
+    terms = record["z_mean"]
+    assert terms["mse"] == pytest.approx(mse, rel=1e-4)
+    assert terms["reconstruction"] == pytest.approx(16 * 16 * 3 / 2 * (np.log(2 * np.pi * mse) + 1), rel=1e-4)
+    assert terms["total"] == pytest.approx(terms["reconstruction"] + terms["kl"], rel=1e-12)

@@ -133,6 +133,20 @@ def test_scatter_phase_fills_each_phase_once(rng, h, w, s):
     assert_close([y["ref"]], [y["fast"]])
 
 
+@pytest.mark.parametrize("n,h,w,c", [(1, 3, 3, 1), (2, 4, 5, 3), (3, 7, 2, 130)])
+def test_upsample_nearest_and_its_adjoint(rng, n, h, w, c):
+    """Forward is a copy (exact); backward sums four numbers per block (another order: RTOL)."""
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    ref, fast = both("upsample_nearest", [np.full((n, 2 * h, 2 * w, c), np.nan, F32)], x)
+    assert np.array_equal(ref[0], fast[0]) and not np.isnan(fast[0]).any()
+    dy = rng.standard_normal((n, 2 * h, 2 * w, c)).astype(F32)
+    assert_close(*both("upsample_nearest_backward", [np.full((n, h, w, c), np.nan, F32)], dy))
+    # adjoint: <up(x), dy> = <x, up^T(dy)>
+    dx = fast[0][:, ::2, ::2].copy()
+    cpu.upsample_nearest_backward(dx, dy)
+    assert np.vdot(fast[0].astype(np.float64), dy) == pytest.approx(np.vdot(x.astype(np.float64), dx), rel=1e-5)
+
+
 @pytest.mark.parametrize("m,c", [(1, 1), (7, 3), (5000, 4), (64, 128)])
 def test_reductions_and_affine(rng, m, c):
     x = (rng.standard_normal((m, c)) * 3 + 1).astype(F32)

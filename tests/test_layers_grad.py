@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU, ReLU,
-                               Reshape, Sigmoid)
+                               Reshape, Sigmoid, UpSampling2D)
 from scratchvae.layers import conv
 from tests.gradcheck import check_layer
 
@@ -106,3 +106,22 @@ def test_flatten_reshape_roundtrip(rng):
     assert np.array_equal(flat.backward(back.backward(g)), g)
     check_layer(Flatten(dtype=F64), x.copy(), rng)
     check_layer(Reshape((5, 12), dtype=F64), y.copy(), rng)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 3, 2), (2, 4, 5, 3), (3, 2, 2, 1), (1, 5, 4, 1)])
+def test_upsampling(backend, rng, shape):
+    """Nearest upsampling by 2: every pixel fills its 2x2 block; backward sums each block."""
+    layer = UpSampling2D(2, dtype=F64)
+    x = rng.standard_normal(shape)
+    y = layer.forward(x, True)
+    n, h, w, c = shape
+    assert y.shape == (n, 2 * h, 2 * w, c)
+    for a in range(2):
+        for b in range(2):
+            assert np.array_equal(y[:, a::2, b::2, :], x)
+    check_layer(UpSampling2D(2, dtype=F64), x, rng)
+
+
+def test_upsampling_refuses_other_sizes():
+    with pytest.raises(ValueError, match="only 2"):
+        UpSampling2D(3)

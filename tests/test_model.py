@@ -45,27 +45,73 @@ def test_params_are_live_views():
     assert "encoder.bn_1.moving_mean" in vae.state() and "encoder.conv_1.kernel" in p
 
 
-def test_whole_model_gradient_check(rng):
-    vae = VAE(TINY, seed=3, dtype=np.float64)
+RESIZE = dict(decoder="resize")
+ZERO_GRAD_RESIZE = {"decoder.dense.bias", "decoder.conv_1.bias", "decoder.conv_2.bias"}
+GRAD_CASES = [  # (config, the biases cancelled by the BatchNorm after them, KL weight)
+    (TINY, ZERO_GRAD, 1.0),
+    (VAEConfig(**{**TINY.to_dict(), **RESIZE}), ZERO_GRAD_RESIZE, 0.3),
+    (VAEConfig(**{**TINY.to_dict(), **RESIZE, "recon": "sigma"}), ZERO_GRAD_RESIZE, 1.0),
+    (VAEConfig(**{**TINY.to_dict(), "recon": "sigma"}), ZERO_GRAD, 0.3),
+]
+
+
+@pytest.mark.parametrize("config,zero_grad,kl_weight", GRAD_CASES)
+def test_whole_model_gradient_check(rng, config, zero_grad, kl_weight):
+    """forward_backward's gradients are those of reconstruction + kl_weight * KL, for the seed's
+    beta * MSE and the sigma-VAE's likelihood, the transposed and the resize decoder."""
+    vae = VAE(config, seed=3, dtype=np.float64)
     for name, a in vae.params().items():  # move away from zero-bias / unit-gamma symmetry
         a += rng.standard_normal(a.shape) * 0.05
     x = rng.uniform(0, 1, (3, 8, 8, 3))
-    eps = rng.standard_normal((3, TINY.z_dim))
-    vae.forward_backward(x, eps)
+    eps = rng.standard_normal((3, config.z_dim))
+    terms = vae.forward_backward(x, eps, kl_weight)
     analytic = {k: g.copy() for k, g in vae.grads().items()}
+    assert terms == vae.evaluate(x, eps, training=True)  # reported terms are unweighted
 
     def loss():
-        return vae.evaluate(x, eps, training=True)["total"]
+        t = vae.evaluate(x, eps, training=True)
+        return t["reconstruction"] + kl_weight * t["kl"]
 
     for name, p in vae.params().items():
         numeric = numeric_grad(loss, p)
-        if name in ZERO_GRAD:
+        if name in zero_grad:
             # A bias right before a training-mode BatchNorm is cancelled by the mean subtraction.
             assert np.max(np.abs(analytic[name])) < 1e-12 and np.max(np.abs(numeric)) < 1e-7, name
             continue
         err = rel_error(analytic[name], numeric)
         assert err < 1e-6, f"{name}: relative error {err:.2e}"
-    assert ZERO_GRAD < set(vae.params())
+    assert zero_grad < set(vae.params())
+
+
+def test_sigma_vae_terms_closed_form(rng):
+    """reconstruction = D/2 (log(2 pi MSE) + 1) nats per image; total adds KL; beta plays no part."""
+    x, x_hat = rng.uniform(0, 1, (2, 4, 4, 3)), rng.uniform(0, 1, (2, 4, 4, 3))
+    mu, lv = rng.standard_normal((2, 5)), rng.standard_normal((2, 5))
+    mse = np.mean((x - x_hat) ** 2)
+    kl = np.mean(-0.5 * np.sum(1 + lv - mu ** 2 - np.exp(lv), axis=1))
+    for beta in (2000.0, 1.0):
+        t = losses.loss_terms(x, x_hat, mu, lv, beta, recon="sigma")
+        assert t["reconstruction"] == pytest.approx(48 / 2 * (np.log(2 * np.pi * mse) + 1), rel=1e-12)
+        assert t["total"] == pytest.approx(t["reconstruction"] + kl, rel=1e-12) and t["mse"] == mse
+    assert losses.sigma_nll(0.0, 48) == pytest.approx(24 * np.log(2 * np.pi * losses.MIN_SIGMA_SQ), rel=1e-12)
+
+
+def test_sigma_gradient_over_ranks_is_the_global_batch_gradient(rng):
+    """With a reducer (data parallelism), each rank scales by the global batch's MSE and its own
+    count, so the mean of the ranks' gradients is the gradient of the global batch's loss."""
+    x, x_hat = rng.uniform(0, 1, (4, 3, 3, 2)), rng.uniform(0, 1, (4, 3, 3, 2))
+    m, g = losses.sigma_recon_and_grad(x, x_hat)
+    np.testing.assert_allclose(g, (x_hat - x) / (4 * np.mean((x - x_hat) ** 2)), rtol=1e-12)
+    halves = [(x[:2], x_hat[:2]), (x[2:], x_hat[2:])]
+    for rank, (xr, xr_hat) in enumerate(halves):
+        other = halves[1 - rank]
+        others = np.array([np.sum((other[1] - other[0]) ** 2), other[0].size])
+
+        def reducer(a, others=others):
+            a += others
+        m_rank, g_rank = losses.sigma_recon_and_grad(xr, xr_hat, reducer)
+        assert m_rank == pytest.approx(m, rel=1e-12)
+        np.testing.assert_allclose(g_rank / 2, g[2 * rank:2 * rank + 2], rtol=1e-12)
 
 
 def test_loss_terms_closed_form(rng):

@@ -30,6 +30,7 @@ import sample  # noqa: E402
 import to_onnx  # noqa: E402
 
 SMALL = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4)
+RESIZE = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4, decoder="resize", recon="sigma")
 TOL = 1e-4
 
 
@@ -120,6 +121,32 @@ def test_small_parity_reference_evaluator(small, variant):
     enc = ReferenceEvaluator(onnx.load(folder / "encoder.onnx"))
     dec = ReferenceEvaluator(onnx.load(folder / "decoder.onnx"))
     assert_parity(lambda x: enc.run(None, {"image": x}), lambda z: dec.run(None, {"z": z})[0], small.vae, 3)
+
+
+@pytest.fixture(scope="module")
+def resize(tmp_path_factory):
+    return export_both(trained_vae(RESIZE, 4, 3), tmp_path_factory.mktemp("resize"))
+
+
+@pytest.mark.parametrize("n", [1, 5])
+@pytest.mark.parametrize("variant", ["folded", "unfolded"])
+def test_resize_decoder_parity_onnxruntime(resize, variant, n):
+    """decoder="resize": each UpSampling2D is a Resize (nearest, asymmetric, floor) and the Conv2D
+    after it a Conv with its BatchNorm folded in (or a BatchNormalization node, unfolded)."""
+    assert_parity(*ort_runners(getattr(resize, variant)), resize.vae, n)
+    graph = onnx.load(getattr(resize, variant) / "decoder.onnx").graph
+    resizes = [node for node in graph.node if node.op_type == "Resize"]
+    assert len(resizes) == RESIZE.blocks and "ConvTranspose" in [node.op_type for node in graph.node]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in resizes[0].attribute}
+    assert attrs == {"mode": b"nearest", "coordinate_transformation_mode": b"asymmetric", "nearest_mode": b"floor"}
+    folded = sum(node.op_type == "BatchNormalization" for node in graph.node) == 0
+    assert folded == (variant == "folded")
+
+
+def test_resize_decoder_parity_reference_evaluator(resize):
+    dec = ReferenceEvaluator(onnx.load(resize.folded / "decoder.onnx"))
+    _, z = inputs(RESIZE, 3)
+    assert max_err(dec.run(None, {"z": z})[0], resize.vae.decode(z, training=False)) < TOL
 
 
 def ops(path):

@@ -4,6 +4,7 @@ Each guarantee in docs/RELIABILITY.md names the test here that checks it. Real s
 to real `python -m scratchvae.train` processes; everything else runs in-process on tiny configs.
 """
 
+import csv
 import errno
 import fcntl
 import io
@@ -279,8 +280,8 @@ def test_non_finite_step_stops_with_exit_3_and_keeps_the_checkpoint(tmp_path, ca
     metrics = (out / "metrics.csv").read_bytes()
     real, calls = VAE.forward_backward, []
 
-    def poisoned(self, x, eps):
-        terms = real(self, x, eps)
+    def poisoned(self, x, eps, *kl_weight):
+        terms = real(self, x, eps, *kl_weight)
         calls.append(1)
         if len(calls) == 2:
             if fault == "loss":
@@ -493,9 +494,9 @@ class StopAfter:
 def test_resume_after_a_stop_at_any_step_is_exact(tmp_path, monkeypatch, straight, stop_after):
     real, counter = VAE.forward_backward, []
 
-    def counted(self, x, eps):
+    def counted(self, x, eps, *kl_weight):
         counter.append(1)
-        return real(self, x, eps)
+        return real(self, x, eps, *kl_weight)
 
     monkeypatch.setattr(VAE, "forward_backward", counted)
     monkeypatch.setattr(loop, "StopRequest", lambda **kw: StopAfter(stop_after, counter))
@@ -506,6 +507,32 @@ def test_resume_after_a_stop_at_any_step_is_exact(tmp_path, monkeypatch, straigh
     assert train.main([*EXACT, "--out", str(tmp_path), "--resume"]) == 0
     assert len(counter) == 2 * 22
     assert_same_run(straight, tmp_path)
+
+
+def test_resume_mid_kl_warm_up_is_exact(tmp_path, monkeypatch):
+    """--kl-warmup 3: step s of epoch e trains with KL weight min(1, (e + (s + 1) / 22) / 3), a run
+    stopped mid-epoch during the warm-up resumes to the uninterrupted run bit for bit, and
+    metrics.csv logs each epoch's mean weight."""
+    warm = [*EXACT, "--kl-warmup", "3", "--decoder", "resize", "--recon", "sigma"]
+    real, weights = VAE.forward_backward, []
+
+    def recorded(self, x, eps, kl_weight=1.0):
+        weights.append(kl_weight)
+        return real(self, x, eps, kl_weight)
+
+    monkeypatch.setattr(VAE, "forward_backward", recorded)
+    assert train.main([*warm, "--out", str(tmp_path / "straight")]) == 0
+    assert weights == [min(1.0, (e + (s + 1) / 22) / 3) for e in range(2) for s in range(22)]
+    rows = list(csv.DictReader(open(tmp_path / "straight" / "metrics.csv")))
+    assert list(rows[0])[:3] == ["epoch", "step", "kl_weight"]
+    assert [float(r["kl_weight"]) for r in rows] == [round((e + 23 / 44) / 3, 6) for e in range(2)]
+    weights.clear()
+    monkeypatch.setattr(loop, "StopRequest", lambda **kw: StopAfter(31, weights))
+    assert train.main([*warm, "--out", str(tmp_path / "split")]) == 130
+    monkeypatch.setattr(loop, "StopRequest", lambda **kw: StopAfter(10**9, weights))
+    assert train.main([*warm, "--out", str(tmp_path / "split"), "--resume"]) == 0
+    assert len(weights) == 2 * 22
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
 
 
 def watch(stream):

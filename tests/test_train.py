@@ -48,6 +48,20 @@ def test_resume_at_epoch_boundary_is_exact(tmp_path):
     assert header.startswith("epoch,step,train_total,train_reconstruction,") and header.endswith(",seconds")
 
 
+def test_a_resize_sigma_vae_run_records_its_choices_and_reports_nats(tmp_path):
+    assert run(tmp_path, "--limit", "96", "--epochs", "2", "--decoder", "resize", "--recon", "sigma") == 0
+    vae, _, meta = VAE.load(tmp_path / "checkpoint.npz", with_extras=True)
+    assert (vae.config.decoder, vae.config.recon) == ("resize", "sigma") == (meta["train"]["decoder"],
+                                                                           meta["train"]["recon"])
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert "kl_weight" not in rows[0]
+    for r in rows:  # held out: D/2 (log(2 pi MSE) + 1) nats per image, one variance for the set
+        d, mse = 16 * 16 * 3, float(r["val_mse"])
+        assert float(r["val_reconstruction"]) == pytest.approx(d / 2 * (np.log(2 * np.pi * mse) + 1), rel=1e-4)
+        assert float(r["val_total"]) == pytest.approx(float(r["val_reconstruction"]) + float(r["val_kl"]), abs=1e-5)
+    assert float(rows[-1]["train_mse"]) < float(rows[0]["train_mse"])
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--batch-size", "1"], "BatchNorm needs at least 2"),
     (["--epochs", "0"], "--epochs 0 must be at least 1"),
@@ -55,6 +69,8 @@ def test_resume_at_epoch_boundary_is_exact(tmp_path):
     (["--data", "does/not/exist"], "does/not/exist"),
     (["--resume"], "no checkpoint"),
     (["--limit", "20"], "too few"),
+    (["--recon", "sigma", "--beta", "5"], "--beta has no effect with --recon sigma"),
+    (["--kl-warmup", "-1"], "--kl-warmup -1 must be zero or more"),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys, extra, message):
     assert run(tmp_path / "o" / "run", *extra) == 2
@@ -67,6 +83,10 @@ def test_resume_rejects_another_configuration(tmp_path, capsys):
     assert run(tmp_path, "--limit", "64", "--epochs", "1") == 0
     assert train.main([*TINY[:-1], "--z-dim", "8", "--out", str(tmp_path), "--resume", "--epochs", "2"]) == 2
     assert "z_dim" in capsys.readouterr().err
+    for flag, value in (("--decoder", "resize"), ("--recon", "sigma"), ("--kl-warmup", "2")):
+        assert train.main([*TINY, "--out", str(tmp_path), "--resume", "--epochs", "2", flag, value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"{flag[2:].replace('-', '_')} = " in err and "\n" not in err, err
 
 
 def test_default_out_never_replaces_an_earlier_run(tmp_path, monkeypatch, capsys):
@@ -107,6 +127,15 @@ def test_settings_take_the_model_defaults_from_vaeconfig():
            (cfg.image_size, cfg.filters, cfg.blocks, cfg.z_dim, cfg.beta)
     assert s.model_config() == cfg
     assert Settings(z_dim=7, image_size=32).model_config() == VAEConfig(z_dim=7, image_size=32)
+    assert Settings(decoder="resize", recon="sigma").model_config() == VAEConfig(decoder="resize", recon="sigma")
+
+
+def test_settings_written_before_the_decoder_options_resume_as_the_seed():
+    from scratchvae.training.settings import Settings
+    record = {k: v for k, v in Settings().to_record().items() if k not in ("decoder", "recon", "kl_warmup")}
+    s = Settings.from_record(record)
+    assert (s.decoder, s.recon, s.kl_warmup) == ("transpose", "mse", 0) and s.kl_weight(0, 0, 10) == 1.0
+    assert Settings(kl_warmup=2).kl_weight(0, 4, 10) == 0.25 and Settings(kl_warmup=2).kl_weight(3, 0, 10) == 1.0
 
 
 def test_settings_from_the_command_line_and_from_a_checkpoint():

@@ -68,7 +68,7 @@ def reconstructions(vae, read, n, batch_size, seed, features=None, bar=_no_bar):
     progress.close()
     result = {}
     for mode in MODES:
-        terms = losses.terms(sums[f"{mode}_sq"] / n, sums["kl"] / n, vae.config.beta)
+        terms = losses.config_terms(sums[f"{mode}_sq"] / n, sums["kl"] / n, vae.config)
         terms["ssim"] = sums[f"{mode}_ssim"] / n if with_ssim else None
         result[mode] = terms
     result["real"] = {"blur": sums["blur"] / n, "checkerboard": sums["checkerboard"] / n}

@@ -16,6 +16,22 @@ from scratchvae import atomic, images
 ROWS = (("total", "total (beta*MSE + KL)", "{:.2f}"), ("reconstruction", "reconstruction (beta*MSE)", "{:.2f}"),
         ("kl", "KL (nats per image)", "{:.2f}"), ("mse", "MSE per pixel", "{:.5f}"),
         ("psnr", "PSNR (dB)", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"))
+# A --recon sigma model's total is the sigma-VAE's: the Gaussian likelihood at variance MSE, in nats.
+SIGMA_LABELS = {"total": "total (sigma-VAE, nats per image)",
+                "reconstruction": "reconstruction (D/2 log(2 pi e MSE), nats)"}
+
+
+def rows_for(record):
+    """ROWS with the total and reconstruction labelled in the units of the record's objective."""
+    if record.get("recon") != "sigma":
+        return ROWS
+    return tuple((key, SIGMA_LABELS.get(key, label), fmt) for key, label, fmt in ROWS)
+
+
+def objective(record):
+    """The objective in words for report.md: the seed's beta, or the sigma-VAE."""
+    what = "sigma-VAE" if record.get("recon") == "sigma" else f"beta {record['beta']:g}"
+    return f"{what}, {record.get('decoder', 'transpose')} decoder"
 
 
 def _fmt(fmt, v):
@@ -28,7 +44,8 @@ def ratio(a, b):
 
 def table_rows(record):
     """(header, rows) of the console and Markdown tables: reconstruction measures, then samples."""
-    rec = [[label, _fmt(fmt, record["z_sampled"][key]), _fmt(fmt, record["z_mean"][key])] for key, label, fmt in ROWS]
+    rec = [[label, _fmt(fmt, record["z_sampled"][key]), _fmt(fmt, record["z_mean"][key])]
+           for key, label, fmt in rows_for(record)]
     s = record["samples"]
     gen = [["blur (variance of the Laplacian)", _fmt("{:.5f}", s["blur"]["samples"]),
             _fmt("{:.5f}", s["blur"]["real"]), _fmt("{:.3f}", s["blur"]["ratio"])],
@@ -89,7 +106,7 @@ def write_report(folder, record, rec, gen, command):
     save_latent_histograms(os.path.join(folder, "latents.png"), rec["latents"])
     md = [f"# Evaluation of {record['checkpoint']}", "", f"`{command}`", "",
           f"{record['images']} {record['split']} images of {record['data']} at "
-          f"{record['image_size']}x{record['image_size']} (beta {record['beta']:g}, seed {record['seed']}); "
+          f"{record['image_size']}x{record['image_size']} ({objective(record)}, seed {record['seed']}); "
           f"as many samples of z ~ N(0, I). Definitions: docs/EVALUATE.md.", ""]
     for header, rows in table_rows(record):
         md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

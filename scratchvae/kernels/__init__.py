@@ -209,6 +209,14 @@ def gather_weights(wsub, kernel, taps_h, taps_w):
     return backend().gather_weights(wsub, kernel, taps_h, taps_w)
 
 
+def upsample_nearest(y, x):
+    return backend().upsample_nearest(y, x)
+
+
+def upsample_nearest_backward(dx, dy):
+    return backend().upsample_nearest_backward(dx, dy)
+
+
 # ---------------------------------------------------------------- fused
 
 def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None, alpha=1.0):
@@ -251,8 +259,8 @@ def reparameterize(z, sigma, z_mean, z_log_var, eps, lo, hi):
     return backend().reparameterize(z, sigma, z_mean, z_log_var, eps, lo, hi)
 
 
-def latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi):
-    return backend().latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi)
+def latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi, kl_weight=1.0):
+    return backend().latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi, kl_weight)
 
 
 for _op in OPS:  # the math of each op, as ops.py declares it, for help()

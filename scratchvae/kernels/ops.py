@@ -91,6 +91,10 @@ OPS = (
         "x[n,h,w,c] = sum of cols[(n,p,q), (i,j,c)] over stride*p + i - pad_top = h, stride*q + j - pad_left = w"),
     _op("convolution", "gather_weights", "wsub", "kernel, taps_h, taps_w",
         "wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of a conv adjoint"),
+    _op("convolution", "upsample_nearest", "y", "x",
+        "y[n, 2h + a, 2w + b, c] = x[n, h, w, c] for a, b in {0, 1}: nearest-neighbour upsampling by 2"),
+    _op("convolution", "upsample_nearest_backward", "dx", "dy",
+        "dx[n, h, w, c] = sum over a, b in {0, 1} of dy[n, 2h + a, 2w + b, c]: the adjoint, per 2x2 block"),
     # fused inference (BatchNorm folded in, activation in the same pass; act None, "leaky" or "sigmoid")
     _op("fused", "col2im_act", "x", "cols, " + GEOMETRY + ", bias, activation=None, alpha=1.0",
         "x = act(col2im(cols) + bias[c]); columns of cols past KH*KW*C are padding, ignored"),
@@ -112,8 +116,9 @@ OPS = (
         "out[0] = -1/2 sum (1 + lv - mu^2 - exp(lv)) over batch and latent"),
     _op("losses", "reparameterize", "z, sigma", "z_mean, z_log_var, eps, lo, hi",
         "sigma = exp(lv / 2); z = mu + sigma * eps"),
-    _op("losses", "latent_grads", "d_mean, d_logvar", "dz, z_mean, z_log_var, eps, sigma, lo, hi",
-        "d_mean = dz + mu/n; d_logvar = (dz*eps*sigma/2 + (sigma^2 - 1)/(2n)) * [lo <= lv <= hi], n = batch"),
+    _op("losses", "latent_grads", "d_mean, d_logvar", "dz, z_mean, z_log_var, eps, sigma, lo, hi, kl_weight=1.0",
+        "d_mean = dz + w*mu/n; d_logvar = (dz*eps*sigma/2 + w*(sigma^2 - 1)/(2n)) * [lo <= lv <= hi], "
+        "n = batch, w = kl_weight"),
 )
 
 BY_NAME = {op.name: op for op in OPS}

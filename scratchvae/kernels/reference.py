@@ -291,6 +291,17 @@ def mse_and_grad(sq_sum, dx_hat, x_hat, x, scale):
     dx_hat[...] = d * d.dtype.type(scale)
 
 
+def upsample_nearest(y, x):
+    """y[n, 2h + a, 2w + b, c] = x[n, h, w, c] for a, b in {0, 1}."""
+    y[...] = x.repeat(2, axis=1).repeat(2, axis=2)
+
+
+def upsample_nearest_backward(dx, dy):
+    """dx[n, h, w, c] = sum of dy over the 2x2 block (2h + a, 2w + b) that copied x[n, h, w, c]."""
+    n, h, w, c = dx.shape
+    dx[...] = dy.reshape(n, h, 2, w, 2, c).sum(axis=(2, 4))
+
+
 def kl_sum(out, z_mean, z_log_var, lo, hi):
     """out[0] = -1/2 sum (1 + lv - mu^2 - exp(lv)) over batch and latent, lv = clip(log s^2, lo, hi)."""
     lv = np.clip(z_log_var, lo, hi).astype(np.float64)
@@ -303,9 +314,10 @@ def reparameterize(z, sigma, z_mean, z_log_var, eps, lo, hi):
     z[...] = z_mean + sigma * eps
 
 
-def latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi):
-    """d_mean = dz + mu/n; d_logvar = (dz*eps*sigma/2 + (sigma^2-1)/(2n)) * [lo <= lv <= hi], n = batch."""
+def latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi, kl_weight=1.0):
+    """d_mean = dz + w*mu/n; d_logvar = (dz*eps*sigma/2 + w*(sigma^2-1)/(2n)) * [lo <= lv <= hi], n = batch,
+    w = kl_weight (w = 1 gives the same scalars, so the same bits, as no weight)."""
     t, n = dz.dtype.type, z_mean.shape[0]
-    d_mean[...] = dz + z_mean * t(1.0 / n)
+    d_mean[...] = dz + z_mean * t(kl_weight / n)
     inside = (z_log_var >= lo) & (z_log_var <= hi)
-    d_logvar[...] = (dz * eps * sigma * t(0.5) + (sigma * sigma - t(1)) * t(0.5 / n)) * inside
+    d_logvar[...] = (dz * eps * sigma * t(0.5) + (sigma * sigma - t(1)) * t(0.5 * kl_weight / n)) * inside

@@ -10,6 +10,7 @@ import sys
 import traceback
 
 from scratchvae import distributed
+from scratchvae.architecture import DECODERS, RECONS
 from scratchvae.errors import TrainingDiverged, UserError
 from scratchvae.interrupt import sigterm_as_interrupt
 from scratchvae.training import loop
@@ -35,7 +36,17 @@ def build_parser():
                                                   f"{D.batch_size}, {SYNTHETIC_BATCH} on the built-in data)")
     p.add_argument("--lr", type=float, help=f"Adam learning rate (default {D.lr:g})")
     p.add_argument("--beta", type=float, help=f"weight of the per-pixel MSE against the KL term "
-                                              f"(default {D.beta:g})")
+                                              f"(default {D.beta:g}; not with --recon sigma)")
+    p.add_argument("--decoder", choices=list(DECODERS),
+                   help="how the decoder doubles the image size: transpose (stride-2 Conv2DTranspose, the seed's, "
+                        "default) or resize (nearest UpSampling2D then a 3x3 Conv2D: no checkerboard)")
+    p.add_argument("--recon", choices=list(RECONS),
+                   help="reconstruction term: mse (beta * MSE + KL, the seed's, default) or sigma (the sigma-VAE: "
+                        "Gaussian likelihood with its variance at the batch MSE, D/2 log(2 pi MSE) + D/2 + KL, no "
+                        "beta; total and reconstruction are then reported in nats per image)")
+    p.add_argument("--kl-warmup", type=int, metavar="EPOCHS",
+                   help="raise the KL weight linearly from 0 to 1 over the first EPOCHS epochs, step by step "
+                        "(default 0: weight 1 throughout); the reported terms stay unweighted")
     p.add_argument("--z-dim", type=int, help=f"latent dimensions (default {D.z_dim})")
     p.add_argument("--filters", type=int, help=f"channels of every convolution block (default {D.filters})")
     p.add_argument("--blocks", type=int, help=f"stride-2 blocks in encoder and decoder (default {D.blocks})")

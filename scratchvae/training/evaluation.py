@@ -26,8 +26,9 @@ COLUMNS = ("epoch", "step", *(f"train_{k}" for k in TERMS), *(f"val_{k}" for k i
 
 def held_out(vae, reader, val_idx, s, epoch, comm=None):
     """Inference-mode loss terms on the held-out images, z sampled as in training: each batch's terms
-    (from losses) weighted by its size, PSNR from the mean MSE. Under MPI each rank takes every K-th
-    batch and the sums are shared."""
+    (from losses) weighted by its size, PSNR from the mean MSE (and with recon "sigma" the total and
+    reconstruction too: one variance for the whole set). Under MPI each rank takes every K-th batch
+    and the sums are shared."""
     comm = comm or distributed.Single()
     sums = np.zeros(len(AVERAGED) + 1)  # the terms times their image counts, then the count
     for j, start in enumerate(range(0, len(val_idx), s.batch_size)):
@@ -39,13 +40,16 @@ def held_out(vae, reader, val_idx, s, epoch, comm=None):
         sums += [*(terms[k] * len(idx) for k in AVERAGED), len(idx)]
     comm.sum_(sums)
     result = {k: float(sums[i] / sums[-1]) for i, k in enumerate(AVERAGED)}
+    if vae.config.recon == "sigma":  # one variance, the held-out MSE, for all of them (as evaluate uses)
+        return losses.config_terms(result["mse"], result["kl"], vae.config)
     return {**result, "psnr": losses.psnr(result["mse"])}
 
 
-def metrics_row(epoch, step, train, val, images, seconds):
+def metrics_row(epoch, step, train, val, images, seconds, kl_weight=None):
     """One line of metrics.csv (and of the checkpoint's history): the epoch's mean training terms,
-    its held-out terms and its speed."""
-    return {"epoch": epoch, "step": step,
+    its held-out terms and its speed; with a KL warm-up, the epoch's mean KL weight (`kl_weight`)."""
+    weight = {} if kl_weight is None else {"kl_weight": round(kl_weight, 6)}
+    return {"epoch": epoch, "step": step, **weight,
             **{f"train_{k}": round(v, 6) for k, v in train.items()},
             **{f"val_{k}": round(v, 6) for k, v in val.items()},
             "images_per_s": round(images / seconds, 2), "seconds": round(seconds, 1)}
@@ -65,7 +69,7 @@ def save_pictures(vae, reader, val_idx, s, history, out):
                         "held-out total": [h["val_total"] for h in history],
                         "held-out reconstruction": [h["val_reconstruction"] for h in history],
                         "held-out KL": [h["val_kl"] for h in history]},
-                       title="loss per epoch", log_y=True, x=epochs)
+                       title="loss per epoch", log_y=vae.config.recon == "mse", x=epochs)
     write_metrics(os.path.join(out, "metrics.csv"), history)
 
 

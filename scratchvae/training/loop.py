@@ -170,9 +170,12 @@ def train_epoch(job, epoch, stop):
                disable=job.quiet or not job.comm.is_root, dynamic_ncols=True, leave=False)
     with Prefetcher(job.reader.read, batches) as feed:
         for step, x in zip(range(first, job.steps), feed):
-            terms = train_step(job, x, epoch, step)
+            weight = s.kl_weight(epoch, step, job.steps)
+            terms = train_step(job, x, epoch, step, weight)
             p.step, p.step_in_epoch = p.step + 1, step + 1
             seen += s.batch_size
+            if s.kl_warmup:  # its mean over the epoch becomes metrics.csv's kl_weight column
+                terms = {**terms, "kl_weight": weight}
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             sums["steps"] = sums.get("steps", 0) + 1
@@ -188,15 +191,16 @@ def train_epoch(job, epoch, stop):
     return 0, (sums, seen, time.perf_counter() - t0)
 
 
-def train_step(job, x, epoch, step):
-    """One optimizer step on this rank's shard `x` of the global batch; the batch's loss terms."""
+def train_step(job, x, epoch, step, kl_weight=1.0):
+    """One optimizer step on this rank's shard `x` of the global batch, the KL term weighted by
+    `kl_weight` (a warm-up); the batch's (unweighted) loss terms."""
     s = job.s
     eps = draws.step_noise(s.seed, epoch, step, (s.batch_size, job.vae.config.z_dim))[job.mine]
     # Overflow is detected below and reported once, not as NumPy warnings per layer.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        terms = job.vae.forward_backward(x, eps)
+        terms = job.vae.forward_backward(x, eps, kl_weight)
         job.sync.finish_gradients(job.vae)
-        terms = job.sync.mean_terms(terms, s.beta)
+        terms = job.sync.mean_terms(terms, job.vae.config)
         if not np.isfinite(terms["total"]):
             raise diverged(job, f"the loss became {terms['total']}", epoch, step)
         try:
@@ -220,12 +224,13 @@ def end_epoch(job, epoch, sums, seen, elapsed):
     p = job.progress
     n_steps = sums.pop("steps")
     train = {k: v / n_steps for k, v in sums.items()}
+    kl_weight = train.pop("kl_weight", None)  # only with --kl-warmup: a run keeps one column order
     # Exact BatchNorm statistics (after every epoch, the last one included), so that held-out
     # evaluation, the pictures, the checkpoint and everything made from it use them.
     batchnorm.measure(job.vae, job.reader, job.train_idx, job.s.seed, epoch, job.s.batch_size,
                       job.s.precise_bn_batches(), job.mine, progress=not job.quiet and job.comm.is_root)
     val = evaluation.held_out(job.vae, job.reader, job.val_idx, job.s, epoch, job.comm)
-    p.history.append(evaluation.metrics_row(epoch + 1, p.step, train, val, seen, elapsed))
+    p.history.append(evaluation.metrics_row(epoch + 1, p.step, train, val, seen, elapsed, kl_weight))
     p.epoch, p.step_in_epoch, p.partial = epoch + 1, 0, None
     if job.comm.is_root:
         with outdir.writing(job.out):

@@ -45,8 +45,8 @@ def save(vae, opt, out, s, progress):
 def divergence_hint(s, path):
     """The likely cause of a non-finite loss, and what became of the checkpoint."""
     kept = f"the last checkpoint {path} is unchanged" if os.path.isfile(path) else "no checkpoint was written"
-    return (f"the learning rate (--lr {s.lr:g}) or --beta ({s.beta:g}) is likely too high; "
-            f"start a new run with a lower one ({kept})")
+    cause = f"the learning rate (--lr {s.lr:g})" + ("" if s.recon == "sigma" else f" or --beta ({s.beta:g})")
+    return f"{cause} is likely too high; start a new run with a lower one ({kept})"
 
 
 def load(path, hooks=None):

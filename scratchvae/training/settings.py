@@ -12,6 +12,7 @@ import math
 import os
 import typing
 
+from scratchvae.architecture import DECODERS, RECONS
 from scratchvae.errors import UserError
 from scratchvae.model import VAEConfig
 
@@ -44,6 +45,9 @@ class Settings:
     # Training batches whose exact BatchNorm statistics replace the moving averages after each
     # epoch; None: enough for about 2,000 images; 0: Keras' moving averages only.
     bn_batches: int | None = None
+    decoder: str = _MODEL.decoder  # "transpose" (the seed's) or "resize"
+    recon: str = _MODEL.recon  # "mse" (beta * MSE, the seed's) or "sigma" (the sigma-VAE; beta unused)
+    kl_warmup: int = 0  # epochs over which the KL weight rises linearly from 0 to 1; 0: always 1
 
     def __post_init__(self):
         if self.batch_size < 2:
@@ -61,15 +65,29 @@ class Settings:
             raise UserError(f"--bn-batches {self.bn_batches} must be zero or more")
         if self.crop not in CROPS:
             raise UserError(f"--crop {self.crop!r} is not one of {', '.join(CROPS)}")
+        if self.decoder not in DECODERS:
+            raise UserError(f"--decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
+        if self.recon not in RECONS:
+            raise UserError(f"--recon {self.recon!r} is not one of {', '.join(RECONS)}")
+        if self.kl_warmup < 0:
+            raise UserError(f"--kl-warmup {self.kl_warmup} must be zero or more epochs")
         self.model_config()
 
     def model_config(self) -> VAEConfig:
         """The model these settings train (VAEConfig's own checks give the one-line error)."""
         try:
             return VAEConfig(image_size=self.image_size, filters=self.filters, blocks=self.blocks,
-                             z_dim=self.z_dim, beta=self.beta)
+                             z_dim=self.z_dim, beta=self.beta, decoder=self.decoder, recon=self.recon)
         except ValueError as e:
             raise UserError(str(e)) from None
+
+    def kl_weight(self, epoch: int, step: int, steps: int) -> float:
+        """The KL weight of step `step` (0-based) of `steps` in epoch `epoch`: min(1, (epoch +
+        (step + 1) / steps) / kl_warmup), a pure function of the step, so a resumed run repeats it;
+        exactly 1.0 without warm-up (the plain objective, bit for bit)."""
+        if self.kl_warmup == 0:
+            return 1.0
+        return min(1.0, (epoch + (step + 1) / steps) / self.kl_warmup)
 
     def precise_bn_batches(self) -> int:
         """How many training batches the BatchNorm statistics are measured on after each epoch."""
@@ -94,7 +112,7 @@ class Settings:
 
 
 # Fields that checkpoints written before them lack, with the value that reproduces those runs.
-LEGACY = {"bn_batches": 0}
+LEGACY = {"bn_batches": 0, "decoder": "transpose", "recon": "mse", "kl_warmup": 0}
 
 
 def _is_a(value, hint) -> bool:
@@ -113,6 +131,9 @@ def resolve(args, saved: Settings | None = None) -> Settings:
              if getattr(args, f.name, None) is not None}
     if "data" in given:
         given["data"] = os.path.abspath(given["data"])
+    if "beta" in given and given.get("recon", saved.recon if saved else _MODEL.recon) == "sigma":
+        raise UserError("--beta has no effect with --recon sigma (the sigma-VAE weighs its reconstruction "
+                        "itself): drop --beta")
     if saved is None:
         if "data" not in given and "batch_size" not in given:
             given["batch_size"] = SYNTHETIC_BATCH

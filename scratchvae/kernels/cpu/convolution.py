@@ -1,4 +1,5 @@
-"""Convolution gathers and scatters on the CPU (NHWC): im2col by taps, phase scatter, col2im.
+"""Convolution gathers and scatters on the CPU (NHWC): im2col by taps, phase scatter, col2im, and
+nearest-neighbour upsampling by 2 with its adjoint.
 
 cols rows are output pixels (n, p, q), columns (tap, channel). Every kernel is a gather or writes
 disjoint slices, parallel over (image, row): never a += into a slot two iterations share.
@@ -93,3 +94,38 @@ def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
     cols[(n,p,q), (i,j,c)], with Ho = ceil(H / stride): a gather, parallel over output rows."""
     ho, wo = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
     _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _upsample_nearest(y, x):
+    n, h, w, c = x.shape
+    for r in prange(n * h):  # one input row: it writes its own two output rows
+        b = r // h
+        i = r - b * h
+        for j in range(w):
+            for a in range(2):
+                for d in range(2):
+                    for ch in range(c):
+                        y[b, 2 * i + a, 2 * j + d, ch] = x[b, i, j, ch]
+
+
+def upsample_nearest(y, x):
+    """y[n, 2h + a, 2w + b, c] = x[n, h, w, c] for a, b in {0, 1}: parallel over input rows."""
+    _upsample_nearest(y, x)
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _upsample_nearest_backward(dx, dy):
+    n, h, w, c = dx.shape
+    for r in prange(n * h):  # one row of dx, summed from its own two rows of dy: no shared slot
+        b = r // h
+        i = r - b * h
+        for j in range(w):
+            for ch in range(c):
+                dx[b, i, j, ch] = (dy[b, 2 * i, 2 * j, ch] + dy[b, 2 * i, 2 * j + 1, ch]) + \
+                                  (dy[b, 2 * i + 1, 2 * j, ch] + dy[b, 2 * i + 1, 2 * j + 1, ch])
+
+
+def upsample_nearest_backward(dx, dy):
+    """dx[n, h, w, c] = sum of dy over the 2x2 block (2h + a, 2w + b): parallel over rows of dx."""
+    _upsample_nearest_backward(dx, dy)

@@ -1,5 +1,6 @@
-"""Convolution gathers and scatters on CUDA (NHWC): im2col by taps, phase scatter, col2im, and the
-phase weights of a conv adjoint. Every kernel is a gather or writes disjoint elements: no atomics.
+"""Convolution gathers and scatters on CUDA (NHWC): im2col by taps, phase scatter, col2im, the
+phase weights of a conv adjoint, and nearest upsampling by 2 with its adjoint. Every kernel is a
+gather or writes disjoint elements: no atomics.
 
 Small index vectors (tap offsets) are uploaded once per distinct value and cached on the device.
 """
@@ -147,3 +148,48 @@ def gather_weights(wsub, kernel, taps_h, taps_w):
     if tuple(wsub.shape) != (len(taps_h) * len(taps_w) * o, c):
         raise ValueError(f"gather_weights: wsub {tuple(wsub.shape)} does not fit kernel {tuple(kernel.shape)}")
     launch(_gather_weights, wsub.size, wsub, kernel, _ints(taps_h), _ints(taps_w), len(taps_w))
+
+
+@cuda.jit(cache=True)
+def _upsample_nearest(y, x):
+    """y[n, 2h + a, 2w + b, c] = x[n, h, w, c]: one thread per element of y."""
+    _, ho, wo, c = y.shape
+    for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        ch = i % c
+        rest = i // c
+        q = rest % wo
+        rest = rest // wo
+        p = rest % ho
+        img = rest // ho
+        y[img, p, q, ch] = x[img, p // 2, q // 2, ch]
+
+
+def upsample_nearest(y, x):
+    """y[n, 2h + a, 2w + b, c] = x[n, h, w, c] for a, b in {0, 1}: a gather, one thread per output."""
+    n, h, w, c = x.shape
+    if tuple(y.shape) != (n, 2 * h, 2 * w, c):
+        raise ValueError(f"upsample_nearest: y {tuple(y.shape)} is not twice x {tuple(x.shape)}")
+    launch(_upsample_nearest, y.size, y, x)
+
+
+@cuda.jit(cache=True)
+def _upsample_nearest_backward(dx, dy):
+    """dx[n, h, w, c] = the sum of dy over its 2x2 block: one thread per element of dx."""
+    _, h, w, c = dx.shape
+    for i in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        ch = i % c
+        rest = i // c
+        q = rest % w
+        rest = rest // w
+        p = rest % h
+        img = rest // h
+        dx[img, p, q, ch] = (dy[img, 2 * p, 2 * q, ch] + dy[img, 2 * p, 2 * q + 1, ch]) + \
+                            (dy[img, 2 * p + 1, 2 * q, ch] + dy[img, 2 * p + 1, 2 * q + 1, ch])
+
+
+def upsample_nearest_backward(dx, dy):
+    """dx[n, h, w, c] = sum over a, b in {0, 1} of dy[n, 2h + a, 2w + b, c]: a gather, one thread per input."""
+    n, h, w, c = dx.shape
+    if tuple(dy.shape) != (n, 2 * h, 2 * w, c):
+        raise ValueError(f"upsample_nearest_backward: dy {tuple(dy.shape)} is not twice dx {tuple(dx.shape)}")
+    launch(_upsample_nearest_backward, dx.size, dx, dy)

@@ -93,7 +93,7 @@ def reparameterize(z, sigma, z_mean, z_log_var, eps, lo, hi):
 @cuda.jit(cache=True)
 def _latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, inv_n, half, half_inv_n,
                   one, zero, lo, hi):
-    """d_mean = dz + mu/n; d_logvar = (dz*eps*sigma/2 + (sigma^2 - 1)/(2n)) * [lo <= lv <= hi]."""
+    """d_mean = dz + mu*inv_n; d_logvar = (dz*eps*sigma/2 + (sigma^2 - 1)*half_inv_n) * [lo <= lv <= hi]."""
     for i in range(cuda.grid(1), dz.size, cuda.gridsize(1)):
         s = sigma[i]
         lv = z_log_var[i]
@@ -102,10 +102,11 @@ def _latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, inv_n, ha
         d_logvar[i] = (dz[i] * eps[i] * s * half + (s * s - one) * half_inv_n) * inside
 
 
-def latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi):
-    """d_mean = dz + mu/n; d_logvar = (dz*eps*sigma/2 + (sigma^2-1)/(2n)) * [lo <= lv <= hi], n = batch."""
+def latent_grads(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma, lo, hi, kl_weight=1.0):
+    """d_mean = dz + w*mu/n; d_logvar = (dz*eps*sigma/2 + w*(sigma^2-1)/(2n)) * [lo <= lv <= hi], n = batch,
+    w = kl_weight (folded into the scalars on the host: w = 1 gives the same bits as no weight)."""
     same_size(d_mean, d_logvar, dz, z_mean, z_log_var, eps, sigma)
     t = dz.dtype.type
     n = z_mean.shape[0]
     launch(_latent_grads, dz.size, flat(d_mean), flat(d_logvar), flat(dz), flat(z_mean), flat(z_log_var),
-           flat(eps), flat(sigma), t(1.0 / n), t(0.5), t(0.5 / n), t(1), t(0), t(lo), t(hi))
+           flat(eps), flat(sigma), t(kl_weight / n), t(0.5), t(0.5 * kl_weight / n), t(1), t(0), t(lo), t(hi))
