@@ -577,7 +577,20 @@ def drain(lines, timeout=30):
     return out
 
 
-def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path, straight):
+def train_in_a_process(out, *extra):
+    """python -m scratchvae.train with EXACT in a child process; its exit code."""
+    return subprocess.run([sys.executable, "-m", "scratchvae.train", *EXACT, "--out", str(out), *extra], cwd=ROOT,
+                          capture_output=True, timeout=600).returncode
+
+
+def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path):
+    """Every run of this test is a child process that loads the kernels from Numba's cache (a
+    warm-up run fills it first): a freshly compiled kernel can round float32 differently from the
+    same kernel loaded from the cache (RELIABILITY.md, known limits), and this test is about the
+    signal and the resume, not about that."""
+    assert train_in_a_process(tmp_path / "warm-up", "--epochs", "1") == 0
+    straight = tmp_path / "straight"
+    assert train_in_a_process(straight) == 0
     out = tmp_path / "run"
     loud = [a for a in EXACT if a != "--quiet"]  # the progress bar on stderr shows which step is running
     proc = subprocess.Popen([sys.executable, "-u", "-m", "scratchvae.train", *loud, "--out", str(out)], cwd=ROOT,
@@ -602,7 +615,7 @@ def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path, straight):
     else:  # a machine so busy that epoch 1 ended before the signal was handled
         assert (meta["epoch"], meta["step_in_epoch"]) == (1, 0)
     assert 0 < meta["step"] < 2 * 22
-    assert train.main([*EXACT, "--out", str(out), "--resume"]) == 0
+    assert train_in_a_process(out, "--resume") == 0
     assert_same_run(straight, out)
 
 

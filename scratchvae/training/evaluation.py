@@ -20,8 +20,8 @@ AVERAGED = ("total", "reconstruction", "kl", "mse")  # PSNR is not averaged: it 
 TERMS = (*AVERAGED, "psnr")  # the order of losses.terms
 # metrics.csv's columns for the life of a run: a resumed history comes back from the checkpoint's
 # JSON with its keys sorted, and scripts read the file by position.
-COLUMNS = ("epoch", "step", *(f"train_{k}" for k in TERMS), *(f"val_{k}" for k in TERMS), "images_per_s",
-           "seconds")
+COLUMNS = ("epoch", "step", "kl_weight", *(f"train_{k}" for k in TERMS), *(f"val_{k}" for k in TERMS),
+           "images_per_s", "seconds")
 
 
 def held_out(vae, reader, val_idx, s, epoch, comm=None):
