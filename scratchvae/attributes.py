@@ -11,10 +11,9 @@ import sys
 
 import numpy as np
 
-from scratchvae import checkpoint, labels, threads, vectors
+from scratchvae import labels, threads, vectors
 from scratchvae.errors import UserError
 from scratchvae.evaluation import source
-from scratchvae.model import VAE
 from scratchvae.prefetch import ImageReader
 
 SPLIT_CHOICES = ("train", "held-out", "all")
@@ -48,13 +47,7 @@ def build_parser():
 
 def load_model(path):
     """(vae, meta, identity); one clear UserError for anything wrong with the file."""
-    try:
-        vae, arrays, meta = VAE.load(path, with_extras=True)
-    except (checkpoint.CheckpointError, ValueError, MemoryError) as e:
-        raise UserError(str(e)) from None
-    bad = checkpoint.non_finite({**vae.params(), **vae.state()})
-    if bad is not None:
-        raise UserError(f"{path} holds non-finite values in {bad}; use an earlier checkpoint")
+    vae, arrays, meta = source.load_checkpoint(path)
     return vae, meta, vectors.checkpoint_identity(arrays)
 
 

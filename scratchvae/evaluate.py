@@ -13,11 +13,10 @@ import sys
 
 import numpy as np
 
-from scratchvae import checkpoint, threads
+from scratchvae import threads
 from scratchvae.errors import UserError
 from scratchvae.evaluation import distances, measure, report, source
 from scratchvae.evaluation.features import FeatureModel
-from scratchvae.model import VAE
 from scratchvae.prefetch import ImageReader
 from scratchvae.training import batchnorm
 
@@ -55,13 +54,7 @@ def build_parser():
 
 def load_model(path):
     """(vae, meta) from a checkpoint; one clear UserError for anything wrong with the file."""
-    try:
-        vae, _, meta = VAE.load(path, with_extras=True)
-    except (checkpoint.CheckpointError, ValueError, MemoryError) as e:
-        raise UserError(str(e)) from None
-    bad = checkpoint.non_finite({**vae.params(), **vae.state()})
-    if bad is not None:
-        raise UserError(f"{path} holds non-finite values in {bad}; use an earlier checkpoint")
+    vae, _, meta = source.load_checkpoint(path)
     return vae, meta
 
 

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from scratchvae import checkpoint, labels, threads, vectors
+from scratchvae import atomic, checkpoint, labels, threads, vectors
 from scratchvae.attributes import encode_all, load_model
 from scratchvae.errors import UserError
 from scratchvae.evaluation import classifier, source
@@ -142,8 +142,7 @@ def run(args):
     if args.json:
         record = {"checkpoint": args.checkpoint, "vectors": args.vectors, "classifier": how, "strength": args.strength,
                   "held_out": len(idx), "accuracy": {names[j]: s for j, s in accuracy.items()}, "edits": rates}
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
+        atomic.write_bytes(args.json, (json.dumps(record, indent=1) + "\n").encode())
     return 0
 
 

@@ -145,3 +145,18 @@ def _size_note(source, names, image_size, crop):
     how = "centre-cropped to a square and resized" if crop == "center" else "resized (squashed)"
     return [f"note: the images are {size[0]}x{size[1]} (e.g. {names[0]}), the checkpoint's size is "
             f"{image_size}x{image_size}: each is {how} to {image_size}x{image_size}"]
+
+
+def load_checkpoint(path):
+    """(vae, arrays, meta) of a checkpoint for measuring it; one clear UserError for anything wrong
+    with the file (missing, damaged, foreign, non-finite)."""
+    from scratchvae import checkpoint
+    from scratchvae.model import VAE
+    try:
+        vae, arrays, meta = VAE.load(path, with_extras=True)
+    except (checkpoint.CheckpointError, ValueError, MemoryError) as e:
+        raise UserError(str(e)) from None
+    bad = checkpoint.non_finite({**vae.params(), **vae.state()})
+    if bad is not None:
+        raise UserError(f"{path} holds non-finite values in {bad}; use an earlier checkpoint")
+    return vae, arrays, meta
