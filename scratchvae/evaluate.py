@@ -132,7 +132,7 @@ def run(args):
               "z_sampled": rec["z_sampled"], "z_mean": rec["z_mean"],
               "samples": {"count": n, **{k: {"samples": gen[k], "real": rec["real"][k],
                                              "ratio": report.ratio(gen[k], rec["real"][k])}
-                                         for k in ("blur", "checkerboard")}},
+                                         for k in ("blur", "checkerboard", "grid")}},
               "features": feature_distances(features, rec["features"], gen["features"]) if features else None}
     print(report.console_table(record))
     try:

@@ -95,6 +95,11 @@ def test_own_data_gives_the_runs_held_out_split_and_the_defined_numbers(run, cap
     assert blur["samples"] == pytest.approx(pixels.laplacian_variance(fake).mean(), rel=1e-5)
     assert blur["ratio"] == pytest.approx(blur["samples"] / blur["real"], rel=1e-12)
     assert checker["ratio"] == pytest.approx(checker["samples"] / checker["real"], rel=1e-12)
+    grid = record["samples"]["grid"]
+    assert measure.grid_period(run["vae"].config) == 4  # 2 blocks: the decoder's grid repeats every 4 px
+    assert grid["real"] == pytest.approx(pixels.grid_peak_ratio(x, 4).mean(), rel=1e-6)
+    assert grid["samples"] == pytest.approx(pixels.grid_peak_ratio(fake, 4).mean(), rel=1e-5)
+    assert grid["ratio"] == pytest.approx(grid["samples"] / grid["real"], rel=1e-12)
     assert record["features"] is None
 
 
@@ -226,6 +231,18 @@ def test_images_smaller_than_the_ssim_window_report_no_ssim(tmp_path, capsys):
     assert record["z_mean"]["ssim"] is None and record["z_mean"]["mse"] > 0
     ssim_rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("SSIM")]
     assert ssim_rows == [["SSIM", "n/a", "n/a"]]
+
+
+def test_images_smaller_than_two_grid_periods_report_no_grid_measure(tmp_path, capsys):
+    VAE(VAEConfig(image_size=8, filters=4, blocks=3, z_dim=4)).save(tmp_path / "small.npz")  # period 8 px
+    faces = make_images(tmp_path / "faces", 4, size=(8, 8))
+    out = tmp_path / "out.json"
+    assert evaluate.main([str(tmp_path / "small.npz"), "--data", str(faces), "--json", str(out), "--quiet",
+                          "--threads", "1", "--cache-dir", str(tmp_path / "cache")]) == 0
+    grid = json.loads(out.read_text())["samples"]["grid"]
+    assert grid == {"samples": None, "real": None, "ratio": None}
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("upsampling grid")]
+    assert len(rows) == 1 and rows[0].split()[-3:] == ["n/a", "n/a", "n/a"]
 
 
 def test_json_is_strict_and_output_folders_are_made(run, tmp_path, capsys):

@@ -142,6 +142,39 @@ def test_nyquist_share_needs_an_even_size(rng):
         pixels.nyquist_share(rng.random((1, 9, 8, 3)))
 
 
+def test_grid_masks_hold_the_pattern_bins_and_their_neighbours():
+    grid, around = pixels.grid_masks(16, 16, 4)  # a period of 4 px: every 4th bin, 15 of them
+    u, v = np.nonzero(grid)
+    assert grid.sum() == 15 and set(u) == set(v) == {0, 4, 8, 12} and not grid[0, 0]
+    assert not (grid & around).any() and not around[0, 0]
+    assert around[0, 3] and around[5, 5] and around[13, 15] and not around[2, 2]
+    assert not around[15, 15] and not around[0, 1]  # next to the zero frequency only, which is no grid bin
+    assert around.sum() == 15 * 8  # each grid bin's 8 neighbours; 4 bins apart, they do not overlap
+    for bad in ((16, 16, 16), (16, 12, 8), (16, 16, 1)):
+        with pytest.raises(ValueError, match="period"):
+            pixels.grid_masks(*bad)
+
+
+def test_grid_peak_ratio_is_the_mean_power_ratio_of_two_cosines():
+    # a cosine on a grid bin (amplitude a) and one on a neighbouring bin (b): each puts (A H W / 2)^2
+    # on its two bins, so the ratio is (2 a^2 / #grid) / (2 b^2 / #around)
+    i, j = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    a, b = 0.05, 0.2
+    g = 0.5 + a * np.cos(2 * np.pi * 4 * j / 32) + b * np.cos(2 * np.pi * 5 * j / 32)
+    grid, around = pixels.grid_masks(32, 32, 8)
+    expected = (a * a / grid.sum()) / (b * b / around.sum())
+    assert pixels.grid_peak_ratio(grey_image(g), 8)[0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_grid_peak_ratio_sees_a_tiled_pattern_and_not_noise(rng):
+    noise = rng.random((200, 32, 32, 3))
+    assert pixels.grid_peak_ratio(noise, 8).mean() == pytest.approx(1.0, abs=0.1)
+    tile = np.tile(rng.random((8, 8)), (4, 4))  # repeats every 8 px, as a decoder's grid does
+    tiled = noise[:20] + 0.3 * tile[None, :, :, None]
+    assert pixels.grid_peak_ratio(tiled, 8).mean() > 3  # its grey power, 1/5 of the noise's, all on 63 of 1023 bins
+    assert pixels.grid_peak_ratio(grey_image(np.full((16, 16), 0.3)), 4)[0] == 1.0  # flat: no peaks
+
+
 # ------------------------------------------------------------------ Fréchet distance and KID
 
 def test_frechet_distance_of_diagonal_gaussians_is_the_closed_form(rng):

@@ -18,6 +18,17 @@ def _batches(n, batch_size):
     return [(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
 
 
+def grid_period(config):
+    """The period of the decoder's upsampling grid, 2**blocks pixels, or None where the images are too
+    small to hold two periods (then the grid measure is left out)."""
+    period = 2 ** config.blocks
+    return period if config.image_size >= 2 * period else None
+
+
+def _grid_sum(x, period):
+    return float(pixels.grid_peak_ratio(x, period).sum()) if period else 0.0
+
+
 def _no_bar(*args, **kwargs):
     class _Bar:
         def update(self, k):
@@ -32,13 +43,14 @@ def reconstructions(vae, read, n, batch_size, seed, features=None, bar=_no_bar):
     """Measures of the reconstructions of images read(start, stop) -> float32 (B, S, S, 3), start < n.
 
     Returns {"z_sampled": terms, "z_mean": terms} (terms: total, reconstruction, kl, mse, psnr, ssim),
-    "real": per-image blur and checkerboard means of the originals, "shown": the first images and
+    "real": per-image blur, checkerboard and grid means of the originals, "shown": the first images and
     their reconstructions, "latents": z_mean of the first LATENT_DIMS dimensions (n, k), and
     "features": the feature vectors of the originals (or None).
     """
     rng = np.random.default_rng([seed, EPS_STREAM])
     with_ssim = vae.config.image_size >= pixels.SSIM_WINDOW
-    sums = {"kl": 0.0, "blur": 0.0, "checkerboard": 0.0,
+    period = grid_period(vae.config)
+    sums = {"kl": 0.0, "blur": 0.0, "checkerboard": 0.0, "grid": 0.0,
             **{f"{m}_{k}": 0.0 for m in MODES for k in ("sq", "ssim")}}
     shown = {"original": [], "z_mean": [], "z_sampled": []}
     latents, feats = [], []
@@ -61,6 +73,7 @@ def reconstructions(vae, read, n, batch_size, seed, features=None, bar=_no_bar):
             shown["original"].append(x[:SHOWN_RECONSTRUCTIONS - start])
         sums["blur"] += float(pixels.laplacian_variance(x).sum())
         sums["checkerboard"] += float(pixels.nyquist_share(x).sum())
+        sums["grid"] += _grid_sum(x, period)
         latents.append(np.array(z_mean[:, :LATENT_DIMS], np.float64))
         if features is not None:
             feats.append(features(x))
@@ -71,7 +84,8 @@ def reconstructions(vae, read, n, batch_size, seed, features=None, bar=_no_bar):
         terms = losses.config_terms(sums[f"{mode}_sq"] / n, sums["kl"] / n, vae.config)
         terms["ssim"] = sums[f"{mode}_ssim"] / n if with_ssim else None
         result[mode] = terms
-    result["real"] = {"blur": sums["blur"] / n, "checkerboard": sums["checkerboard"] / n}
+    result["real"] = {"blur": sums["blur"] / n, "checkerboard": sums["checkerboard"] / n,
+                      "grid": sums["grid"] / n if period else None}
     result["shown"] = {k: np.concatenate(v) for k, v in shown.items()}
     result["latents"] = np.concatenate(latents)
     result["features"] = np.concatenate(feats) if features is not None else None
@@ -80,9 +94,10 @@ def reconstructions(vae, read, n, batch_size, seed, features=None, bar=_no_bar):
 
 def samples(vae, n, batch_size, seed, features=None, bar=_no_bar):
     """Measures of n decoded samples of z ~ N(0, I) from default_rng([seed, SAMPLE_STREAM]): mean
-    blur and checkerboard per image, the first SHOWN_SAMPLES images, and their features (or None)."""
+    blur, checkerboard and grid per image, the first SHOWN_SAMPLES images, and their features (or None)."""
     rng = np.random.default_rng([seed, SAMPLE_STREAM])
-    blur = checker = 0.0
+    period = grid_period(vae.config)
+    blur = checker = grid = 0.0
     shown, feats = [], []
     progress = bar(total=n, desc="sampling", unit="img")
     for start, stop in _batches(n, batch_size):
@@ -90,11 +105,12 @@ def samples(vae, n, batch_size, seed, features=None, bar=_no_bar):
         x = np.asarray(vae.decode(z, training=False))
         blur += float(pixels.laplacian_variance(x).sum())
         checker += float(pixels.nyquist_share(x).sum())
+        grid += _grid_sum(x, period)
         if start < SHOWN_SAMPLES:
             shown.append(x[:SHOWN_SAMPLES - start])
         if features is not None:
             feats.append(features(x))
         progress.update(stop - start)
     progress.close()
-    return {"blur": blur / n, "checkerboard": checker / n, "shown": np.concatenate(shown),
+    return {"blur": blur / n, "checkerboard": checker / n, "grid": grid / n if period else None, "shown": np.concatenate(shown),
             "features": np.concatenate(feats) if features is not None else None}

@@ -1,6 +1,7 @@
 """Per-image quality measures on NHWC float images in [0, 1], in float64 NumPy: SSIM, the variance
 of the Laplacian (blur) and the share of spectral energy on the Nyquist row and column
-(checkerboard). Each returns one number per image, shape (N,); the caller averages.
+(checkerboard), and the peaks of the decoder's upsampling grid (grid). Each returns one number per
+image, shape (N,); the caller averages.
 """
 
 import numpy as np
@@ -82,3 +83,37 @@ def nyquist_share(x):
     on = p[:, h // 2, :].sum(axis=1) + p[:, :, w // 2].sum(axis=1) - p[:, h // 2, w // 2]
     total = p.sum(axis=(1, 2))
     return np.divide(on, total, out=np.zeros_like(on), where=total > 1e-300)
+
+
+def grid_masks(h, w, period):
+    """Boolean (H, W) masks of the FFT bins a pattern repeating every `period` pixels can hold: `grid`,
+    the bins (k H / period, l W / period) but the zero frequency, and `around`, their eight
+    neighbours (cyclically) that are neither grid bins nor the zero frequency."""
+    if period < 2 or h % period or w % period or min(h, w) // period < 2:
+        raise ValueError(f"a grid period of {period} px needs image sides that are multiples of it, at least "
+                         f"twice it; got {h}x{w}")
+    grid = np.zeros((h, w), bool)
+    grid[::h // period, ::w // period] = True
+    grid[0, 0] = False
+    around = np.zeros_like(grid)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            around |= np.roll(grid, (dy, dx), axis=(0, 1))
+    around &= ~grid
+    around[0, 0] = False
+    return grid, around
+
+
+def grid_peak_ratio(x, period):
+    """Upsampling-grid measure per image (N,): with P the power spectrum of the grey image less its
+    mean, the mean of P on the grid bins of `period` (grid_masks) over its mean on their neighbours.
+    A decoder that doubles its maps `blocks` times can leave a pattern repeating every 2**blocks
+    pixels (each stride-2 layer's uneven overlap, magnified by the layers after it): it sits exactly on
+    those bins, so it raises this ratio; a smooth spectrum (photos, white noise) gives about 1."""
+    g = grey(x)
+    h, w = g.shape[1:]
+    grid, around = grid_masks(h, w, period)
+    g = g - g.mean(axis=(1, 2), keepdims=True)
+    p = np.abs(np.fft.fft2(g)) ** 2
+    on, off = p[:, grid].mean(axis=1), p[:, around].mean(axis=1)
+    return np.divide(on, off, out=np.ones_like(on), where=off > 1e-300)

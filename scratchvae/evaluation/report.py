@@ -39,7 +39,7 @@ def _fmt(fmt, v):
 
 
 def ratio(a, b):
-    return None if not b else a / b
+    return None if a is None or not b else a / b
 
 
 def table_rows(record):
@@ -51,6 +51,9 @@ def table_rows(record):
             _fmt("{:.5f}", s["blur"]["real"]), _fmt("{:.3f}", s["blur"]["ratio"])],
            ["checkerboard (Nyquist energy share)", _fmt("{:.5f}", s["checkerboard"]["samples"]),
             _fmt("{:.5f}", s["checkerboard"]["real"]), _fmt("{:.3f}", s["checkerboard"]["ratio"])]]
+    if "grid" in s:  # records written before the grid measure lack it
+        gen.append(["upsampling grid (peak / neighbour power)", _fmt("{:.3f}", s["grid"]["samples"]),
+                    _fmt("{:.3f}", s["grid"]["real"]), _fmt("{:.3f}", s["grid"]["ratio"])])
     return ((["reconstruction", "z sampled", "z = mu"], rec),
             (["samples of z ~ N(0, I)", "samples", "real", "ratio"], gen))
 
