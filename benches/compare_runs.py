@@ -1,0 +1,96 @@
+"""Side by side: several training runs' held-out measures (from `python -m scratchvae.evaluate --json`)
+and training speed (from each run's metrics.csv) as one Markdown table, and their samples as one
+picture, every panel decoded from the same z (the samplers' documented draw for --seed).
+
+    python benches/compare_runs.py runs/seed runs/resize ... [--labels a,b,...] [--figure panel.png]
+
+Each run folder holds checkpoint.npz, metrics.csv and eval.json (`evaluate ... --json RUN/eval.json`).
+"""
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import sys
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from scratchvae import latent
+from scratchvae.model import VAE
+
+COLUMNS = ("run", "held-out MSE", "PSNR dB", "SSIM", "KL nats", "sample blur / real", "checkerboard / real",
+           "grid / real", "s per epoch", "images/s")
+
+
+def _median_column(path, name):
+    with open(path, newline="") as f:
+        values = [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
+    return statistics.median(values), min(values), max(values), len(values)
+
+
+def row(folder, label):
+    with open(os.path.join(folder, "eval.json")) as f:
+        record = json.load(f)
+    metrics = os.path.join(folder, "metrics.csv")
+    sec, sec_lo, sec_hi, epochs = _median_column(metrics, "seconds")
+    ips, _, _, _ = _median_column(metrics, "images_per_s")
+    mu, s = record["z_mean"], record["samples"]
+
+    def ratio(key):
+        r = s.get(key, {}).get("ratio")
+        return "n/a" if r is None else f"{r:.2f}"
+    return [label, f"{mu['mse']:.4f}", f"{mu['psnr']:.2f}", "n/a" if mu["ssim"] is None else f"{mu['ssim']:.3f}",
+            f"{mu['kl']:.1f}", ratio("blur"), ratio("checkerboard"), ratio("grid"),
+            f"{sec:.0f} ({sec_lo:.0f}-{sec_hi:.0f}, {epochs} epochs)", f"{ips:.1f}"]
+
+
+def panel(folders, labels, n, seed, path, cols=4):
+    """One grid of n decodes per run, side by side, each under its label."""
+    tiles = []
+    for folder, label in zip(folders, labels):
+        vae = VAE.load(os.path.join(folder, "checkpoint.npz"))
+        z = latent.draw_z(seed, n, vae.config.z_dim)
+        x = np.clip(np.asarray(vae.decode(z, training=False)), 0, 1)
+        s, rows = x.shape[1], -(-n // cols)
+        grid = np.ones((rows * (s + 2) + 2, cols * (s + 2) + 2, 3), np.float32)
+        for i, img in enumerate(x):
+            r, c = divmod(i, cols)
+            grid[2 + r * (s + 2):2 + r * (s + 2) + s, 2 + c * (s + 2):2 + c * (s + 2) + s] = img
+        im = Image.fromarray((grid * 255 + 0.5).astype(np.uint8))
+        head = Image.new("RGB", (im.width, 16), "white")
+        ImageDraw.Draw(head).text((4, 2), label, fill="black")
+        both = Image.new("RGB", (im.width, im.height + 16), "white")
+        both.paste(head, (0, 0))
+        both.paste(im, (0, 16))
+        tiles.append(both)
+    out = Image.new("RGB", (sum(t.width for t in tiles) + 4 * (len(tiles) - 1), tiles[0].height), "white")
+    x = 0
+    for t in tiles:
+        out.paste(t, (x, 0))
+        x += t.width + 4
+    out.save(path, optimize=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="run folders (checkpoint.npz, metrics.csv, eval.json)")
+    p.add_argument("--labels", help="comma-separated names for the runs (default: the folder names)")
+    p.add_argument("--figure", help="write the samples side by side to this PNG")
+    p.add_argument("--n", type=int, default=16, help="samples per run in the figure (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the figure's z (default 0)")
+    args = p.parse_args(argv)
+    labels = args.labels.split(",") if args.labels else [os.path.basename(os.path.normpath(r)) for r in args.runs]
+    if len(labels) != len(args.runs):
+        sys.exit(f"--labels names {len(labels)} runs; {len(args.runs)} were given")
+    print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS))
+    for folder, label in zip(args.runs, labels):
+        print("| " + " | ".join(row(folder, label)) + " |")
+    if args.figure:
+        panel(args.runs, labels, args.n, args.seed, args.figure)
+        print(f"\nwrote {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
