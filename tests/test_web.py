@@ -283,7 +283,8 @@ APP = json.dumps((ROOT / "web" / "app.js").as_uri())
 
 @pytest.mark.skipif(not shutil.which("node"), reason="node is not installed and could not be: .ci/run installs it")
 def test_the_js_draw_is_pythons_draw():
-    cases = [(0, 64, 32, 1.0), (7, 16, 4, 1.0), (-3, 5, 7, 0.7), (2**64 + 5, 3, 9, 1.3), (12345678901234567890, 2, 5, 1)]
+    cases = [(0, 64, 32, 1.0), (7, 16, 4, 1.0), (-3, 5, 7, 0.7), (2**64 + 5, 3, 9, 1.3),
+             (12345678901234567890, 2, 5, 1)]
     got = node(f"import {{ drawZ }} from {APP};\n"
                f"const cases = {json.dumps([[str(s), n, d, t] for s, n, d, t in cases])};\n"
                "console.log(JSON.stringify(cases.map(([s, n, d, t]) => Array.from(drawZ(BigInt(s), n, d, t)))));")
