@@ -5,6 +5,7 @@ or Numba); tests/test_attributes.py holds the two sides equal on the same inputs
 """
 
 import difflib
+import math
 import os
 import re
 
@@ -12,6 +13,7 @@ import numpy as np
 
 FORMAT, VERSION = "scratchvae-attribute-vectors", 1
 IDENTITY_KEY = "checkpoint_sha256"  # ONNX metadata prop carrying the checkpoint's identity, when exported with it
+GOLDEN, MASK64 = 0x9E3779B97F4A7C15, (1 << 64) - 1  # SplitMix64's increment; 64-bit wrap
 EXPRESSION = re.compile(r"([+-]?)([^+\-\s]+)")
 
 
@@ -19,11 +21,30 @@ class EditError(Exception):
     """A user's mistake; the message is the one line printed."""
 
 
+def standard_normals(seed, count):
+    """SplitMix64 from seed mod 2**64 -> 53-bit uniforms u1 in (0, 1], u2 in [0, 1) -> Box-Muller pairs
+    r cos(t), r sin(t) with r = sqrt(-2 log u1), t = 2 pi u2 (float64): scratchvae.latent's stream."""
+    pairs = (count + 1) // 2
+    with np.errstate(over="ignore"):
+        x = np.uint64(seed & MASK64) + np.arange(1, 2 * pairs + 1, dtype=np.uint64) * np.uint64(GOLDEN)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    u1 = ((x[0::2] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0 ** -53
+    u2 = (x[1::2] >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    out = np.empty(2 * pairs, np.float64)
+    for j, (a, b) in enumerate(zip(u1.tolist(), u2.tolist())):
+        r, t = math.sqrt(-2.0 * math.log(a)), 2.0 * math.pi * b
+        out[2 * j], out[2 * j + 1] = r * math.cos(t), r * math.sin(t)
+    return out[:count]
+
+
 def draw_z(seed, n, z_dim, temperature=1.0):
-    """Row i of default_rng(seed).standard_normal((n, z_dim)), times the temperature, as float32."""
+    """Row i of the (n, z_dim) row-major fill from standard_normals(seed), times the temperature, as
+    float32 (the draw scratchvae.latent documents; the first k rows of a draw of n are a draw of k)."""
     if not temperature > 0:
         raise EditError(f"--temperature {temperature}: use a positive number (1 is the prior)")
-    return (temperature * np.random.default_rng(seed).standard_normal((n, z_dim))).astype(np.float32)
+    return (temperature * standard_normals(seed, n * z_dim).reshape(n, z_dim)).astype(np.float32)
 
 
 def parse_strengths(text):

@@ -32,7 +32,8 @@ def parse_args(argv):
     p.add_argument("-n", type=int, help="faces in the sample grid (default 64), or random faces to edit when "
                                         "--attribute is given without --image (default 8)")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed for z: face i is row i of default_rng(seed).standard_normal((n, z_dim)) (default 0)")
+                   help="seed for z: face i is row i of the one documented draw, SplitMix64 -> Box-Muller "
+                        "(scratchvae.latent.draw_z; the web page draws the same) (default 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="scale of the prior's standard deviation (default 1)")
     p.add_argument("--out", help="PNG to write (default: named after what it shows, beside the decoder)")
     p.add_argument("--force", action="store_true", help="replace a picture that already exists")

@@ -44,38 +44,55 @@ def prepare_folder(out):
         raise ExportError(f"cannot write to output folder {out} ({e.strerror or e}): choose a writable --out")
 
 
-def export(args):
+def build_graphs(checkpoint, opset=onnx_graphs.MIN_OPSET, fold=True, before_build=None):
+    """({"encoder": ModelProto, "decoder": ModelProto}, the VAEConfig, the checkpoint identity), checked;
+    `before_build()` runs once the checkpoint is known good, before the graphs are built."""
     top = onnx.defs.onnx_opset_version()
-    if not onnx_graphs.MIN_OPSET <= args.opset <= top:
-        raise ExportError(f"--opset {args.opset} is not supported: use {onnx_graphs.MIN_OPSET} to {top}")
+    if not onnx_graphs.MIN_OPSET <= opset <= top:
+        raise ExportError(f"--opset {opset} is not supported: use {onnx_graphs.MIN_OPSET} to {top}")
     try:
-        vae, arrays, meta = VAE.load(args.checkpoint, with_extras=True)
+        vae, arrays, meta = VAE.load(checkpoint, with_extras=True)
     except CheckpointError as e:
         raise ExportError(str(e)) from None
     tensors = {**vae.params(), **vae.state()}
     # Refuse before touching --out: a diverged run must not leave half an export behind.
     bad = [name for name, a in tensors.items() if not np.all(np.isfinite(a))]
     if bad:
-        raise ExportError(f"{args.checkpoint}: tensor {bad[0]} has non-finite values ({len(bad)} tensor(s) in all): "
+        raise ExportError(f"{checkpoint}: tensor {bad[0]} has non-finite values ({len(bad)} tensor(s) in all): "
                           "refusing to export; use an earlier checkpoint")
-    prepare_folder(args.out)
-    written = []
+    if before_build:
+        before_build()
+    identity = vectors.checkpoint_identity(arrays)
+    models = {}
     for part, build in (("encoder", onnx_graphs.build_encoder), ("decoder", onnx_graphs.build_decoder)):
         try:
-            model = build(tensors, vae.config, fold=not args.no_fold, opset=args.opset, meta=meta)
+            model = build(tensors, vae.config, fold=fold, opset=opset, meta=meta)
         except ValueError as e:
-            raise ExportError(f"{args.checkpoint}: {e}") from None
+            raise ExportError(f"{checkpoint}: {e}") from None
         # The checkpoint's identity, so export/sample.py can refuse attribute vectors of another model.
         onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
-                                            "checkpoint_sha256": vectors.checkpoint_identity(arrays)})
+                                            vectors.ONNX_IDENTITY_KEY: identity})
         onnx.checker.check_model(model, full_check=True)
-        path = os.path.join(args.out, f"{part}.onnx")
+        models[part] = model
+    return models, vae.config, identity
+
+
+def write_graphs(models, out):
+    """Write each graph to out/<part>.onnx atomically; the paths written."""
+    written = []
+    for part, model in models.items():
+        path = os.path.join(out, f"{part}.onnx")
         try:
             atomic_write_bytes(path, model.SerializeToString())
         except OSError as e:
             raise ExportError(f"cannot write {path} ({e.strerror or e})") from None
         written.append(path)
     return written
+
+
+def export(args):
+    models, _, _ = build_graphs(args.checkpoint, args.opset, not args.no_fold, lambda: prepare_folder(args.out))
+    return write_graphs(models, args.out)
 
 
 def main(argv=None):

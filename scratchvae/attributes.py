@@ -68,7 +68,7 @@ def table(v):
     """The ranked table: attributes by length of their direction over the codes' spread along it."""
     ratio, length = v.ratio(), np.linalg.norm(v.vectors.astype(np.float64), axis=1)
     lines = [f"{'rank':>4}  {'attribute':<20} {'with':>6} {'without':>7} {'|v|':>7} {'spread':>7} {'|v|/spread':>10}"]
-    for rank, i in enumerate(np.argsort(-ratio, kind="stable"), 1):
+    for rank, i in enumerate(v.ranking(), 1):
         lines.append(f"{rank:>4}  {v.names[i]:<20} {int(v.n_pos[i]):>6} {int(v.n_neg[i]):>7} {length[i]:>7.3f} "
                      f"{v.spread[i]:>7.3f} {ratio[i]:>10.2f}")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ export/sample.py repeats these few lines (it must not import scratchvae); tests 
 """
 
 import difflib
+import math
 import re
 
 import numpy as np
@@ -14,12 +15,46 @@ from scratchvae.errors import UserError
 EXPRESSION = re.compile(r"([+-]?)([^+\-\s]+)")
 
 
+GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment
+MASK64 = (1 << 64) - 1
+
+
+def splitmix64(seed, count):
+    """Outputs 1..count of SplitMix64 started at `seed` mod 2**64, as uint64: output k (from 1) is
+    mix(seed + k * GOLDEN), mix being x ^= x >> 30; x *= 0xBF58476D1CE4E5B9; x ^= x >> 27;
+    x *= 0x94D049BB133111EB; x ^= x >> 31, all mod 2**64."""
+    with np.errstate(over="ignore"):
+        x = np.uint64(seed & MASK64) + np.arange(1, count + 1, dtype=np.uint64) * np.uint64(GOLDEN)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def standard_normals(seed, count):
+    """`count` float64 normals: outputs 2j+1, 2j+2 of splitmix64(seed) become the 53-bit uniforms
+    u1 = ((a >> 11) + 1) / 2**53 in (0, 1] and u2 = (b >> 11) / 2**53 in [0, 1); Box-Muller turns them
+    into normals 2j = r cos(t) and 2j+1 = r sin(t), r = sqrt(-2 log u1), t = 2 pi u2. Scalar libm
+    calls (math.*), so the page's JS (Math.*) computes the same numbers."""
+    pairs = (count + 1) // 2
+    x = splitmix64(seed, 2 * pairs)
+    u1 = ((x[0::2] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0 ** -53
+    u2 = (x[1::2] >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    out = np.empty(2 * pairs, np.float64)
+    for j, (a, b) in enumerate(zip(u1.tolist(), u2.tolist())):
+        r, t = math.sqrt(-2.0 * math.log(a)), 2.0 * math.pi * b
+        out[2 * j], out[2 * j + 1] = r * math.cos(t), r * math.sin(t)
+    return out[:count]
+
+
 def draw_z(seed, n, z_dim, temperature=1.0):
-    """The one documented draw: row i of `default_rng(seed).standard_normal((n, z_dim))` (float64),
-    times the temperature, as float32. The first k rows of a draw of n are a draw of k."""
+    """The one documented draw, shared by both samplers and the web page (web/app.js): the
+    first n * z_dim of standard_normals(seed) in row-major order (SplitMix64 -> 53-bit uniforms ->
+    Box-Muller, float64), times the temperature, as float32. Row i is normals i*z_dim .. (i+1)*z_dim - 1
+    of one stream, so the first k rows of a draw of n are a draw of k."""
     if not temperature > 0:
         raise UserError(f"--temperature {temperature}: use a positive number (1 is the prior)")
-    return (temperature * np.random.default_rng(seed).standard_normal((n, z_dim))).astype(np.float32)
+    z = standard_normals(seed, n * z_dim).reshape(n, z_dim)
+    return (temperature * z).astype(np.float32)
 
 
 def parse_strengths(text):

@@ -62,6 +62,10 @@ class Vectors:
         deviations of the data, the mean face moves; the longest edit most visibly."""
         return np.linalg.norm(self.vectors.astype(np.float64), axis=1) / np.maximum(self.spread, 1e-12)
 
+    def ranking(self):
+        """Row indices from the most visible edit to the least: ratio() descending, ties in file order."""
+        return np.argsort(-self.ratio(), kind="stable")
+
 
 def directions(z, values, attributes, identity, min_count=DEFAULT_MIN_COUNT):
     """Vectors from codes z (N, z_dim) and labels values (N, A) of +1/-1 for attribute names."""
