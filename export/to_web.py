@@ -1,9 +1,12 @@
-"""Write a static site that runs the VAE in the visitor's browser: the page (web/index.html, app.js,
-style.css), encoder.onnx and decoder.onnx as export/to_onnx.py builds them, model.json, the attribute
-vectors as vectors.json, and onnxruntime-web's WebAssembly runtime copied from web/node_modules.
+"""Write a static site that runs the VAE in the visitor's browser (page, models, vectors, runtime).
+
+The page (web/index.html, app.js, style.css), encoder.onnx and decoder.onnx as export/to_onnx.py
+builds them, model.json, the attribute vectors as vectors.json, and onnxruntime-web's WebAssembly
+runtime copied from web/node_modules.
 
     npm ci --prefix web        # once: the pinned onnxruntime-web
     python export/to_web.py runs/x/checkpoint.npz --vectors runs/x/vectors.npz --out site/
+    python export/to_web.py ... --attribute Smiling --attribute Eyeglasses    # these sliders first
     python -m http.server -d site 8000
 """
 
@@ -16,6 +19,7 @@ from pathlib import Path
 
 
 import to_onnx
+from scratchvae import latent
 from scratchvae import vectors as attribute_vectors
 from scratchvae.atomic import write_bytes
 from scratchvae.errors import UserError
@@ -42,6 +46,9 @@ def parse_args(argv):
     p.add_argument("--sliders", type=int, default=DEFAULT_SLIDERS,
                    help=f"attribute sliders: the longest directions, ranked as the attributes table ranks "
                         f"them (default {DEFAULT_SLIDERS})")
+    p.add_argument("--attribute", action="append", default=[], metavar="NAME",
+                   help="give this attribute a slider, ahead of the longest directions (repeat for more; "
+                        "--sliders still caps the count, raised to the names given)")
     return p.parse_args(argv)
 
 
@@ -55,9 +62,22 @@ def runtime_files(dist=None):
     return {dist / name: target for name, target in ORT_FILES.items()}
 
 
-def vectors_document(v, identity, cfg, sliders):
-    """The vectors as JSON-ready data, rows in ranked order (most visible edit first)."""
-    order = v.ranking()
+def slider_order(v, chosen=()):
+    """Row order of the vectors in the page: the chosen names first, then the rest as the attributes
+    table ranks them (most visible edit first). An unknown or skipped name is refused in one line."""
+    known = {name: i for i, name in enumerate(v.names)}
+    first = []
+    for name in chosen:
+        for _, n in latent.parse_expression(name, known, v.skipped):
+            if known[n] not in first:
+                first.append(known[n])
+    return first + [i for i in v.ranking() if i not in first]
+
+
+def vectors_document(v, identity, cfg, sliders, chosen=()):
+    """The vectors as JSON-ready data, rows in slider_order; the first `sliders` get sliders."""
+    order = slider_order(v, chosen)
+    sliders = max(sliders, len(set(chosen)))
     ratio = v.ratio()
     return {"format": "scratchvae-web-vectors", "version": SITE_VERSION, "identity": identity,
             "z_dim": int(cfg.z_dim), "image_size": int(cfg.image_size), "sliders": int(min(sliders, len(order))),
@@ -81,9 +101,9 @@ def build(args, dist=None):
     if args.vectors:
         try:  # refuse vectors made for another model before anything is written
             v = attribute_vectors.load(args.vectors, identity=identity, z_dim=cfg.z_dim)
+            vec_doc = vectors_document(v, identity, cfg, args.sliders, args.attribute)
         except UserError as e:
             raise to_onnx.ExportError(str(e)) from None
-        vec_doc = vectors_document(v, identity, cfg, args.sliders)
     to_onnx.prepare_folder(args.out)
     out = Path(args.out)
     written = to_onnx.write_graphs(models, str(out))

@@ -271,6 +271,23 @@ def test_to_web_refuses_vectors_of_another_model_and_a_missing_runtime(world, tm
     assert "npm ci --prefix web" in err and err.count("\n") == 1 and not out.exists()
 
 
+def test_named_attributes_get_the_first_sliders_and_unknown_names_are_refused(world, tmp_path, capsys):
+    v = vectors.load(world["vectors"])
+    last = v.names[v.ranking()[-1]]  # the shortest direction: no slider of its own by default
+    out = tmp_path / "site"
+    assert to_web.main([world["ckpt"], "--vectors", str(world["vectors"]), "--out", str(out), "--sliders", "1",
+                        "--attribute", last]) == 0
+    doc = json.loads((out / "vectors.json").read_text())
+    assert doc["names"][0] == last and doc["sliders"] == 1
+    assert doc["names"][1:] == [v.names[i] for i in v.ranking() if v.names[i] != last]
+    np.testing.assert_array_equal(np.float32(doc["vectors"][0]), v.vectors[v.names.index(last)])
+    capsys.readouterr()
+    assert to_web.main([world["ckpt"], "--vectors", str(world["vectors"]), "--out", str(tmp_path / "b"),
+                        "--attribute", "Smilng"]) == 2
+    err = capsys.readouterr().err
+    assert "Smilng" in err and "nearest" in err and err.count("\n") == 1 and not (tmp_path / "b").exists()
+
+
 def node(script):
     proc = subprocess.run(["node", "--input-type=module"], input=script, capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
