@@ -47,7 +47,7 @@ def child_env(threads, wait_policy="unset", base=None, extra=None):
 
 
 def seen_wait_policy():
-    """The OMP_WAIT_POLICY this process started with, as a WAIT_POLICIES key (call before imports)."""
+    """This process's OMP_WAIT_POLICY now, as a WAIT_POLICIES key ("unset" when absent)."""
     value = os.environ.get("OMP_WAIT_POLICY")
     return next((k for k, v in WAIT_POLICIES.items() if v == value), value)
 

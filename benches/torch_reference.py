@@ -1,4 +1,5 @@
-"""PyTorch twin of scratchvae.model.VAE: the same layers, loss and Adam, for cross-checks and timing.
+"""PyTorch twin of scratchvae.model.VAE: the same layers, loss and Adam, for cross-checks and timing
+(and, for timing only, the plain variant a PyTorch user would write: TorchVAE(plain=True)).
 
 Torch is a bench-only dependency. The model runs NCHW (optionally channels_last in memory); the
 two places where order matters, Flatten and Reshape, go through NHWC so Dense weights copy as-is.
@@ -8,6 +9,7 @@ two places where order matters, Flatten and Reshape, go through NHWC so Dense we
 """
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -437,6 +439,7 @@ def torch_train_times(config, x_nhwc, eps, warmup, channels_last=False, plain=Fa
     Returns (seconds of the first step, [seconds of each step after `warmup`])."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = TorchVAE(config, plain).load_from_scratchvae(VAE(config, seed=seed)).to(memory_format=fmt)
+    gc.collect()  # our VAE (a reference cycle) is garbage now: keep it out of torch's peak RSS
     model.train()
     opt = make_optimizer(model, 1e-4, keras_epsilon=not plain)
     x = torch.from_numpy(np.asarray(x_nhwc, np.float32)).permute(0, 3, 1, 2).contiguous(memory_format=fmt)

@@ -77,7 +77,7 @@ def test_train_report_takes_medians_and_pytorchs_better_wait_policy():
                ("eager-cl-plain", "passive"): [run(40.0), run(50.0), {"error": "boom"}],
                ("compile-cl-plain", "unset"): [{"error": "CppCompileError: no compiler"}] * 3,
                ("compile-cl-plain", "passive"): [{"error": "CppCompileError: no compiler"}] * 3}
-    rows, sgemm, lim = bench_train.summarize(results, flops, ["unset", "passive"])
+    rows, sgemm, lim = bench_train.summarize(results, flops)
     assert sgemm.median == 100.0 and lim.median == pytest.approx(limit)
     assert rows["ours"]["ips"] == fair.Spread(limit * 0.6, limit * 0.5, limit * 0.7, 3)
     assert rows["ours"]["share"].median == pytest.approx(0.6) and rows["ours"]["rss"] == 310
