@@ -1,4 +1,5 @@
-"""PyTorch twin of scratchvae.model.VAE: the same layers, loss and Adam, for cross-checks and timing.
+"""PyTorch twin of scratchvae.model.VAE: the same layers, loss and Adam, for cross-checks and timing
+(and, for timing only, the plain variant a PyTorch user would write: TorchVAE(plain=True)).
 
 Torch is a bench-only dependency. The model runs NCHW (optionally channels_last in memory); the
 two places where order matters, Flatten and Reshape, go through NHWC so Dense weights copy as-is.
@@ -8,6 +9,7 @@ two places where order matters, Flatten and Reshape, go through NHWC so Dense we
 """
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -91,16 +93,22 @@ class SameConvTranspose2d(nn.Module):
 
 class TorchVAE(nn.Module):
     """The same network as scratchvae.model.VAE(config), parameter for parameter: built by walking
-    the same layer specs (scratchvae.architecture), NCHW inside, Keras order at Flatten/Reshape."""
+    the same layer specs (scratchvae.architecture), NCHW inside, Keras order at Flatten/Reshape.
 
-    def __init__(self, config=None):
+    plain=True builds what a PyTorch user would write for the same specs instead (same channels
+    and FLOPs, for timing only): nn.Conv2d(padding=k//2), nn.ConvTranspose2d(padding=k//2,
+    output_padding=stride-1), nn.BatchNorm1d/2d, NCHW flatten and reshape. Its outputs differ from
+    ours (torch pads both sides at stride 2; TF 'same' pads only the end), its FLOPs do not."""
+
+    def __init__(self, config=None, plain=False):
         super().__init__()
         cfg = self.config = config or VAEConfig()
+        self.plain = plain
         self.parts = {part: specs for part, _, specs in architecture.parts(cfg)}
         self.layers = nn.ModuleDict()
         for part, specs in self.parts.items():
             for spec, shape in specs:
-                module = _module(spec, shape)
+                module = (_plain_module if plain else _module)(spec, shape)
                 if module is not None:
                     self.layers[_key(part, spec)] = module
 
@@ -117,8 +125,13 @@ class TorchVAE(nn.Module):
                 x = torch.sigmoid(x)
             elif spec.kind == "UpSampling2D":
                 x = F.interpolate(x, scale_factor=a["size"], mode="nearest")  # Keras' nearest: floor(i / 2)
+            elif spec.kind == "Flatten" and self.plain:
+                x = x.flatten(1)
             elif spec.kind == "Flatten":
                 x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # Keras Flatten order (H, W, C)
+            elif spec.kind == "Reshape" and self.plain:
+                h, w, c = a["target_shape"]
+                x = x.reshape(-1, c, h, w)
             elif spec.kind == "Reshape":
                 x = x.reshape(-1, *a["target_shape"]).permute(0, 3, 1, 2)  # Keras Reshape is NHWC
             else:
@@ -160,8 +173,9 @@ class TorchVAE(nn.Module):
                 prefix = f"{part}.{spec.name}"
                 module = self.layers[_key(part, spec)] if _key(part, spec) in self.layers else None
                 if spec.kind in ("Conv2D", "Conv2DTranspose"):
-                    m[f"{prefix}.kernel"] = (module.conv.weight, conv)
-                    m[f"{prefix}.bias"] = (module.conv.bias, None)
+                    module = getattr(module, "conv", module)  # the twin wraps it with its padding
+                    m[f"{prefix}.kernel"] = (module.weight, conv)
+                    m[f"{prefix}.bias"] = (module.bias, None)
                 elif spec.kind == "Dense":
                     m[f"{prefix}.kernel"] = (module.weight, (1, 0))
                     m[f"{prefix}.bias"] = (module.bias, None)
@@ -211,10 +225,28 @@ def _module(spec, shape):
     return None
 
 
+def _plain_module(spec, shape):
+    """The module a PyTorch user would write for a spec (TorchVAE(plain=True)); None without parameters."""
+    a = spec.args
+    if spec.kind == "Conv2D":
+        k = a["kernel_size"]
+        return nn.Conv2d(a["in_channels"], a["filters"], k, a["strides"], padding=k // 2)
+    if spec.kind == "Conv2DTranspose":
+        k, s = a["kernel_size"], a["strides"]
+        return nn.ConvTranspose2d(a["in_channels"], a["filters"], k, s, padding=k // 2, output_padding=s - 1)
+    if spec.kind == "BatchNormalization":
+        norm = nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d
+        return norm(a["features"], eps=a["epsilon"], momentum=1.0 - a["momentum"])
+    return _module(spec, shape)  # Dense
+
+
 def _bn_map(prefix, bn):
-    return {f"{prefix}.gamma": (bn.gamma, None), f"{prefix}.beta": (bn.beta, None),
-            f"{prefix}.moving_mean": (bn.moving_mean, None),
-            f"{prefix}.moving_variance": (bn.moving_variance, None)}
+    if isinstance(bn, nn.modules.batchnorm._BatchNorm):  # the plain variant's torch BatchNorm
+        names = ("weight", "bias", "running_mean", "running_var")
+    else:
+        names = ("gamma", "beta", "moving_mean", "moving_variance")
+    return {f"{prefix}.{ours}": (getattr(bn, theirs), None)
+            for ours, theirs in zip(("gamma", "beta", "moving_mean", "moving_variance"), names)}
 
 
 def to_torch_images(x_nhwc, dtype=torch.float32):
@@ -399,26 +431,34 @@ def train_torch(images_uint8_train, images_uint8_val, config, epochs, batch_size
     return history
 
 
-def torch_train_throughput(config, batch, steps, channels_last=False, warmup=2, seed=0):
-    """Training images/s of the torch twin: median step time over `steps` after `warmup` steps."""
-    rng = np.random.default_rng(seed)
-    model = TorchVAE(config).load_from_scratchvae(VAE(config, seed=seed))
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+def torch_train_times(config, x_nhwc, eps, warmup, channels_last=False, plain=False, compiled=False, seed=0):
+    """Seconds of training steps of the torch twin (plain=True: the plain variant) from scratchvae's
+    weights VAE(config, seed): one step per array in `eps`, all on the float32 NHWC batch `x_nhwc`,
+    which is put in the model's layout before any timing. With `compiled`, the loss runs through
+    torch.compile (default mode), which compiles during the first step; the optimizer stays eager.
+    Returns (seconds of the first step, [seconds of each step after `warmup`])."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = TorchVAE(config, plain).load_from_scratchvae(VAE(config, seed=seed)).to(memory_format=fmt)
+    gc.collect()  # our VAE (a reference cycle) is garbage now: keep it out of torch's peak RSS
     model.train()
-    opt = make_optimizer(model, 1e-4)
-    images = rng.integers(0, 256, (batch, config.image_size, config.image_size, config.channels), dtype=np.uint8)
+    opt = make_optimizer(model, 1e-4, keras_epsilon=not plain)
+    x = torch.from_numpy(np.asarray(x_nhwc, np.float32)).permute(0, 3, 1, 2).contiguous(memory_format=fmt)
+    eps = [torch.from_numpy(np.asarray(e, np.float32)) for e in eps]
+
+    def loss(xb, eb):
+        return model.loss_terms(xb, eb)[0]
+
+    if compiled:
+        loss = torch.compile(loss)
     times = []
-    for i in range(warmup + steps):
-        eps = torch.from_numpy(rng.standard_normal((batch, config.z_dim), dtype=np.float32))
+    for e in eps:
         t0 = time.perf_counter()
-        total, _, _ = model.loss_terms(_as_input(images, channels_last), eps)
+        total = loss(x, e)
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return batch / float(np.median(times))
+        times.append(time.perf_counter() - t0)
+    return times[0], times[warmup:]
 
 
 # ------------------------------------------------------------------ data (scratchvae.data if present)

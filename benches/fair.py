@@ -1,0 +1,107 @@
+"""What the side-by-side benches share to stay fair: each contender's child process starts from the
+environment the user launched the bench with, plus one explicit thread count, and results are the
+median and range over interleaved rounds. Import this before anything imports scratchvae (which
+sets OMP_WAIT_POLICY for its own process on import); it never imports scratchvae itself.
+"""
+
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+from typing import NamedTuple
+
+SNAPSHOT = dict(os.environ)  # the environment before any scratchvae import (see the docstring)
+
+# Set explicitly in every child to the bench's thread count (torch and OpenBLAS read these at load).
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# Removed from every child: how idle OpenMP threads wait (OMP_WAIT_POLICY comes back only when the
+# bench chooses it), and Numba's pool size (scratchvae.threads sets the count it uses).
+CLEARED_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_NUM_THREADS")
+WAIT_POLICIES = {"unset": None, "passive": "PASSIVE"}
+
+
+def cores():
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def child_env(threads, wait_policy="unset", base=None, extra=None):
+    """The environment for one contender's child: `base` (default: the snapshot taken before
+    scratchvae was imported) without any thread or wait setting, then the thread variables set to
+    `threads`, OMP_WAIT_POLICY only when `wait_policy` names one ("passive"), then `extra`."""
+    if threads < 1:
+        raise ValueError("give an explicit thread count of at least 1")
+    env = dict(SNAPSHOT if base is None else base)
+    for name in THREAD_VARS + CLEARED_VARS:
+        env.pop(name, None)
+    env.update({name: str(threads) for name in THREAD_VARS})
+    if WAIT_POLICIES[wait_policy] is not None:
+        env["OMP_WAIT_POLICY"] = WAIT_POLICIES[wait_policy]
+    env.update(extra or {})
+    return env
+
+
+def seen_wait_policy():
+    """This process's OMP_WAIT_POLICY now, as a WAIT_POLICIES key ("unset" when absent)."""
+    value = os.environ.get("OMP_WAIT_POLICY")
+    return next((k for k, v in WAIT_POLICIES.items() if v == value), value)
+
+
+class Spread(NamedTuple):
+    median: float
+    low: float
+    high: float
+    count: int
+
+
+def spread(values):
+    """Median, min and max of the finite numbers among `values` (None where there are none)."""
+    kept = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not kept:
+        return None
+    return Spread(statistics.median(kept), min(kept), max(kept), len(kept))
+
+
+def show(s, fmt=".2f"):
+    """'median' and 'low-high' cells of a Spread (or 'n/a', '')."""
+    if s is None:
+        return "n/a", ""
+    return format(s.median, fmt), f"{s.low:{fmt}}–{s.high:{fmt}}"
+
+
+def ratio(a, b):
+    """a / b of two Spreads' medians, or None."""
+    return a.median / b.median if a is not None and b is not None and b.median > 0 else None
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_json_child(cmd, env):
+    """Runs a child that prints one JSON object as its last stdout line; {"error": ...} otherwise."""
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = done.stdout.strip().splitlines()
+    if done.returncode == 0 and lines:
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            pass
+    err = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+    return {"error": err}
+
+
+def table(head, rows, markdown=False):
+    """Lines of a table: markdown, or aligned columns (first column left, the others right)."""
+    if markdown:
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
+               ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    cells = [list(map(str, head))] + [list(map(str, row)) for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            for r in cells]

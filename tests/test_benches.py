@@ -1,0 +1,140 @@
+"""The side-by-side benches stay fair and print what they claim: clean child environments, the
+round statistics, the plain PyTorch variant's shapes, and tiny runs of bench_train.py and
+bench_sample.py with the rows they promise (never their timings)."""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHES = Path(__file__).resolve().parents[1] / "benches"
+sys.path.insert(0, str(BENCHES))
+import fair  # noqa: E402
+
+TINY = ["--image-size", "32", "--filters", "8", "--blocks", "2", "--z-dim", "8", "--threads", "1"]
+
+
+def run_bench(script, *flags):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(BENCHES.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(BENCHES / script), *TINY, *flags], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+# ------------------------------------------------------------------ environments
+def test_child_env_drops_what_scratchvae_set_and_sets_threads():
+    base = {"PATH": "/bin", "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "7", "GOMP_SPINCOUNT": "0",
+            "NUMBA_NUM_THREADS": "1", "PYTHONPATH": "here"}
+    env = fair.child_env(2, "unset", base=base)
+    assert "OMP_WAIT_POLICY" not in env and "GOMP_SPINCOUNT" not in env and "NUMBA_NUM_THREADS" not in env
+    assert {k: env[k] for k in fair.THREAD_VARS} == {k: "2" for k in fair.THREAD_VARS}
+    assert env["PATH"] == "/bin" and env["PYTHONPATH"] == "here"
+    assert base["OMP_WAIT_POLICY"] == "PASSIVE"  # the caller's dict is left alone
+    assert fair.child_env(3, "passive", base=base)["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert fair.child_env(1, extra={"X": "y"}, base={})["X"] == "y"
+    with pytest.raises(ValueError):
+        fair.child_env(0, base=base)
+
+
+def test_child_env_is_clean_after_scratchvae_is_imported():
+    import scratchvae  # noqa: F401  (sets OMP_WAIT_POLICY in this process)
+    assert os.environ.get("OMP_WAIT_POLICY") is not None
+    assert "OMP_WAIT_POLICY" not in fair.child_env(1)
+    assert fair.child_env(1)["OMP_NUM_THREADS"] == "1"
+
+
+# ------------------------------------------------------------------ statistics
+def test_spread_median_and_range():
+    s = fair.spread([3.0, 1.0, None, 2.0, math.nan, 10.0])
+    assert s == fair.Spread(2.5, 1.0, 10.0, 4)  # None and NaN (failed rounds) are left out
+    assert fair.spread([5.0]) == fair.Spread(5.0, 5.0, 5.0, 1)
+    assert fair.spread([None, math.inf]) is None
+    assert fair.show(fair.Spread(2.5, 1.0, 10.0, 4), ".1f") == ("2.5", "1.0–10.0")
+    assert fair.show(None) == ("n/a", "")
+    assert fair.ratio(fair.spread([4.0, 6.0]), fair.spread([1.0, 2.0, 3.0])) == pytest.approx(2.5)
+    assert fair.ratio(None, fair.spread([1.0])) is None
+
+
+def test_train_report_takes_medians_and_pytorchs_better_wait_policy():
+    import bench_train
+    from scratchvae.model import VAEConfig
+    config = VAEConfig(image_size=32, filters=8, blocks=2, z_dim=8)
+    flops = bench_train.step_flops(config)
+    limit = 100.0 * 1e9 / flops  # images/s at 100 GFLOP/s
+
+    def run(ips, rss=100.0, policy=None):
+        return {"images_per_s": ips, "first_step_s": 1.0, "peak_rss_mb": rss, "wait_policy_after_imports": policy}
+
+    results = {("sgemm", None): [{"gflops": 100.0}, {"gflops": 100.0}, {"gflops": 100.0}],
+               ("ours", None): [run(limit * 0.5, 300, "passive"), run(limit * 0.7, 310, "passive"),
+                                run(limit * 0.6, 305, "passive")],
+               ("eager-cl-plain", "unset"): [run(10.0), run(30.0), run(20.0)],
+               ("eager-cl-plain", "passive"): [run(40.0), run(50.0), {"error": "boom"}],
+               ("compile-cl-plain", "unset"): [{"error": "CppCompileError: no compiler"}] * 3,
+               ("compile-cl-plain", "passive"): [{"error": "CppCompileError: no compiler"}] * 3}
+    rows, sgemm, lim = bench_train.summarize(results, flops)
+    assert sgemm.median == 100.0 and lim.median == pytest.approx(limit)
+    assert rows["ours"]["ips"] == fair.Spread(limit * 0.6, limit * 0.5, limit * 0.7, 3)
+    assert rows["ours"]["share"].median == pytest.approx(0.6) and rows["ours"]["rss"] == 310
+    plain = rows["eager-cl-plain"]
+    assert plain["policy"] == "passive" and plain["ips"] == fair.Spread(45.0, 40.0, 50.0, 2)
+
+    args = type("Args", (), {"threads": 1, "batch": 4, "steps": 2, "warmup": 1, "rounds": 3, "sgemm_size": 64,
+                             "markdown": True})()
+    text = "\n".join(bench_train.report(args, config, results, ["unset", "passive"]))
+    ours_row = next(line for line in text.splitlines() if line.startswith("| scratchvae"))
+    assert f"{limit * 0.6:.2f}" in ours_row and f"{limit * 0.5:.2f}–{limit * 0.7:.2f}" in ours_row
+    plain_row = next(line for line in text.splitlines() if "eager, channels_last, plain" in line and "|" in line)
+    assert "| passive | 45.00 | 40.00–50.00 |" in plain_row and f"{limit * 0.6 / 45:.2f}x" in plain_row
+    assert "unset: 20.00 (10.00–30.00), passive: 45.00 (40.00–50.00)" in text
+    assert "torch.compile, channels_last, plain padding=1 [passive]: CppCompileError: no compiler" in text
+    assert "PyTorch eager, channels_last, plain padding=1 [passive]: boom" in text
+    assert re.search(r"\| torch.compile, channels_last, plain padding=1 \| \w+ \| n/a \|", text)
+
+
+# ------------------------------------------------------------------ the plain PyTorch variant
+def test_plain_variant_has_the_twins_shapes_and_parameters():
+    torch = pytest.importorskip("torch")
+    import torch_reference as tr
+    from scratchvae.model import VAE, VAEConfig
+    config = VAEConfig(image_size=16, filters=4, blocks=2, z_dim=3)
+    twin, plain = tr.TorchVAE(config), tr.TorchVAE(config, plain=True).load_from_scratchvae(VAE(config))
+    assert {n: tuple(p.shape) for n, (p, _) in twin.tensor_map().items()} == \
+           {n: tuple(p.shape) for n, (p, _) in plain.tensor_map().items()}
+    assert not any(isinstance(m, (tr.SameConv2d, tr.SameConvTranspose2d)) for m in plain.modules())
+    x = torch.rand(2, 3, 16, 16)
+    z_mean, _ = plain.encode(x)
+    assert z_mean.shape == (2, 3) and plain.decode(z_mean).shape == (2, 3, 16, 16)
+    first, times = tr.torch_train_times(config, x.permute(0, 2, 3, 1).numpy(), [torch.randn(2, 3).numpy()] * 3,
+                                        warmup=1, channels_last=True, plain=True)
+    assert first > 0 and len(times) == 2
+
+
+# ------------------------------------------------------------------ tiny runs
+def test_bench_train_tiny_run_prints_every_row():
+    pytest.importorskip("torch")
+    out = run_bench("bench_train.py", "--batch", "4", "--steps", "2", "--warmup", "1", "--rounds", "1",
+                    "--sgemm-size", "128", "--skip-first-step", "--contenders", "ours,eager-cl-plain")
+    assert "failed" not in out  # a child that saw another OMP_WAIT_POLICY than chosen fails its row
+    ours = next(line for line in out.splitlines() if line.startswith("scratchvae (Numba + BLAS)"))
+    assert "passive (scratchvae's own)" in ours and "1.00x" in ours
+    torch_row = next(line for line in out.splitlines() if line.startswith("PyTorch eager, channels_last, plain"))
+    assert re.search(r"(unset|passive)\s+\d+\.\d\d\s+[\d.]+–[\d.]+\s+\d+\.\d\dx\s+\d+%", torch_row)
+    assert re.search(r"PyTorch eager, channels_last, plain padding=1: unset: [\d.]+ \([\d.–]+\), passive: ", out)
+    assert "Keras-exact twin:" in out and "sgemm 128^3" in out
+
+
+def test_bench_sample_tiny_run_prints_every_workload_and_parity():
+    pytest.importorskip("onnxruntime")
+    out = run_bench("bench_sample.py", "--batches", "4", "1", "--encode-batch", "4", "--rounds", "1",
+                    "--images", "4", "--settle", "0")
+    rows = {tuple(line.split()[:2]): line.split() for line in out.splitlines() if line.startswith(("decode", "encode"))}
+    assert set(rows) == {("decode", "4"), ("decode", "1"), ("encode", "4")}
+    for cells in rows.values():
+        assert cells[-2].endswith("x") and float(cells[-1]) < 1e-5  # ours / ort, then max|diff|
+    assert "intra_op_num_threads 1" in out and "numba threads 1" in out
