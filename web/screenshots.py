@@ -83,16 +83,18 @@ def main(argv=None):
             b.wait_for("document.querySelectorAll('#grid canvas').length >= 16")
             b.evaluate(f"document.querySelectorAll('#grid .face')[{args.face}].click()")
             b.wait_for(f"document.querySelectorAll('#grid .face')[{args.face}].getAttribute('aria-pressed') === 'true'")
-            slider = b.evaluate("document.querySelector(\"label[for='attr-0']\").textContent")
-            for value in ("-3", "0", "3"):
-                set_slider(b, value)
-                full = out / f"page-{slider.strip().split()[0].lower()}-{value}.png"
-                b.screenshot(full)
-                element_shot(b, full, "#selected", out / f"selected-{value}.png")
+            slider = b.evaluate("(document.querySelector(\"label[for='attr-0']\") || {}).textContent || ''")
+            if slider:  # a site made without --vectors has no sliders: the page and the morph only
+                for value in ("-3", "0", "3"):
+                    set_slider(b, value)
+                    full = out / f"page-{slider.strip().split()[0].lower()}-{value}.png"
+                    b.screenshot(full)
+                    element_shot(b, full, "#selected", out / f"selected-{value}.png")
             b.screenshot(out / "page.png")
             element_shot(b, out / "page.png", "#morph-section", out / "morph.png")
-            small(out / f"page-{slider.strip().split()[0].lower()}-3.png", out / "page-small.png")
-            side_by_side([out / f"selected-{v}.png" for v in ("-3", "0", "3")], out / "selected-strip.png")
+            if slider:
+                small(out / f"page-{slider.strip().split()[0].lower()}-3.png", out / "page-small.png")
+                side_by_side([out / f"selected-{v}.png" for v in ("-3", "0", "3")], out / "selected-strip.png")
             r = results(b)
             print(json.dumps({"slider": slider, "decode_ms": r.get("decode_ms")}))
         finally:
