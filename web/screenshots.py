@@ -43,7 +43,7 @@ def element_shot(b, full, selector, path, pad=8):
     Image.open(full).crop((max(0, left - pad), max(0, top - pad), right + pad, bottom + pad)).save(path, optimize=True)
 
 
-def small(path, target, scale=0.6, colours=128):
+def small(path, target, scale=0.6, colours=256):
     """A README-sized copy: scaled down and reduced to a palette."""
     im = Image.open(path).convert("RGB")
     im = im.resize((int(im.width * scale), int(im.height * scale)), Image.LANCZOS)
