@@ -2,7 +2,9 @@
 export/sample.py's, a slider changes exactly the selected face, a photo is prepared as scratchvae
 prepares images, bad input shows a message; the JS draw and resize equal Python's under Node."""
 
+import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -29,9 +31,22 @@ import to_web  # noqa: E402
 SMALL = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4)
 NAMES = ["Smiling", "Eyeglasses", "Blond_Hair", "Bald"]
 N_IMAGES, GRID = 40, 16
-HAVE_TOOLS = Path(browser.CHROMIUM).exists() and shutil.which("node")
-needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="chromium (/usr/bin/chromium) or node is not installed "
-                                                        "and could not be: .ci/run installs both")
+DEBIAN_TOOLS = {"chromium": lambda: Path(browser.CHROMIUM).exists(), "nodejs": lambda: shutil.which("node"),
+                "npm": lambda: shutil.which("npm")}
+
+
+@functools.lru_cache(maxsize=None)
+def browser_tools():
+    """Chromium, Node and npm, installed from Debian's packages when missing (as .ci/run does); the
+    tests fail, saying what is missing, where they cannot be installed. They never skip."""
+    missing = [name for name, present in DEBIAN_TOOLS.items() if not present()]
+    if missing and shutil.which("apt-get") and os.geteuid() == 0:
+        for command in (["apt-get", "update", "-qq"],
+                        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+            subprocess.run(command, capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        missing = [name for name, present in DEBIAN_TOOLS.items() if not present()]
+    if missing:
+        pytest.fail(f"the browser tests need {', '.join(missing)} (Debian packages; bash .ci/run installs them)")
 
 
 def tiny_vae(seed):
@@ -45,9 +60,8 @@ def tiny_vae(seed):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny checkpoint, vectors from a labelled set made here, and the site built from them."""
+    browser_tools()
     if not to_web.ORT_DIST.is_dir():  # the pinned runtime, installed as .ci/run installs it
-        if not shutil.which("npm"):
-            pytest.skip("npm is not installed and could not be, so onnxruntime-web cannot be: .ci/run installs both")
         web = Path(to_web.__file__).resolve().parents[1] / "web"
         done = subprocess.run(["npm", "ci", "--prefix", str(web), "--no-audit", "--no-fund", "--loglevel=error"],
                               capture_output=True, text=True)
@@ -79,8 +93,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(world, tmp_path_factory):
     """The site served on 127.0.0.1 and open in headless Chromium in test mode, once ready."""
-    if not HAVE_TOOLS:
-        pytest.skip("chromium (/usr/bin/chromium) or node is not installed and could not be: .ci/run installs both")
+    browser_tools()
     with browser.serve(world["site"]) as url:
         b = browser.Browser(tmp_path_factory.mktemp("profile"))
         try:
@@ -125,7 +138,6 @@ def show_seed(b, seed):
     b.wait_for("document.querySelectorAll('#grid canvas').length >= 16")
 
 
-@needs_tools
 def test_page_is_ready_with_the_ranked_sliders_and_reports_the_decode_time(world, page):
     r = results(page)
     v = vectors.load(world["vectors"])
@@ -135,7 +147,6 @@ def test_page_is_ready_with_the_ranked_sliders_and_reports_the_decode_time(world
     print(f"\ndecode time per face in headless Chromium (tiny 16 px model, mean of 20): {r['decode_ms']:.2f} ms")
 
 
-@needs_tools
 def test_a_seed_gives_export_samples_faces(world, page, tmp_path):
     show_seed(page, 7)
     shown = tiles(page)[:GRID]
@@ -153,7 +164,6 @@ def test_a_seed_gives_export_samples_faces(world, page, tmp_path):
     assert diff <= 1 / 255
 
 
-@needs_tools
 def test_a_slider_changes_exactly_the_selected_face(world, page):
     show_seed(page, 3)
     before, n = tiles(page), results(page)["edits"]
@@ -172,7 +182,6 @@ def test_a_slider_changes_exactly_the_selected_face(world, page):
     page.evaluate("document.getElementById('reset').click()")
 
 
-@needs_tools
 def test_a_photo_is_prepared_as_scratchvae_prepares_it(world, page, tmp_path):
     rng = np.random.default_rng(4)
     png = tmp_path / "wide.png"
@@ -204,7 +213,6 @@ def test_a_photo_is_prepared_as_scratchvae_prepares_it(world, page, tmp_path):
 JPEG_TOLERANCE = 8  # browser JPEG decode + a block average for libjpeg's DCT scaling (see docs/WEB.md)
 
 
-@needs_tools
 def test_the_morph_strip_runs_from_one_face_to_the_other(world, page):
     show_seed(page, 5)
     strip = page.evaluate("(() => { const c = document.getElementById('morph-strip');"
@@ -217,7 +225,6 @@ def test_the_morph_strip_runs_from_one_face_to_the_other(world, page):
     assert np.max(np.abs(got / 255.0 - want)) <= 1 / 255
 
 
-@needs_tools
 def test_a_file_that_is_not_an_image_shows_the_message(page, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("these are not pixels\n")
@@ -226,7 +233,6 @@ def test_a_file_that_is_not_an_image_shows_the_message(page, tmp_path):
     assert "notes.png" in text and "not a JPEG, PNG, WebP, BMP or GIF image" in text
 
 
-@needs_tools
 def test_the_screenshot_is_kept(page, tmp_path_factory):
     path = tmp_path_factory.mktemp("artefacts") / "page.png"
     page.screenshot(path)
@@ -235,7 +241,6 @@ def test_the_screenshot_is_kept(page, tmp_path_factory):
     assert width >= 800 and height >= 800
 
 
-@needs_tools
 def test_vectors_for_another_z_size_and_a_site_without_vectors_show_a_note(world, tmp_path, tmp_path_factory):
     bad = tmp_path / "bad"
     shutil.copytree(world["site"], bad)
@@ -294,6 +299,7 @@ def test_named_attributes_get_the_first_sliders_and_unknown_names_are_refused(wo
 
 
 def node(script):
+    browser_tools()
     proc = subprocess.run(["node", "--input-type=module"], input=script, capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
@@ -303,7 +309,6 @@ def node(script):
 APP = json.dumps((ROOT / "web" / "app.js").as_uri())
 
 
-@pytest.mark.skipif(not shutil.which("node"), reason="node is not installed and could not be: .ci/run installs it")
 def test_the_js_draw_is_pythons_draw():
     cases = [(0, 64, 32, 1.0), (7, 16, 4, 1.0), (-3, 5, 7, 0.7), (2**64 + 5, 3, 9, 1.3),
              (12345678901234567890, 2, 5, 1)]
@@ -314,7 +319,6 @@ def test_the_js_draw_is_pythons_draw():
         np.testing.assert_array_equal(np.array(values, np.float32).reshape(n, z_dim), latent.draw_z(seed, n, z_dim, t))
 
 
-@pytest.mark.skipif(not shutil.which("node"), reason="node is not installed and could not be: .ci/run installs it")
 def test_the_js_resize_is_pillows_lanczos():
     rng = np.random.default_rng(8)
     shapes = [(29, 47, 16), (200, 300, 64), (16, 16, 16), (20, 17, 64), (640, 480, 64)]
