@@ -18,6 +18,7 @@ from scratchvae import attributes, images, latent, vectors
 from scratchvae import sample as py_sample
 from scratchvae.errors import UserError
 from scratchvae.model import VAE, VAEConfig
+from tests.labelled import labelled_faces
 
 EXPORT = Path(__file__).resolve().parents[1] / "export"
 if str(EXPORT) not in sys.path:
@@ -43,17 +44,8 @@ def tiny_vae(seed):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("attributes")
-    rng = np.random.default_rng(5)
     faces = tmp / "faces"
-    faces.mkdir()
-    files = [f"{i + 1:06d}.png" for i in range(N_IMAGES)]
-    for name in files:
-        Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(faces / name)
-    values = np.where(rng.random((N_IMAGES, len(NAMES))) < 0.5, 1, -1)
-    values[:, 3] = -1  # Bald: nobody, so it is skipped
-    lines = [str(N_IMAGES), " ".join(NAMES)] + [f"{f} " + " ".join(f"{v:2d}" for v in row)
-                                                 for f, row in zip(files, values)]
-    (faces / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    files, values = labelled_faces(faces, N_IMAGES, NAMES, seed=5)  # Bald, the last, is nobody's: skipped
     vae = tiny_vae(0)
     ckpt = tmp / "run" / "checkpoint.npz"
     ckpt.parent.mkdir()

@@ -19,6 +19,7 @@ from scratchvae import attributes, imagefile, latent, vectors
 from scratchvae.model import VAE, VAEConfig
 
 from tests import browser
+from tests.labelled import labelled_faces
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = ROOT / "export"
@@ -67,17 +68,8 @@ def world(tmp_path_factory):
                               capture_output=True, text=True)
         assert done.returncode == 0 and to_web.ORT_DIST.is_dir(), f"npm ci --prefix web failed: {done.stderr[-2000:]}"
     tmp = tmp_path_factory.mktemp("web")
-    rng = np.random.default_rng(11)
     faces = tmp / "faces"
-    faces.mkdir()
-    files = [f"{i + 1:06d}.png" for i in range(N_IMAGES)]
-    for name in files:
-        Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(faces / name)
-    values = np.where(rng.random((N_IMAGES, len(NAMES))) < 0.5, 1, -1)
-    values[:, 3] = -1  # Bald: nobody, so it is skipped
-    lines = [str(N_IMAGES), " ".join(NAMES)] + [f"{f} " + " ".join(f"{v:2d}" for v in row)
-                                                 for f, row in zip(files, values)]
-    (faces / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    labelled_faces(faces, N_IMAGES, NAMES, seed=11)  # Bald, the last, is nobody's: it is skipped
     vae = tiny_vae(0)
     ckpt = tmp / "run" / "checkpoint.npz"
     ckpt.parent.mkdir()

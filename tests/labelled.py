@@ -1,0 +1,20 @@
+"""A small labelled face set for the attribute tests: random pictures named as CelebA names its
+files, and a list_attr_celeba.txt beside them in CelebA's format (the last attribute never set, so
+that it is skipped when vectors are made)."""
+
+import numpy as np
+from PIL import Image
+
+
+def labelled_faces(folder, n, names, seed):
+    """Write n images and their labels into `folder`; (file names, values (n, len(names)) of +-1)."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    files = [f"{i + 1:06d}.png" for i in range(n)]
+    for name in files:
+        Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(folder / name)
+    values = np.where(rng.random((n, len(names))) < 0.5, 1, -1)
+    values[:, -1] = -1  # nobody has the last one: it is skipped
+    lines = [str(n), " ".join(names)] + [f"{f} " + " ".join(f"{v:2d}" for v in row) for f, row in zip(files, values)]
+    (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    return files, values
