@@ -55,13 +55,7 @@ def panel(folders, labels, n, seed, path, cols=4):
     for folder, label in zip(folders, labels):
         vae = VAE.load(os.path.join(folder, "checkpoint.npz"))
         z = latent.draw_z(seed, n, vae.config.z_dim)
-        x = np.clip(np.asarray(vae.decode(z, training=False)), 0, 1)
-        s, rows = x.shape[1], -(-n // cols)
-        grid = np.ones((rows * (s + 2) + 2, cols * (s + 2) + 2, 3), np.float32)
-        for i, img in enumerate(x):
-            r, c = divmod(i, cols)
-            grid[2 + r * (s + 2):2 + r * (s + 2) + s, 2 + c * (s + 2):2 + c * (s + 2) + s] = img
-        im = Image.fromarray((grid * 255 + 0.5).astype(np.uint8))
+        im = Image.fromarray(images.grid(np.asarray(vae.decode(z, training=False)), ncols=cols))
         head = Image.new("RGB", (im.width, 16), "white")
         ImageDraw.Draw(head).text((4, 2), label, fill="black")
         both = Image.new("RGB", (im.width, im.height + 16), "white")
@@ -73,7 +67,7 @@ def panel(folders, labels, n, seed, path, cols=4):
     for t in tiles:
         out.paste(t, (x, 0))
         x += t.width + 4
-    out.save(path, optimize=True)
+    out.quantize(256).save(path, optimize=True)  # a palette keeps the PNG small enough for the README
 
 
 def reconstructions(folders, labels, n, path):

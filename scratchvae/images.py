@@ -22,6 +22,11 @@ COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 10
 
 def save_grid(path, images, ncols: int | None = None, pad: int = 2) -> None:
     """Tile images (N, H, W, 3) into one PNG, ncols wide (near-square when None)."""
+    _save(Image.fromarray(grid(images, ncols, pad)), path)
+
+
+def grid(images, ncols: int | None = None, pad: int = 2) -> np.ndarray:
+    """The tiled images as one uint8 (rows, cols, 3) picture on a white background."""
     x = _to_uint8(images)
     n, h, w, _ = x.shape
     ncols = max(1, min(n, ncols or math.ceil(math.sqrt(n))))
@@ -31,7 +36,7 @@ def save_grid(path, images, ncols: int | None = None, pad: int = 2) -> None:
         r, c = divmod(i, ncols)
         top, left = pad + r * (h + pad), pad + c * (w + pad)
         canvas[top:top + h, left:left + w] = x[i]
-    _save(Image.fromarray(canvas), path)
+    return canvas
 
 
 def save_rows(path, rows, labels=None, pad: int = 2) -> None:
