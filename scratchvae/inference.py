@@ -2,8 +2,7 @@
 
 A Dense or Conv2DTranspose followed by a BatchNorm (and its LeakyReLU) or by a Sigmoid runs as one
 fused pass: the BatchNorm's moving-statistics affine folded into its weights (or applied as the
-output is written), bias and activation in the same pass. A Conv2D followed by a BatchNorm runs
-tile by tile (FusedConv), each tile's passes while it is in cache. The folding is recomputed at every call
+output is written), bias and activation in the same pass. The folding is recomputed at every call
 from the live parameters, so it never goes stale after an optimizer step or a load. Every other
 layer runs its own inference forward. Training never goes through here.
 """
@@ -14,7 +13,7 @@ from scratchvae import kernels as K
 from scratchvae.folding import batchnorm_affine
 from scratchvae.geometry import same_padding
 from scratchvae.kernels.workspace import Workspace
-from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, Dense, Sigmoid
+from scratchvae.layers import BatchNorm, Conv2DTranspose, Dense, Sigmoid
 
 
 class Plan:
@@ -31,9 +30,6 @@ class Plan:
                     and not (isinstance(layer, Dense) and isinstance(following, Sigmoid)):
                 fused = FusedDense if isinstance(layer, Dense) else FusedConvTranspose
                 self.steps.append(fused(layer, following, workspace))
-                i += 2
-            elif isinstance(layer, Conv2D) and isinstance(following, BatchNorm):
-                self.steps.append(FusedConv(layer, following, workspace))
                 i += 2
             else:
                 self.steps.append(Unfused(layer))
@@ -112,52 +108,6 @@ class FusedConvTranspose:
         K.fold_adjoint_weights(w2, b2, c.params["kernel"], c.params["bias"], K.from_host(scale), K.from_host(shift))
         y = self.follower.output("y", (n, h * s, w * s, o), False)
         K.conv_transpose_act(y, x, w2, b2, k, k, s, pt, pl, activation, alpha, ws=self.workspace)
-        return y
-
-    def describe(self):
-        return f"{self.conv.name}+{self.follower.name}"
-
-
-TILE_BYTES = 4 * 2 ** 20  # gathered patches per tile: small enough to stay in cache for the passes that read them
-
-
-class FusedConv:
-    """Conv2D(+ReLU) -> BatchNorm(+LeakyReLU), tile by tile: a few images' 'same' patches gathered
-    into a cache-sized buffer, one GEMM, then bias (and ReLU) and the BatchNorm's moving-statistics
-    affine and activation over that tile while it is still in cache. The same kernels as the
-    layers' own inference forwards, in the same order; only the GEMM is cut into other pieces, so
-    the output equals theirs to float32 round-off. The layer by layer path writes the whole map,
-    then reads and writes it twice more (measured: the seed's encoder, batch 64, 2 threads, 14%
-    faster)."""
-
-    def __init__(self, conv, follower, workspace):
-        self.conv, self.follower, self.workspace = conv, follower, workspace
-
-    def __call__(self, x):
-        c, bn = self.conv, self.follower
-        c._check_input(x, 4)
-        n, h, w, ch = x.shape
-        ho, pt = same_padding(h, c.k, c.stride)
-        wo, pl = same_padding(w, c.k, c.stride)
-        mean, invstd = bn.inference_statistics()
-        y = bn.output("y", (n, ho, wo, c.filters), False)
-        y2 = y.reshape(n * ho * wo, c.filters)
-        kernel2d = c.params["kernel"].reshape(-1, c.filters)
-        width, rows = c.k * c.k * ch, ho * wo
-        per_tile = max(1, TILE_BYTES // (rows * width * x.dtype.itemsize))
-        offs_h, offs_w = np.arange(c.k) - pt, np.arange(c.k) - pl
-        for i in range(0, n, per_tile):
-            j = min(n, i + per_tile)
-            cols = self.workspace.buffer("conv_bn_cols", ((j - i) * rows, width), x.dtype)
-            t = self.workspace.buffer("conv_bn_out", ((j - i) * rows, c.filters), x.dtype)
-            K.gather_taps(cols, x[i:j], ho, wo, c.stride, offs_h, offs_w)
-            K.gemm(t, cols, kernel2d)
-            if c.activation == "relu":
-                K.bias_relu(t, c.params["bias"])
-            else:
-                K.add_bias(t, c.params["bias"])
-            K.bn_act_forward(y2[i * rows:j * rows], t, mean, invstd, bn.params["gamma"], bn.params["beta"],
-                             bn.alpha)
         return y
 
     def describe(self):

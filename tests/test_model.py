@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from scratchvae import checkpoint, inference, losses
+from scratchvae import checkpoint, losses
 from scratchvae.layers import Conv2DTranspose, Dense
 from scratchvae.model import VAE, VAEConfig
 from tests.gradcheck import numeric_grad, rel_error
@@ -225,29 +225,6 @@ def test_fused_inference_matches_layer_by_layer(backend, rng, dtype, tol):
     vae.params()["decoder.dense.kernel"] *= 0.5
     fused = vae.decode(z)
     assert np.max(np.abs(fused - layer_by_layer(vae, z))) <= tol
-
-
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
-@pytest.mark.parametrize("tile_bytes", [1, 2 ** 22])  # one image per tile, or the whole batch in one
-def test_fused_encoder_matches_layer_by_layer(backend, rng, dtype, tol, tile_bytes, monkeypatch):
-    """Inference runs each encoder Conv2D(+ReLU) and its BatchNorm(+LeakyReLU) tile by tile: the same
-    codes to round-off whatever the tiling, and still after the weights and statistics change."""
-    monkeypatch.setattr(inference, "TILE_BYTES", tile_bytes)
-    cfg = VAEConfig(image_size=8, channels=3, filters=5, blocks=2, z_dim=3)
-    vae = VAE(cfg, seed=4, dtype=dtype)
-    moved_off_init(vae, rng)
-    x = rng.uniform(0, 1, (3, 8, 8, 3)).astype(dtype)
-    assert vae.trunk_plan.describe() == ["conv_1+bn_1", "conv_2+bn_2", "flatten"]
-
-    def by_layers():
-        h = vae.trunk.forward(x, training=False)
-        return [np.array(head.forward(h, training=False)) for head in vae.heads]
-    for _ in range(2):
-        fused = vae.encode(x)
-        for got, want in zip(fused, by_layers()):
-            assert got.dtype == dtype and np.max(np.abs(got - want)) <= tol
-        moved_off_init(vae, rng)  # as an optimizer step or a load would
-        vae.params()["encoder.conv_1.kernel"] *= 1.5
 
 
 def test_training_mode_ignores_the_inference_plan(rng):

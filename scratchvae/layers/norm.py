@@ -30,16 +30,6 @@ class BatchNorm(Layer):
         self.state["moving_mean"] = K.zeros((features,), self.dtype)
         self.state["moving_variance"] = K.from_host(np.ones(features, dtype=self.dtype))
 
-    def inference_statistics(self):
-        """(mean, 1 / sqrt(var + epsilon)) of the moving statistics, in this layer's scratch buffers:
-        what inference normalises with (here and in the tiled Conv2D + BatchNorm of inference.py)."""
-        mean, var = self.scratch("mean", (self.features,)), self.scratch("var", (self.features,))
-        K.copy(mean, self.state["moving_mean"])
-        K.copy(var, self.state["moving_variance"])
-        invstd = self.scratch("invstd", (self.features,))
-        K.bn_invstd(invstd, var, self.epsilon)
-        return mean, invstd
-
     def forward(self, x, training):
         if x.dtype != self.dtype:
             raise TypeError(f"{self.name}: expected {self.dtype} input, got {x.dtype}")
@@ -59,10 +49,12 @@ class BatchNorm(Layer):
                 K.moving_update(self.state["moving_variance"], var, self.momentum)
             else:
                 self._count(x2d, mean)
-            invstd = self.scratch("invstd", (self.features,))
-            K.bn_invstd(invstd, var, self.epsilon)
         else:
-            mean, invstd = self.inference_statistics()
+            mean, var = self.scratch("mean", (self.features,)), self.scratch("var", (self.features,))
+            K.copy(mean, self.state["moving_mean"])
+            K.copy(var, self.state["moving_variance"])
+        invstd = self.scratch("invstd", (self.features,))
+        K.bn_invstd(invstd, var, self.epsilon)
         y = self.output("y", x.shape, training)
         K.bn_act_forward(y.reshape(-1, self.features), x2d, mean, invstd, self.params["gamma"],
                          self.params["beta"], self.alpha)
