@@ -2,7 +2,10 @@
 
 A Dense or Conv2DTranspose followed by a BatchNorm (and its LeakyReLU) or by a Sigmoid runs as one
 fused pass: the BatchNorm's moving-statistics affine folded into its weights (or applied as the
-output is written), bias and activation in the same pass. The folding is recomputed at every call
+output is written), bias and activation in the same pass. A Conv2D (and its ReLU) followed by a
+BatchNorm or a Sigmoid runs as one pass piece by piece (FusedConv): patches gathered into a
+cache-sized buffer, the GEMM, then bias, ReLU, affine and activation while the piece is in cache.
+The folding is recomputed at every call
 from the live parameters, so it never goes stale after an optimizer step or a load. Every other
 layer runs its own inference forward. Training never goes through here.
 """
@@ -13,7 +16,7 @@ from scratchvae import kernels as K
 from scratchvae.folding import batchnorm_affine
 from scratchvae.geometry import same_padding
 from scratchvae.kernels.workspace import Workspace
-from scratchvae.layers import BatchNorm, Conv2DTranspose, Dense, Sigmoid
+from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, Dense, Sigmoid
 
 
 class Plan:
@@ -31,6 +34,12 @@ class Plan:
                 fused = FusedDense if isinstance(layer, Dense) else FusedConvTranspose
                 self.steps.append(fused(layer, following, workspace))
                 i += 2
+            elif isinstance(layer, Conv2D) and isinstance(following, (BatchNorm, Sigmoid)):
+                self.steps.append(FusedConv(layer, following, workspace))
+                i += 2
+            elif isinstance(layer, Dense) and not isinstance(following, Sigmoid):
+                self.steps.append(FusedDense(layer, None, workspace))  # a plain Dense: its GEMM by pieces too
+                i += 1
             else:
                 self.steps.append(Unfused(layer))
                 i += 1
@@ -57,7 +66,10 @@ class Unfused:
 
 
 def epilogue(follower, features, dtype):
-    """(scale, shift, activation, alpha) of what follows the fused layer: y -> act(y * scale + shift)."""
+    """(scale, shift, activation, alpha) of what follows the fused layer: y -> act(y * scale + shift)
+    (nothing follows: the identity)."""
+    if follower is None:
+        return np.ones(features, dtype), np.zeros(features, dtype), None, 1.0
     if isinstance(follower, Sigmoid):
         return np.ones(features, dtype), np.zeros(features, dtype), "sigmoid", 1.0
     host = {k: K.to_host(v) for k, v in {**follower.params, **follower.state}.items()}
@@ -68,8 +80,9 @@ def epilogue(follower, features, dtype):
 
 
 class FusedDense:
-    """Dense -> BatchNorm(+LeakyReLU): one GEMM, then the affine and activation as the output is
-    written (the kernel is too big to refold at every call)."""
+    """Dense -> BatchNorm(+LeakyReLU), or a Dense alone (follower None): one GEMM, then the affine and
+    activation as the output is written (the kernel is too big to refold at every call). Its pieces
+    run single-threaded on each core, so no BLAS worker is left spinning into the next pass."""
 
     def __init__(self, dense, follower, workspace):
         self.dense, self.follower, self.workspace = dense, follower, workspace
@@ -78,13 +91,13 @@ class FusedDense:
         d = self.dense
         d._check_input(x, 2)
         scale, shift, activation, alpha = epilogue(self.follower, d.units, d.dtype)
-        y = self.follower.output("y", (x.shape[0], d.units), False)
+        y = (self.follower or d).output("y", (x.shape[0], d.units), False)
         K.dense_act(y, x, d.params["kernel"], d.params["bias"], K.from_host(scale), K.from_host(shift),
                     activation, alpha, ws=self.workspace)
         return y
 
     def describe(self):
-        return f"{self.dense.name}+{self.follower.name}"
+        return self.dense.name if self.follower is None else f"{self.dense.name}+{self.follower.name}"
 
 
 class FusedConvTranspose:
@@ -108,6 +121,32 @@ class FusedConvTranspose:
         K.fold_adjoint_weights(w2, b2, c.params["kernel"], c.params["bias"], K.from_host(scale), K.from_host(shift))
         y = self.follower.output("y", (n, h * s, w * s, o), False)
         K.conv_transpose_act(y, x, w2, b2, k, k, s, pt, pl, activation, alpha, ws=self.workspace)
+        return y
+
+    def describe(self):
+        return f"{self.conv.name}+{self.follower.name}"
+
+
+class FusedConv:
+    """Conv2D(+ReLU) -> BatchNorm(+LeakyReLU) or Sigmoid: the patches gathered piece by piece, each
+    piece's GEMM straight into the output, then bias, ReLU, the BatchNorm's moving-statistics affine
+    and the activation over the piece while it is in cache (the layer by layer path writes the
+    patches of the whole batch, then the map, then reads and writes the map twice more)."""
+
+    def __init__(self, conv, follower, workspace):
+        self.conv, self.follower, self.workspace = conv, follower, workspace
+
+    def __call__(self, x):
+        c = self.conv
+        c._check_input(x, 4)
+        n, h, w, _ = x.shape
+        ho, pt = same_padding(h, c.k, c.stride)
+        wo, pl = same_padding(w, c.k, c.stride)
+        scale, shift, activation, alpha = epilogue(self.follower, c.filters, c.dtype)
+        y = self.follower.output("y", (n, ho, wo, c.filters), False)
+        K.conv_act(y, x, c.params["kernel"].reshape(-1, c.filters), c.params["bias"], K.from_host(scale),
+                   K.from_host(shift), c.k, c.k, c.stride, pt, pl, c.activation == "relu", activation, alpha,
+                   ws=self.workspace)
         return y
 
     def describe(self):

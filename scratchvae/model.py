@@ -95,6 +95,7 @@ class VAE:
         self.layer_names = {id(layer): prefix for prefix, layer in self.named_layers()}
         self.trunk_plan = Plan(self.trunk.layers, self.workspace)
         self.decoder_plan = Plan(self.decoder.layers, self.workspace)
+        self.head_plans = tuple(Plan([head], self.workspace) for head in self.heads)
 
     # ------------------------------------------------------------ building from the spec
     def _build(self, part, specs, first, last_fresh, rng, reducer, reuse=True):
@@ -190,7 +191,9 @@ class VAE:
     def encode(self, x, training=False):
         x = self._check_images(x)
         h = self.trunk.forward(x, True) if training else self.trunk_plan.run(x)
-        return tuple(head.forward(h, training) for head in self.heads)
+        if training:
+            return tuple(head.forward(h, True) for head in self.heads)
+        return tuple(plan.run(h) for plan in self.head_plans)
 
     def decode(self, z, training=False):
         """Images from latents; inference runs the fused plan (scratchvae/inference.py)."""

@@ -54,12 +54,12 @@ def test_the_resize_decoder_replaces_each_stride_2_transpose_by_upsampling_and_a
         architecture.count_params(VAEConfig(), "decoder")
 
 
-def test_the_resize_decoder_runs_upsampling_and_conv_unfused_in_inference(rng):
+def test_the_resize_decoder_fuses_each_conv_with_its_batchnorm_in_inference(rng):
     vae = VAE(RESIZE, seed=1)
     x = rng.uniform(0, 1, (3, 16, 16, 3)).astype(np.float32)
     vae.forward_backward(x, rng.standard_normal((3, 4)).astype(np.float32))  # BN statistics off their init
-    assert vae.decoder_plan.describe() == ["dense+bn_0", "reshape", "up_1", "conv_1", "bn_1", "up_2", "conv_2",
-                                           "bn_2", "conv_t_out+sigmoid"]
+    assert vae.decoder_plan.describe() == ["dense+bn_0", "reshape", "up_1", "conv_1+bn_1", "up_2",
+                                           "conv_2+bn_2", "conv_t_out+sigmoid"]
     z = rng.standard_normal((2, 4)).astype(np.float32)
     np.testing.assert_allclose(vae.decode(z), vae.decoder.forward(z, training=False), rtol=1e-5, atol=2e-6)
     assert not vae.grads()["decoder.conv_1.bias"].any() and vae.grads()["decoder.conv_t_out.bias"].any()

@@ -474,6 +474,27 @@ def test_conv_transpose_act(rng, n, h, w, c, k, s):
     np.testing.assert_array_equal(d.copy_to_host(), got[0])
 
 
+@pytest.mark.parametrize("n,h,w,c,k,s", [(2, 5, 4, 3, 3, 2), (1, 4, 3, 2, 3, 1)])
+@pytest.mark.parametrize("relu,activation", [(True, "leaky"), (False, "sigmoid")])
+def test_conv_act(rng, n, h, w, c, k, s, relu, activation):
+    """The fused inference convolution: patches into cols (from the caller's ws), GEMM into y, one pass."""
+    o = 4
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    wk = rng.standard_normal((k * k * c, o)).astype(F32)
+    bias, scale, shift = (rng.standard_normal(o).astype(F32) for _ in range(3))
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    y = np.full((n, ho, wo, o), np.nan, F32)
+    ref, got = both("conv_act", [y], x, wk, bias, scale, shift, k, k, s, pt, pl, relu, activation, 0.3)
+    assert_close(ref, got, SUM_RTOL, SUM_ATOL)
+    made = []
+    ws = Workspace(lambda shape, dtype: made.append(shape) or gpu.empty(shape, dtype))
+    d = dev(y)
+    gpu.conv_act(d, dev(x), dev(wk), dev(bias), dev(scale), dev(shift), k, k, s, pt, pl, relu, activation, 0.3, ws=ws)
+    assert made == [(n * ho * wo * k * k * c,)]  # the patches came from ws
+    np.testing.assert_array_equal(d.copy_to_host(), got[0])
+
+
 @pytest.mark.parametrize("n,i,o", [(3, 5, 70), (130, 9, 3)])  # 2 x 1 and 1 x 2 GEMM tiles
 @pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
 def test_dense_act(rng, n, i, o, activation):

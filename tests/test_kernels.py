@@ -91,6 +91,61 @@ def test_conv_transpose_act(rng, monkeypatch, n, h, w, c, k, s, split):
     assert_close(*both("conv_transpose_act", [y], x, w2, bias, k, k, s, pt, pl, "leaky", 0.3))
 
 
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 33, 3, 2, 3, 2)])
+@pytest.mark.parametrize("relu,activation", [(True, "leaky"), (False, None), (False, "sigmoid")])
+@pytest.mark.parametrize("pieces", ["bands", "images", "unsplit"])
+def test_conv_act(rng, monkeypatch, n, h, w, c, k, s, relu, activation, pieces):
+    """The fused inference convolution: patches gathered piece by piece (bands of output rows, a few
+    images, or with BLAS's threads not settable, the same pieces on one thread), the GEMM into y,
+    then bias, ReLU, affine and activation; equal to the reference, which is the Conv2D formula."""
+    if pieces == "bands":
+        monkeypatch.setattr(schedule, "PIECE_COLS_BYTES", 1)  # one output row a piece
+    elif pieces == "images":
+        monkeypatch.setattr(schedule, "TASKS_PER_CORE", 1)  # pieces of several whole images
+    elif pieces == "unsplit":
+        monkeypatch.setattr(threads, "on_each_core", lambda fn, workers: False)
+    o = 4
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    kernel = rng.standard_normal((k, k, c, o)).astype(F32)
+    bias, scale, shift = (rng.standard_normal(o).astype(F32) for _ in range(3))
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    y = np.full((n, ho, wo, o), np.nan, F32)
+    ref, fast = both("conv_act", [y], x, kernel.reshape(-1, o), bias, scale, shift, k, k, s, pt, pl, relu,
+                     activation, 0.3)
+    assert_close(ref, fast)
+    # the reference against the layer's own definition: a 'same' Conv2D, its ReLU, then the affine
+    conv = Conv2D(c, o, k, s, activation="relu" if relu else None, dtype=np.float64)
+    conv.params["kernel"][...], conv.params["bias"][...] = kernel, bias
+    with kernels.using("numpy"):
+        pre = conv.forward(x.astype(np.float64), False) * scale + shift
+    want = {None: pre, "leaky": np.where(pre > 0, pre, 0.3 * pre), "sigmoid": 1 / (1 + np.exp(-pre))}[activation]
+    np.testing.assert_allclose(ref[0], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,rows,row_bytes,cores", [(64, 32, 147456, 2), (1, 32, 147456, 2), (64, 8, 36864, 2),
+                                                    (3, 7, 100, 4), (5, 1, 10 ** 7, 2), (64, 64, 110592, 1)])
+def test_pieces_cover_each_row_once_within_the_budget(n, rows, row_bytes, cores):
+    """conv_act's pieces: every (image, row) exactly once, whole images or bands of one image, at
+    most PIECE_COLS_BYTES of patches (one row at least), and enough pieces for the cores."""
+    pieces = schedule.pieces(n, rows, row_bytes, cores)
+    seen = np.zeros((n, rows), int)
+    for i0, i1, p0, p1 in pieces:
+        assert 0 <= i0 < i1 <= n and 0 <= p0 < p1 <= rows
+        assert i1 - i0 == 1 or (p0, p1) == (0, rows)
+        seen[i0:i1, p0:p1] += 1
+        assert (i1 - i0) * (p1 - p0) * row_bytes <= max(schedule.PIECE_COLS_BYTES, row_bytes)
+    assert (seen == 1).all()
+    assert len(pieces) >= min(cores * schedule.TASKS_PER_CORE, n * rows)
+
+
+def test_conv_act_refuses_a_mismatch(rng):
+    x = np.zeros((1, 6, 6, 2), F32)
+    with pytest.raises(ValueError, match="do not fit"):
+        cpu.conv_act(np.zeros((1, 6, 6, 4), F32), x, np.zeros((18, 4), F32), *[np.zeros(4, F32)] * 3,
+                     3, 3, 2, 0, 1)
+
+
 @pytest.mark.parametrize("n,i,o", [(1, 5, 3), (2, 7, 700), (64, 3, 130)])
 @pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
 def test_dense_act(rng, n, i, o, activation):

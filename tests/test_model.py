@@ -227,6 +227,25 @@ def test_fused_inference_matches_layer_by_layer(backend, rng, dtype, tol):
     assert np.max(np.abs(fused - layer_by_layer(vae, z))) <= tol
 
 
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+def test_fused_encoder_matches_layer_by_layer(backend, rng, dtype, tol):
+    """Inference runs each encoder Conv2D(+ReLU) and the BatchNorm(+LeakyReLU) after it as one pass,
+    piece by piece: the same z_mean and z_log_var to round-off, also after the weights and the
+    statistics change in place."""
+    cfg = VAEConfig(image_size=16, channels=3, filters=5, blocks=2, z_dim=3)
+    vae = VAE(cfg, seed=4, dtype=dtype)
+    x = rng.uniform(0, 1, (3, 16, 16, 3)).astype(dtype)
+    assert vae.trunk_plan.describe() == ["conv_1+bn_1", "conv_2+bn_2", "flatten"]
+    for _ in range(2):
+        moved_off_init(vae, rng)
+        fused = [a.copy() for a in vae.encode(x)]
+        h = vae.trunk.forward(x, training=False)
+        plain = [head.forward(h, training=False) for head in vae.heads]
+        for f, p in zip(fused, plain):
+            assert f.dtype == dtype and np.max(np.abs(f - p)) <= tol * max(1.0, np.max(np.abs(p)))
+        vae.params()["encoder.conv_1.kernel"] *= 1.5  # as an optimizer step would
+
+
 def test_training_mode_ignores_the_inference_plan(rng):
     """forward_backward is bit-for-bit the same whether or not inference passes ran before it
     (the plan shares no state with training)."""

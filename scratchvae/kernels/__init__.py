@@ -227,6 +227,12 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
     return backend().conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation, alpha, ws)
 
 
+def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu=False, activation=None, alpha=1.0,
+             ws=None):
+    return backend().conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu, activation,
+                              alpha, ws)
+
+
 def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
     return backend().dense_act(y, x, w, bias, scale, shift, activation, alpha, ws)
 

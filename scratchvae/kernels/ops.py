@@ -101,6 +101,10 @@ OPS = (
     _op("fused", "conv_transpose_act", "y",
         "x, w2, bias, " + GEOMETRY + ", activation=None, alpha=1.0, ws=None",
         "y = act(col2im(x @ w2) + bias), w2 (C, (i, j, O) + padding); ws: an optional Workspace for cols"),
+    _op("fused", "conv_act", "y",
+        "x, w, bias, scale, shift, " + GEOMETRY + ", relu=False, activation=None, alpha=1.0, ws=None",
+        "y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) if relu: "
+        "a 'same' Conv2D, then an inference BatchNorm's affine; ws: an optional Workspace for the patches"),
     _op("fused", "dense_act", "y", "x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None",
         "y = act((x @ w + bias) * scale + shift), y (N, O); ws: an optional Workspace"),
     _op("fused", "fold_adjoint_weights", "w2, b2", "kernel, bias, scale, shift",

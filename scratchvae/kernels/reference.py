@@ -182,6 +182,20 @@ def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
     _activate(y, activation, alpha)
 
 
+def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu=False, activation=None, alpha=1.0,
+             ws=None):
+    """y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) if relu.
+    ws (a Workspace) is accepted for the common signature and ignored: the reference allocates freely."""
+    n, ho, wo, o = y.shape
+    cols = np.empty((n * ho * wo, w.shape[0]), x.dtype)
+    gather_taps(cols, x, ho, wo, stride, np.arange(kh) - pad_top, np.arange(kw) - pad_left)
+    t = cols @ w + bias
+    if relu:
+        t = np.maximum(t, 0)
+    y[...] = (t * scale + shift).reshape(y.shape)
+    _activate(y, activation, alpha)
+
+
 def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None):
     """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding).
     ws (a Workspace) is accepted for the common signature and ignored: the reference allocates freely."""

@@ -14,7 +14,8 @@ from scratchvae.kernels.cpu.convolution import (col2im, gather_taps, gather_weig
                                                 upsample_nearest, upsample_nearest_backward)
 from scratchvae.kernels.cpu.elementwise import (add_bias, bias_relu, leaky_backward, leaky_forward,  # noqa: F401
                                                 relu_backward, relu_forward, sigmoid_backward, sigmoid_forward)
-from scratchvae.kernels.cpu.fused import col2im_act, conv_transpose_act, dense_act, fold_adjoint_weights  # noqa: F401
+from scratchvae.kernels.cpu.fused import (col2im_act, conv_act, conv_transpose_act, dense_act,  # noqa: F401
+                                         fold_adjoint_weights)
 from scratchvae.kernels.cpu.losses import kl_sum, latent_grads, mse_and_grad, reparameterize  # noqa: F401
 from scratchvae.kernels.cpu.matmul import gemm  # noqa: F401
 from scratchvae.kernels.cpu.optimizer import adam_update, sum_squares  # noqa: F401

@@ -1,5 +1,6 @@
 """Fused inference on the CPU: a GEMM, then col2im (or a per-column affine) plus bias and activation
-written in the same pass. BatchNorm's moving statistics arrive folded into the weights and bias.
+written in the same pass; a convolution's patches are gathered piece by piece, so each piece's
+GEMM reads them while they are in cache. BatchNorm's moving statistics arrive folded into the weights and bias.
 
 Activations: None, "leaky" (x if x > 0 else alpha*x) or "sigmoid". The work is cut by schedule.py.
 Scratch cols come from a Workspace: the caller's `ws`, else this module's WORKSPACE.
@@ -169,3 +170,80 @@ def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
         product = ws.buffer(("dense_act", 0), (n, o), dtype)
         np.matmul(x, w, out=product)
         _affine_act_columns(y, product, bias, scale, shift, 0, act, alpha)
+
+
+# ---------------------------------------------------------------- im2col by pieces + GEMM + affine + activation
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w):
+    """cols[((b - i0) * (p1 - p0) + p - p0) * wo + q, (t,u,c)] = x[b, stride*p + offs_h[t],
+    stride*q + offs_w[u], c] (0 outside x) for images i0 <= b < i1 and output rows p0 <= p < p1."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    th, tw = offs_h.size, offs_w.size
+    zero = x.dtype.type(0)
+    row = 0
+    for b in range(i0, i1):
+        for p in range(p0, p1):
+            for q in range(wo):
+                for t in range(th):
+                    hh = p * stride + offs_h[t]
+                    for u in range(tw):
+                        ww = q * stride + offs_w[u]
+                        base = (t * tw + u) * c
+                        if hh >= 0 and hh < h and ww >= 0 and ww < w:
+                            for ch in range(c):
+                                cols[row, base + ch] = x[b, hh, ww, ch]
+                        else:
+                            for ch in range(c):
+                                cols[row, base + ch] = zero
+                row += 1
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _affine_act_rows(y, bias, scale, shift, relu, act, alpha):
+    """In place over y (M, O): y = act(r(y + bias) * scale + shift), r = max(., 0) when relu."""
+    zero = y.dtype.type(0)
+    for m in range(y.shape[0]):
+        row = y[m]
+        if relu:
+            for j in range(row.size):
+                row[j] = max(row[j] + bias[j], zero) * scale[j] + shift[j]
+        else:
+            for j in range(row.size):
+                row[j] = (row[j] + bias[j]) * scale[j] + shift[j]
+        _activate(row, act, alpha)
+
+
+def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu=False, activation=None,
+             alpha=1.0, ws=None):
+    """y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) when relu:
+    a 'same' Conv2D (Ho = ceil(H / stride)) and an inference BatchNorm's affine. Pieces of a few
+    images, or bands of output rows (schedule.pieces), which the cores take in turn: each gathers its patches, runs a single-threaded GEMM straight into its rows of y
+    and the epilogue over them while they are in cache. ws: the Workspace for each worker's
+    patches (None: this module's WORKSPACE)."""
+    ws = WORKSPACE if ws is None else ws
+    n, h, wi, c = x.shape
+    ho, wo, o = y.shape[1], y.shape[2], y.shape[3]
+    if w.shape != (kh * kw * c, o) or ho != -(-h // stride) or wo != -(-wi // stride):
+        raise ValueError(f"conv_act: w {w.shape} and y {y.shape} do not fit x {x.shape} with a {kh}x{kw} "
+                         f"stride-{stride} kernel")
+    act, alpha = _act_code(activation), y.dtype.type(alpha)
+    offs_h = np.arange(kh, dtype=np.int64) - pad_top
+    offs_w = np.arange(kw, dtype=np.int64) - pad_left
+    y2 = y.reshape(n * ho * wo, o)
+    width = kh * kw * c
+    cores = schedule.workers()
+    pieces = schedule.pieces(n, ho, wo * width * w.dtype.itemsize, cores)
+
+    def do(k, t):
+        i0, i1, p0, p1 = pieces[t]
+        r0 = (i0 * ho + p0) * wo
+        r1 = r0 + (i1 - i0) * (p1 - p0) * wo
+        cols = ws.buffer(("conv_act", k), (r1 - r0, width), w.dtype)
+        _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w)
+        np.matmul(cols, w, out=y2[r0:r1])
+        _affine_act_rows(y2[r0:r1], bias, scale, shift, relu, act, alpha)
+
+    if not schedule.in_turn(len(pieces), do, cores):
+        for t in range(len(pieces)):  # one core: the same pieces in order (BLAS threaded as set)
+            do(0, t)

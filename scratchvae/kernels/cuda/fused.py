@@ -7,7 +7,10 @@ import math
 
 from numba import cuda
 
+import numpy as np
+
 from scratchvae.kernels.cuda.arrays import SCRATCH
+from scratchvae.kernels.cuda.convolution import gather_taps
 from scratchvae.kernels.cuda.launch import flat, launch, per_channel
 from scratchvae.kernels.cuda.matmul import gemm
 
@@ -89,12 +92,15 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
 # ---------------------------------------------------------------- GEMM + per-column affine + activation
 
 @cuda.jit(cache=True)
-def _affine_act(y, bias, scale, shift, act, alpha, one):
-    """y[m, j] = act((y[m, j] + bias[j]) * scale[j] + shift[j]), over the flat y."""
+def _affine_act(y, bias, scale, shift, relu, act, alpha, one):
+    """y[m, j] = act(r(y[m, j] + bias[j]) * scale[j] + shift[j]), over the flat y; r = max(., 0) if relu."""
     o = bias.size
     for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
         j = i % o
-        y[i] = _activate((y[i] + bias[j]) * scale[j] + shift[j], act, alpha, one)
+        v = y[i] + bias[j]
+        if relu and v < 0:
+            v = v * 0
+        y[i] = _activate(v * scale[j] + shift[j], act, alpha, one)
 
 
 def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
@@ -104,7 +110,24 @@ def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
     per_channel(y, bias, scale, shift)
     gemm(y, x, w)
     t = y.dtype.type
-    launch(_affine_act, y.size, flat(y), bias, scale, shift, act, t(alpha), t(1))
+    launch(_affine_act, y.size, flat(y), bias, scale, shift, False, act, t(alpha), t(1))
+
+
+def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu=False, activation=None,
+             alpha=1.0, ws=None):
+    """y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) if relu: the
+    patches gathered into cols (from ws, else the backend's SCRATCH), the GEMM straight into y, one pass."""
+    act = _act_code(activation)
+    n, ho, wo, o = y.shape
+    if tuple(w.shape) != (kh * kw * x.shape[3], o):
+        raise ValueError(f"conv_act: w {tuple(w.shape)} does not fit x {tuple(x.shape)} and y {tuple(y.shape)}")
+    per_channel(y, bias, scale, shift)
+    cols = (SCRATCH if ws is None else ws).buffer("conv_act", (n * ho * wo, w.shape[0]), w.dtype)
+    gather_taps(cols, x, ho, wo, stride, np.arange(kh) - pad_top, np.arange(kw) - pad_left)
+    y2 = y.reshape(n * ho * wo, o)
+    gemm(y2, cols, w)
+    t = y.dtype.type
+    launch(_affine_act, y.size, flat(y), bias, scale, shift, bool(relu), act, t(alpha), t(1))
 
 
 # ---------------------------------------------------------------- BatchNorm folded into the weights
