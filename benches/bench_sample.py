@@ -185,6 +185,7 @@ def measure(args, work, keys, log=print):
 def report(args, cfg, rates, diffs, describe, rss):
     from bench_layers import cpu_model
     lines = [f"machine: {cpu_model()}; {args.threads} threads for each engine ({describe['ours']}; {describe['ort']})",
+             args.blas_line,
              f"model {cfg.image_size}x{cfg.image_size}x{cfg.channels}, filters {cfg.filters}, blocks {cfg.blocks}, "
              f"z {cfg.z_dim}; {args.rounds} interleaved rounds (ours, onnxruntime, ...), each a timed block of "
              f"about {args.images} images after {args.warmup} warm-up calls; median and range over rounds", ""]
@@ -217,10 +218,12 @@ def main(argv=None):
     p.add_argument("--settle", type=float, default=0.25, help="seconds of pause before each timed block")
     p.add_argument("--threads", type=int, default=fair.cores(), help="threads for both engines (default: all cores)")
     p.add_argument("--markdown", action="store_true")
+    fair.add_blas_override_option(p)
     p.add_argument("--child", choices=list(ENGINES), help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)
     p.add_argument("--keys", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.blas_line = fair.apply_blas_override_option(args)
     if args.child:
         return serve(args)
     if args.threads < 1 or args.rounds < 1 or args.images < 1:

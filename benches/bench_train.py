@@ -218,6 +218,7 @@ def report(args, config, results, policies, first=None):
              f"sgemm {args.sgemm_size}^3: {fair.show(sgemm, '.1f')[0]} GFLOP/s (range {fair.show(sgemm, '.1f')[1]}); one "
              f"step costs {flops / 1e9:.3g} GFLOP per image -> matrix-product limit {fair.show(limit, '.1f')[0]} "
              f"images/s",
+             args.blas_line,
              f"batch {args.batch}, {config.image_size}x{config.image_size}, filters {config.filters}, blocks "
              f"{config.blocks}, z {config.z_dim}; each round: median of {args.steps} steps after {args.warmup} "
              f"warm-up; {args.rounds} rounds, median and range over rounds", ""]
@@ -280,12 +281,14 @@ def main(argv=None):
                         "in every round and reports PyTorch's better one")
     p.add_argument("--sgemm-size", type=int, default=4096, help="n of the n x n x n float32 product timed")
     p.add_argument("--markdown", action="store_true")
+    fair.add_blas_override_option(p)
     p.add_argument("--skip-first-step", action="store_true")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: the numba.cuda backend against PyTorch on the GPU (benches/bench_gpu.py)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.blas_line = fair.apply_blas_override_option(args)
     if args.device == "cuda":
         import bench_gpu
         return bench_gpu.main(["--batch", str(args.batch or 64), "--image-size", str(args.image_size),

@@ -1,6 +1,10 @@
 """What the side-by-side benches share to stay fair: each contender's child process starts from the
 environment the user launched the bench with, plus one explicit thread count, and results are the
-median and range over interleaved rounds. Import this before anything imports scratchvae (which
+median and range over interleaved rounds. OpenBLAS picks its own kernels for the processor in every
+child, as on a user's machine, unless the bench is told to keep a kernel override it was launched
+with (BLAS_OVERRIDE_VARS: some build machines force older kernels for older OpenBLAS builds; on an
+AVX-512 processor that halves NumPy's matrix products, and only scratchvae's, since PyTorch and
+onnxruntime bring their own). Import this before anything imports scratchvae (which
 sets OMP_WAIT_POLICY for its own process on import); it never imports scratchvae itself.
 """
 
@@ -20,6 +24,9 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # bench chooses it), and Numba's pool size (scratchvae.threads sets the count it uses).
 CLEARED_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_NUM_THREADS")
 WAIT_POLICIES = {"unset": None, "passive": "PASSIVE"}
+# OpenBLAS's kernel override (OPENBLAS_CORETYPE) and the cache size that goes with it: removed from
+# every child unless keep_blas_override; the children report the kernels they ran.
+BLAS_OVERRIDE_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 def cores():
@@ -30,20 +37,46 @@ def cores():
         return os.cpu_count() or 1
 
 
+KEEP_BLAS_OVERRIDE = False  # the benches' --keep-blas-override sets it
+
+
+def blas_override():
+    """'NAME=value ...' of the BLAS_OVERRIDE_VARS the bench was launched with ('' when none)."""
+    return " ".join(f"{k}={SNAPSHOT[k]}" for k in BLAS_OVERRIDE_VARS if k in SNAPSHOT)
+
+
 def child_env(threads, wait_policy="unset", base=None, extra=None):
     """The environment for one contender's child: `base` (default: the snapshot taken before
-    scratchvae was imported) without any thread or wait setting, then the thread variables set to
-    `threads`, OMP_WAIT_POLICY only when `wait_policy` names one ("passive"), then `extra`."""
+    scratchvae was imported) without any thread or wait setting, and without OpenBLAS's kernel
+    override unless KEEP_BLAS_OVERRIDE, then the thread variables set to `threads`,
+    OMP_WAIT_POLICY only when `wait_policy` names one ("passive"), then `extra`."""
     if threads < 1:
         raise ValueError("give an explicit thread count of at least 1")
     env = dict(SNAPSHOT if base is None else base)
-    for name in THREAD_VARS + CLEARED_VARS:
+    for name in THREAD_VARS + CLEARED_VARS + (() if KEEP_BLAS_OVERRIDE else BLAS_OVERRIDE_VARS):
         env.pop(name, None)
     env.update({name: str(threads) for name in THREAD_VARS})
     if WAIT_POLICIES[wait_policy] is not None:
         env["OMP_WAIT_POLICY"] = WAIT_POLICIES[wait_policy]
     env.update(extra or {})
     return env
+
+
+def add_blas_override_option(parser):
+    parser.add_argument("--keep-blas-override", action="store_true",
+                        help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as launched in every child (default: "
+                             "removed, so OpenBLAS picks its kernels for this processor)")
+
+
+def apply_blas_override_option(args):
+    """Sets KEEP_BLAS_OVERRIDE from the parsed options; returns a line for the report."""
+    global KEEP_BLAS_OVERRIDE
+    KEEP_BLAS_OVERRIDE = args.keep_blas_override
+    launched = blas_override()
+    if not launched:
+        return "OpenBLAS kernel override: none in the environment"
+    return f"OpenBLAS kernel override as launched: {launched}; " + \
+        ("kept in every child" if KEEP_BLAS_OVERRIDE else "removed in every child (--keep-blas-override keeps it)")
 
 
 def seen_wait_policy():

@@ -13,6 +13,8 @@ import numba
 
 _BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
                  "openblas_set_num_threads64_", "openblas_set_num_threads", "MKL_Set_Num_Threads")
+_BLAS_CORE_NAMES = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
+                    "openblas_get_corename")
 _BLAS_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
                  "openblas_get_num_threads64_", "openblas_get_num_threads", "MKL_Get_Max_Threads")
 
@@ -92,7 +94,19 @@ def set_threads(n=None):
     return n
 
 
+def blas_core():
+    """The kernel family OpenBLAS runs on this processor (e.g. "SkylakeX", "Haswell": chosen at load,
+    or forced by OPENBLAS_CORETYPE), or None for another BLAS."""
+    if _BLAS_CORE_NAMES not in _FOUND:
+        _call_first(_BLAS_CORE_NAMES)
+        if _FOUND[_BLAS_CORE_NAMES] is not None:
+            _FOUND[_BLAS_CORE_NAMES].restype = ctypes.c_char_p
+    fn = _FOUND[_BLAS_CORE_NAMES]
+    return None if fn is None else fn().decode()
+
+
 def describe():
-    """A short line: Numba's and BLAS's thread counts."""
-    blas = _call_first(_BLAS_GETTERS)
-    return f"numba threads {numba.get_num_threads()}, BLAS threads {blas if blas is not None else 'unknown'}"
+    """A short line: Numba's and BLAS's thread counts, and OpenBLAS's kernel family."""
+    blas, core = _call_first(_BLAS_GETTERS), blas_core()
+    return (f"numba threads {numba.get_num_threads()}, BLAS threads {blas if blas is not None else 'unknown'}"
+            + (f", OpenBLAS kernels {core}" if core else ""))

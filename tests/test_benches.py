@@ -36,6 +36,31 @@ def test_child_env_is_clean_after_scratchvae_is_imported():
     assert fair.child_env(1)["OMP_NUM_THREADS"] == "1"
 
 
+def test_child_env_lets_openblas_pick_its_kernels_unless_told_to_keep_the_override(monkeypatch):
+    base = {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512", "PATH": "/bin"}
+    env = fair.child_env(2, base=base)
+    assert "OPENBLAS_CORETYPE" not in env and "OPENBLAS_L2_SIZE" not in env and env["PATH"] == "/bin"
+    monkeypatch.setattr(fair, "SNAPSHOT", base)
+    line = fair.apply_blas_override_option(type("Args", (), {"keep_blas_override": True})())
+    assert fair.child_env(2)["OPENBLAS_CORETYPE"] == "Haswell"
+    assert line == "OpenBLAS kernel override as launched: OPENBLAS_CORETYPE=Haswell OPENBLAS_L2_SIZE=512; kept in every child"
+    line = fair.apply_blas_override_option(type("Args", (), {"keep_blas_override": False})())
+    assert "OPENBLAS_CORETYPE" not in fair.child_env(2) and line.endswith("(--keep-blas-override keeps it)")
+    monkeypatch.setattr(fair, "SNAPSHOT", {"PATH": "/bin"})
+    assert fair.apply_blas_override_option(type("Args", (), {"keep_blas_override": False})()) == \
+        "OpenBLAS kernel override: none in the environment"
+
+
+def test_blas_core_names_the_kernels_openblas_runs():
+    """scratchvae.threads names NumPy's OpenBLAS kernels (what the benches print): a child launched
+    with OPENBLAS_CORETYPE=Haswell reports Haswell."""
+    import subprocess
+    code = "from scratchvae import threads; print(threads.blas_core()); print(threads.describe())"
+    env = fair.child_env(1, extra={"OPENBLAS_CORETYPE": "Haswell"})
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[0] == "Haswell" and out.splitlines()[1].endswith("OpenBLAS kernels Haswell")
+
+
 # ------------------------------------------------------------------ statistics
 def test_spread_median_and_range():
     s = fair.spread([3.0, 1.0, None, 2.0, math.nan, 10.0])
@@ -73,7 +98,7 @@ def test_train_report_takes_medians_and_pytorchs_better_wait_policy():
     assert plain["policy"] == "passive" and plain["ips"] == fair.Spread(45.0, 40.0, 50.0, 2)
 
     args = type("Args", (), {"threads": 1, "batch": 4, "steps": 2, "warmup": 1, "rounds": 3, "sgemm_size": 64,
-                             "markdown": True})()
+                             "markdown": True, "blas_line": "OpenBLAS kernel override: none in the environment"})()
     text = "\n".join(bench_train.report(args, config, results, ["unset", "passive"]))
     ours_row = next(line for line in text.splitlines() if line.startswith("| scratchvae"))
     assert f"{limit * 0.6:.2f}" in ours_row and f"{limit * 0.5:.2f}–{limit * 0.7:.2f}" in ours_row
