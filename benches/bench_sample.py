@@ -14,6 +14,7 @@ over rounds with the range, ours / onnxruntime from the medians, and the outputs
 """
 
 import fair  # noqa: I001  first: it keeps the environment as launched, before scratchvae is imported
+fair.scratchvae_first()  # noqa: E402  in scratchvae's child: its process settings before NumPy loads
 
 import argparse
 import json

@@ -16,6 +16,7 @@ peak RSS. Every timed step does the same work: one float32 batch already in the 
 """
 
 import fair  # noqa: I001  first: it keeps the environment as launched, before scratchvae is imported
+fair.scratchvae_first()  # noqa: E402  in scratchvae's child: its process settings before NumPy loads
 
 import argparse
 import json

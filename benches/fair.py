@@ -1,6 +1,7 @@
 """What the side-by-side benches share to stay fair: each contender's child process starts from the
 environment the user launched the bench with, plus one explicit thread count, and results are the
-median and range over interleaved rounds. OpenBLAS picks its own kernels for the processor in every
+median and range over interleaved rounds. (Only scratchvae's own child imports scratchvae from
+here: scratchvae_first.) OpenBLAS picks its own kernels for the processor in every
 child, as on a user's machine, unless the bench is told to keep a kernel override it was launched
 with (BLAS_OVERRIDE_VARS: some build machines force older kernels for older OpenBLAS builds; on an
 AVX-512 processor that halves NumPy's matrix products, and only scratchvae's, since PyTorch and
@@ -14,19 +15,32 @@ import os
 import resource
 import statistics
 import subprocess
+import sys
 from typing import NamedTuple
 
 SNAPSHOT = dict(os.environ)  # the environment before any scratchvae import (see the docstring)
 
 # Set explicitly in every child to the bench's thread count (torch and OpenBLAS read these at load).
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-# Removed from every child: how idle OpenMP threads wait (OMP_WAIT_POLICY comes back only when the
-# bench chooses it), and Numba's pool size (scratchvae.threads sets the count it uses).
-CLEARED_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_NUM_THREADS")
+# Removed from every child: how idle OpenMP and OpenBLAS threads wait (OMP_WAIT_POLICY comes back
+# only when the bench chooses it; scratchvae sets its own on import, as OPENBLAS_THREAD_TIMEOUT),
+# and Numba's pool size (scratchvae.threads sets the count it uses).
+CLEARED_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT")
 WAIT_POLICIES = {"unset": None, "passive": "PASSIVE"}
 # OpenBLAS's kernel override (OPENBLAS_CORETYPE) and the cache size that goes with it: removed from
 # every child unless keep_blas_override; the children report the kernels they ran.
 BLAS_OVERRIDE_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def scratchvae_first(argv=None):
+    """In scratchvae's own child (`--child ours`), import scratchvae before anything loads NumPy, so
+    the settings it makes for its process on import (OMP_WAIT_POLICY, OPENBLAS_THREAD_TIMEOUT)
+    apply as under `python -m scratchvae.<job>`. Every other child and the parent are left alone."""
+    argv = sys.argv if argv is None else argv
+    if "--child" in argv and argv[argv.index("--child") + 1:][:1] == ["ours"]:
+        import scratchvae  # noqa: F401
+        return True
+    return False
 
 
 def cores():

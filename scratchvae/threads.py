@@ -15,6 +15,9 @@ _BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_th
                  "openblas_set_num_threads64_", "openblas_set_num_threads", "MKL_Set_Num_Threads")
 _BLAS_CORE_NAMES = ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename64_",
                     "openblas_get_corename")
+_TIMEOUT_GETTER = ("openblas_thread_timeout",)  # OpenBLAS's own names (no 64_ suffix in the SciPy build)
+_READ_ENV = ("openblas_read_env",)
+_SHUTDOWN = ("blas_thread_shutdown_",)
 _BLAS_GETTERS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
                  "openblas_get_num_threads64_", "openblas_get_num_threads", "MKL_Get_Max_Threads")
 
@@ -83,13 +86,33 @@ def cpu_count():
         return os.cpu_count() or 1
 
 
+def quiet_blas_workers():
+    """Give OpenBLAS the idle-thread timeout that scratchvae sets on import (OPENBLAS_THREAD_TIMEOUT,
+    see scratchvae/__init__.py), also where NumPy loaded OpenBLAS before scratchvae was imported:
+    then OpenBLAS re-reads its environment and its workers restart (at its next threaded call) with
+    the new timeout, instead of spinning ~0.1 s after every matrix product. Returns the timeout
+    OpenBLAS now uses (log2 of cycles; 0 for its default), or None where the BLAS is not OpenBLAS.
+    Call it only while no BLAS call runs."""
+    timeout = _call_first(_TIMEOUT_GETTER)
+    want = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
+    if timeout is None or not want.isdigit() or timeout == int(want):
+        return timeout
+    if _call_first(_READ_ENV) is None:
+        return timeout
+    if _call_first(_TIMEOUT_GETTER) == int(want):
+        _call_first(_SHUTDOWN)  # its workers stop; the next threaded call starts them with the new timeout
+    return _call_first(_TIMEOUT_GETTER)
+
+
 def set_threads(n=None):
-    """Use `n` threads (default: every available core) in Numba and BLAS; returns n."""
+    """Use `n` threads (default: every available core) in Numba and BLAS; returns n. Also gives
+    OpenBLAS scratchvae's idle-thread timeout (quiet_blas_workers)."""
     n = cpu_count() if n is None else int(n)
     if n < 1:
         raise ValueError("thread count must be at least 1")
     n = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
+    quiet_blas_workers()
     _call_first(_BLAS_SETTERS, ctypes.c_int(n))
     return n
 

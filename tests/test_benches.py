@@ -61,6 +61,28 @@ def test_blas_core_names_the_kernels_openblas_runs():
     assert out.splitlines()[0] == "Haswell" and out.splitlines()[1].endswith("OpenBLAS kernels Haswell")
 
 
+def test_scratchvaes_child_imports_it_before_numpy():
+    """Only `--child ours` imports scratchvae from fair.py, and before NumPy: then OpenBLAS starts
+    with scratchvae's thread timeout, as under `python -m scratchvae.train`."""
+    import subprocess
+    code = ("import sys; sys.path.insert(0, {!r}); import fair; print(fair.scratchvae_first(sys.argv)); "
+            "import os; print(os.environ.get('OPENBLAS_THREAD_TIMEOUT'), 'numpy' in sys.modules)").format(str(BENCHES))
+    for argv, want in ((["--child", "ours"], "True\n16 False"), (["--child", "eager-cl-plain"], "False\nNone False"),
+                       ([], "False\nNone False")):
+        env = fair.child_env(1)
+        out = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want
+
+
+def test_scratchvae_sets_its_openblas_thread_timeout_unless_the_user_did():
+    import subprocess
+    code = "import scratchvae, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    for extra, want in (({}, "16"), ({"OPENBLAS_THREAD_TIMEOUT": "30"}, "30")):
+        env = fair.child_env(1, extra=extra)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == want
+
+
 # ------------------------------------------------------------------ statistics
 def test_spread_median_and_range():
     s = fair.spread([3.0, 1.0, None, 2.0, math.nan, 10.0])

@@ -495,6 +495,28 @@ def test_conv_act(rng, n, h, w, c, k, s, relu, activation):
     np.testing.assert_array_equal(d.copy_to_host(), got[0])
 
 
+@pytest.mark.parametrize("outputs", ["both", "dw", "y"])
+def test_conv_gemms(rng, monkeypatch, outputs):
+    """The GEMMs of a convolution's patches, chunk by chunk (two chunks here), dw accumulated."""
+    from scratchvae.kernels.cuda import convolution
+    monkeypatch.setattr(convolution, "COLS_BYTES", 1)  # one image a chunk
+    n, h, w, c, k, s, o = 3, 5, 4, 3, 3, 2, 4
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    wk = rng.standard_normal((k * k * c, o)).astype(F32)
+    t = rng.standard_normal((n, ho, wo, o)).astype(F32)
+    y = None if outputs == "dw" else np.full((n, ho, wo, o), np.nan, F32)
+    dw = None if outputs == "y" else np.full((k * k * c, o), np.nan, F32)
+    want = [a.copy() for a in (y, dw) if a is not None]
+    it = iter(want)
+    cpu.conv_gemms(None if y is None else next(it), None if dw is None else next(it), x, wk, t, k, k, s, pt, pl)
+    dy, ddw = (None if a is None else dev(a) for a in (y, dw))
+    gpu.conv_gemms(dy, ddw, dev(x), dev(wk), dev(t), k, k, s, pt, pl)
+    got = [a.copy_to_host() for a in (dy, ddw) if a is not None]
+    assert_close(want, got, SUM_RTOL, SUM_ATOL)
+
+
 @pytest.mark.parametrize("n,i,o", [(3, 5, 70), (130, 9, 3)])  # 2 x 1 and 1 x 2 GEMM tiles
 @pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
 def test_dense_act(rng, n, i, o, activation):

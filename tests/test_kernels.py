@@ -1,5 +1,7 @@
 """Numba CPU kernels against the NumPy reference in float32, plus the layers' defining identities."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -137,6 +139,50 @@ def test_pieces_cover_each_row_once_within_the_budget(n, rows, row_bytes, cores)
         assert (i1 - i0) * (p1 - p0) * row_bytes <= max(schedule.PIECE_COLS_BYTES, row_bytes)
     assert (seen == 1).all()
     assert len(pieces) >= min(cores * schedule.TASKS_PER_CORE, n * rows)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 33, 3, 2, 3, 2)])
+@pytest.mark.parametrize("outputs", ["both", "dw", "y", "y is t"])
+@pytest.mark.parametrize("pieces", ["bands", "default", "unsplit"])
+def test_conv_gemms(rng, monkeypatch, n, h, w, c, k, s, outputs, pieces):
+    """The GEMMs of a convolution's patches (a Conv2D's weight gradient; a transposed convolution's
+    weight and input gradients): dw = cols^T @ t and y = cols @ w, piece by piece on the cores,
+    equal to the reference; y may be t (each piece reads its rows of t first)."""
+    if pieces == "bands":
+        monkeypatch.setattr(schedule, "PIECE_COLS_BYTES", 1)  # one output row a piece
+    elif pieces == "unsplit":
+        monkeypatch.setattr(threads, "on_each_core", lambda fn, workers: False)
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    o = 4
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    wk = rng.standard_normal((k * k * c, o)).astype(F32)
+    t = rng.standard_normal((n, ho, wo, o)).astype(F32)
+    dw = None if outputs == "y" else np.full((k * k * c, o), np.nan, F32)
+    y = None if outputs == "dw" else np.full((n, ho, wo, o), np.nan, F32)
+    outs = [a for a in (y, dw) if a is not None]
+    ref = [a.copy() for a in outs]
+    fast = [a.copy() for a in outs]
+    cols = np.empty((n * ho * wo, k * k * c), F32)
+    reference.gather_taps(cols, x, ho, wo, s, np.arange(k) - pt, np.arange(k) - pl)
+    want = {"y": (cols @ wk).reshape(n, ho, wo, o), "dw": cols.T @ t.reshape(-1, o)}
+
+    def call(module, arrays):
+        it = iter(arrays)
+        yy = None if y is None else next(it)
+        dd = None if dw is None else next(it)
+        tt = t.copy()
+        if outputs == "y is t":
+            tt = yy  # y overwrites t; t's values must be read first
+            tt[...] = t
+        module.conv_gemms(yy, dd, x, wk, tt, k, k, s, pt, pl)
+        return [a for a in (yy, dd) if a is not None]
+
+    ref, fast = call(reference, ref), call(cpu, fast)
+    assert_close(ref, fast)
+    got = dict(zip([name for name, a in (("y", y), ("dw", dw)) if a is not None], ref))
+    for name, value in got.items():
+        np.testing.assert_allclose(value, want[name], rtol=1e-4, atol=1e-4)
 
 
 def test_conv_act_refuses_a_mismatch(rng):
@@ -423,3 +469,18 @@ def test_on_each_core_runs_every_worker_and_restores_blas_threads():
         threads.on_each_core(work, 2)
     assert sorted(seen) == [(0, 1), (1, 1)]  # both ran, BLAS single-threaded meanwhile
     assert threads._call_first(threads._BLAS_GETTERS) == before
+
+
+@pytest.mark.parametrize("numpy_first", [True, False])
+def test_openblas_gets_scratchvaes_idle_thread_timeout(numpy_first):
+    """OpenBLAS runs with OPENBLAS_THREAD_TIMEOUT 16 (its idle workers sleep after 2^16 cycles, not
+    ~0.1 s of spinning) whether scratchvae was imported before NumPy (the variable is read when
+    OpenBLAS loads) or after it (set_threads makes OpenBLAS re-read it), and the products stay right."""
+    import subprocess
+    import sys
+    first = "import numpy as np; import scratchvae" if numpy_first else "import scratchvae; import numpy as np"
+    code = first + "; from scratchvae import threads; a = np.ones((300, 300), np.float32); a @ a; " \
+        "threads.set_threads(2); print(threads._call_first(threads._TIMEOUT_GETTER)); print((a @ a)[0, 0])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["16", "300.0"]

@@ -209,6 +209,10 @@ def gather_weights(wsub, kernel, taps_h, taps_w):
     return backend().gather_weights(wsub, kernel, taps_h, taps_w)
 
 
+def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
+    return backend().conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws)
+
+
 def upsample_nearest(y, x):
     return backend().upsample_nearest(y, x)
 

@@ -91,6 +91,9 @@ OPS = (
         "x[n,h,w,c] = sum of cols[(n,p,q), (i,j,c)] over stride*p + i - pad_top = h, stride*q + j - pad_left = w"),
     _op("convolution", "gather_weights", "wsub", "kernel, taps_h, taps_w",
         "wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of a conv adjoint"),
+    _op("convolution", "conv_gemms", "y, dw", "x, w, t, " + GEOMETRY + ", ws=None",
+        "cols = im2col(x) (rows (n,p,q), columns (i,j,C)); dw = cols^T @ t, then y = cols @ w (y may be t); "
+        "either output may be None (skipped); ws: an optional Workspace for the patches"),
     _op("convolution", "upsample_nearest", "y", "x",
         "y[n, 2h + a, 2w + b, c] = x[n, h, w, c] for a, b in {0, 1}: nearest-neighbour upsampling by 2"),
     _op("convolution", "upsample_nearest_backward", "dx", "dy",

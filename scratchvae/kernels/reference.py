@@ -124,6 +124,19 @@ def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
             out[:, :, :, t, u, :] = block
 
 
+def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
+    """cols = im2col(x); dw = cols^T @ t, then y = cols @ w; either output may be None (skipped).
+    ws (a Workspace) is accepted for the common signature and ignored: the reference allocates freely."""
+    n, h, wi, c = x.shape
+    ho, wo = -(-h // stride), -(-wi // stride)
+    cols = np.empty((n * ho * wo, kh * kw * c), x.dtype)
+    gather_taps(cols, x, ho, wo, stride, np.arange(kh) - pad_top, np.arange(kw) - pad_left)
+    if dw is not None:
+        dw[...] = cols.T @ t.reshape(len(cols), -1)
+    if y is not None:
+        y.reshape(len(cols), -1)[...] = cols @ w
+
+
 def scatter_phase(x, part, stride, a, b):
     """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map."""
     n, h, w, c = x.shape

@@ -124,16 +124,14 @@ class Conv2D(Layer):
         ho, pt = same_padding(h, self.k, self.stride)
         wo, pl = same_padding(w, self.k, self.stride)
         y = self.output("y", (n * ho * wo, self.filters), training)  # (N*Ho*Wo, O)
-        kernel2d = self.params["kernel"].reshape(-1, self.filters)
-        # The patches are gathered chunk by chunk and gathered again in backward: cheaper than
-        # keeping a (N*Ho*Wo, 9*C) matrix alive between the two passes.
-        for sl in self._chunks(n, ho * wo, c):
-            rows = slice(sl.start * ho * wo, sl.stop * ho * wo)
-            K.gemm(y[rows], im2col(self, x[sl], self.k, self.stride, pt, pl), kernel2d)
-        if self.activation == "relu":
-            K.bias_relu(y, self.params["bias"])
-        else:
-            K.add_bias(y, self.params["bias"])
+        # patches, GEMM and bias (+ ReLU) piece by piece on the cores: the fused inference kernel
+        # with an identity affine after it
+        ones, zeros = self.scratch("ones", (self.filters,)), self.scratch("zeros", (self.filters,))
+        K.fill(ones, 1)
+        K.fill(zeros, 0)
+        K.conv_act(y.reshape(n, ho, wo, self.filters), x, self.params["kernel"].reshape(-1, self.filters),
+                   self.params["bias"], ones, zeros, self.k, self.k, self.stride, pt, pl,
+                   self.activation == "relu", None, 1.0, ws=self.workspace)
         self.cache = (x, y, pt, pl)
         return y.reshape(n, ho, wo, self.filters)
 
@@ -147,11 +145,8 @@ class Conv2D(Layer):
         if self.activation == "relu":
             K.relu_backward(dy, dy, y)  # in place
         K.sum_rows(self.grads["bias"], dy)
-        dkernel = self.grads["kernel"].reshape(-1, self.filters)
-        for i, sl in enumerate(self._chunks(n, ho * wo, self.in_channels)):
-            rows = slice(sl.start * ho * wo, sl.stop * ho * wo)
-            cols = im2col(self, x[sl], self.k, self.stride, pt, pl)
-            K.gemm(dkernel, cols, dy[rows], trans_a=True, accumulate=i > 0)
+        K.conv_gemms(None, self.grads["kernel"].reshape(-1, self.filters), x, None, dy, self.k, self.k, self.stride,
+                     pt, pl, ws=self.workspace)  # dW = patches^T @ dy
         self.cache = None
         if not self.need_dx:
             return None
@@ -201,12 +196,9 @@ class Conv2DTranspose(Layer):
         dx = None
         if self.need_dx:
             dx = x if self.overwrite_input else self.grad_buffer(x.shape, avoid=dy)
-        rows = x.shape[1] * x.shape[2]
-        for i, sl in enumerate(image_chunks(n, rows * kernel2d.shape[0] * x.dtype.itemsize)):
-            cols = im2col(self, dy[sl], k, self.stride, pt, pl)  # (n*H*W, KH*KW*O)
-            x2d = x[sl].reshape(-1, c)
-            K.gemm(self.grads["kernel"].reshape(-1, c), cols, x2d, trans_a=True, accumulate=i > 0)
-            if dx is not None:  # after this chunk's weight gradient, x[sl] may be overwritten
-                K.gemm(dx[sl].reshape(-1, c), cols, kernel2d)
+        # patches of dy: dW = patches^T @ x, then dx = patches @ W (each piece's rows of x read
+        # before its rows of dx are written, so dx may be x)
+        K.conv_gemms(dx, self.grads["kernel"].reshape(-1, c), dy, kernel2d, x, k, k, self.stride, pt, pl,
+                     ws=self.workspace)
         self.geometry = None
         return dx

@@ -1,5 +1,6 @@
 """Convolution gathers and scatters on the CPU (NHWC): im2col by taps, phase scatter, col2im, and
-nearest-neighbour upsampling by 2 with its adjoint.
+nearest-neighbour upsampling by 2 with its adjoint; and the GEMMs of a convolution's patches
+(conv_gemms), run piece by piece on the cores.
 
 cols rows are output pixels (n, p, q), columns (tap, channel). Every kernel is a gather or writes
 disjoint slices, parallel over (image, row): never a += into a slot two iterations share.
@@ -8,9 +9,16 @@ disjoint slices, parallel over (image, row): never a += into a slot two iteratio
 import numpy as np
 from numba import njit, prange
 
+from scratchvae import threads
+from scratchvae.kernels.cpu import schedule
+from scratchvae.kernels.cpu.arrays import empty
 from scratchvae.kernels.cpu.jit import FASTMATH
+from scratchvae.kernels.workspace import Workspace
 # A small reshuffle of the weights: the reference code is the CPU code.
 from scratchvae.kernels.reference import gather_weights  # noqa: F401
+
+# The patch buffers of conv_gemms when the caller passes no workspace.
+WORKSPACE = Workspace(empty)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -129,3 +137,85 @@ def _upsample_nearest_backward(dx, dy):
 def upsample_nearest_backward(dx, dy):
     """dx[n, h, w, c] = sum of dy over the 2x2 block (2h + a, 2w + b): parallel over rows of dx."""
     _upsample_nearest_backward(dx, dy)
+
+
+# ---------------------------------------------------------------- the GEMMs of a convolution's patches
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w):
+    """cols[((b - i0) * (p1 - p0) + p - p0) * wo + q, (t,u,c)] = x[b, stride*p + offs_h[t],
+    stride*q + offs_w[u], c] (0 outside x) for images i0 <= b < i1 and output rows p0 <= p < p1."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    th, tw = offs_h.size, offs_w.size
+    zero = x.dtype.type(0)
+    row = 0
+    for b in range(i0, i1):
+        for p in range(p0, p1):
+            for q in range(wo):
+                for t in range(th):
+                    hh = p * stride + offs_h[t]
+                    for u in range(tw):
+                        ww = q * stride + offs_w[u]
+                        base = (t * tw + u) * c
+                        if hh >= 0 and hh < h and ww >= 0 and ww < w:
+                            for ch in range(c):
+                                cols[row, base + ch] = x[b, hh, ww, ch]
+                        else:
+                            for ch in range(c):
+                                cols[row, base + ch] = zero
+                row += 1
+
+
+
+def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
+    """With cols = im2col(x) ('same', Ho = ceil(H / stride)), rows (n, p, q), columns (i, j, C):
+    dw = cols^T @ t (t: N*Ho*Wo rows), then y = cols @ w, each skipped when its output is None.
+    Pieces of a few images or bands of output rows (schedule.pieces), split between the cores in a
+    fixed way (core k takes pieces k, k + cores, ...): each gathers its patches into its own buffer
+    and runs single-threaded GEMMs on them while they are in cache; each core sums its dw
+    products in order and the cores' sums are added in order, so the result does not depend on
+    timing. A piece's dw product reads its rows of t before its rows of y are written: y may be t.
+    ws: the Workspace for the per-core buffers (None: this module's WORKSPACE)."""
+    ws = WORKSPACE if ws is None else ws
+    n, h, wi, c = x.shape
+    ho, wo = -(-h // stride), -(-wi // stride)
+    width = kh * kw * c
+    rows = n * ho * wo
+    y2 = None if y is None else y.reshape(rows, -1)
+    t2 = None if dw is None else t.reshape(rows, -1)
+    if (y2 is not None and w.shape != (width, y2.shape[1])) or (dw is not None and dw.shape != (width, t2.shape[1])):
+        raise ValueError(f"conv_gemms: w, dw, y or t do not fit x {x.shape} with a {kh}x{kw} stride-{stride} kernel")
+    offs_h = np.arange(kh, dtype=np.int64) - pad_top
+    offs_w = np.arange(kw, dtype=np.int64) - pad_left
+    cores = schedule.workers()
+    pieces = schedule.pieces(n, ho, wo * width * x.dtype.itemsize, cores)
+
+    def run(k, sums, order):
+        started = False
+        for i0, i1, p0, p1 in order:
+            r0 = (i0 * ho + p0) * wo
+            r1 = r0 + (i1 - i0) * (p1 - p0) * wo
+            cols = ws.buffer(("patches", k), (r1 - r0, width), x.dtype)
+            _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w)
+            if dw is not None:
+                if started:
+                    product = ws.buffer(("conv_gemms_dw", k), dw.shape, dw.dtype)
+                    np.matmul(cols.T, t2[r0:r1], out=product)
+                    sums += product
+                else:
+                    np.matmul(cols.T, t2[r0:r1], out=sums)
+                started = True
+            if y2 is not None:
+                np.matmul(cols, w, out=y2[r0:r1])
+        if dw is not None and not started:
+            sums[...] = 0
+
+    if cores > 1 and len(pieces) > 1:
+        sums = [dw if k == 0 or dw is None else ws.buffer(("conv_gemms_sum", k), dw.shape, dw.dtype)
+                for k in range(cores)]
+        if threads.on_each_core(lambda k: run(k, sums[k], pieces[k::cores]), cores):
+            for k in range(1, cores):
+                if dw is not None:
+                    dw += sums[k]
+            return
+    run(0, dw, pieces)  # one core, or BLAS's threads cannot be set: every piece in order

@@ -11,6 +11,7 @@ from numba import njit, prange
 
 from scratchvae.kernels.cpu import schedule
 from scratchvae.kernels.cpu.arrays import empty
+from scratchvae.kernels.cpu.convolution import _gather_piece
 from scratchvae.kernels.cpu.jit import FASTMATH
 # A small per-call weight fold: the reference code is the CPU code.
 from scratchvae.kernels.reference import fold_adjoint_weights  # noqa: F401
@@ -175,31 +176,6 @@ def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
 # ---------------------------------------------------------------- im2col by pieces + GEMM + affine + activation
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w):
-    """cols[((b - i0) * (p1 - p0) + p - p0) * wo + q, (t,u,c)] = x[b, stride*p + offs_h[t],
-    stride*q + offs_w[u], c] (0 outside x) for images i0 <= b < i1 and output rows p0 <= p < p1."""
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    th, tw = offs_h.size, offs_w.size
-    zero = x.dtype.type(0)
-    row = 0
-    for b in range(i0, i1):
-        for p in range(p0, p1):
-            for q in range(wo):
-                for t in range(th):
-                    hh = p * stride + offs_h[t]
-                    for u in range(tw):
-                        ww = q * stride + offs_w[u]
-                        base = (t * tw + u) * c
-                        if hh >= 0 and hh < h and ww >= 0 and ww < w:
-                            for ch in range(c):
-                                cols[row, base + ch] = x[b, hh, ww, ch]
-                        else:
-                            for ch in range(c):
-                                cols[row, base + ch] = zero
-                row += 1
-
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _affine_act_rows(y, bias, scale, shift, relu, act, alpha):
     """In place over y (M, O): y = act(r(y + bias) * scale + shift), r = max(., 0) when relu."""
     zero = y.dtype.type(0)
@@ -239,7 +215,7 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
         i0, i1, p0, p1 = pieces[t]
         r0 = (i0 * ho + p0) * wo
         r1 = r0 + (i1 - i0) * (p1 - p0) * wo
-        cols = ws.buffer(("conv_act", k), (r1 - r0, width), w.dtype)
+        cols = ws.buffer(("patches", k), (r1 - r0, width), w.dtype)  # conv_gemms's key: one buffer for both
         _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w)
         np.matmul(cols, w, out=y2[r0:r1])
         _affine_act_rows(y2[r0:r1], bias, scale, shift, relu, act, alpha)

@@ -11,8 +11,11 @@ import numpy as np
 from numba import cuda
 
 from scratchvae.kernels.cuda import launch as launching  # its MAX_BLOCKS, read at call time
-from scratchvae.kernels.cuda.arrays import is_device_array
+from scratchvae.kernels.cuda.arrays import SCRATCH, is_device_array
 from scratchvae.kernels.cuda.launch import THREADS, launch
+from scratchvae.kernels.cuda.matmul import gemm
+
+COLS_BYTES = 256 * 2 ** 20  # conv_gemms: patches gathered per chunk on the device
 
 
 @functools.lru_cache(maxsize=512)
@@ -193,3 +196,22 @@ def upsample_nearest_backward(dx, dy):
     if tuple(dy.shape) != (n, 2 * h, 2 * w, c):
         raise ValueError(f"upsample_nearest_backward: dy {tuple(dy.shape)} is not twice dx {tuple(dx.shape)}")
     launch(_upsample_nearest_backward, dx.size, dx, dy)
+
+
+def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
+    """cols = im2col(x); dw = cols^T @ t, then y = cols @ w (either output may be None): the patches
+    of a few images at a time (within COLS_BYTES) in one buffer from ws (else the backend's SCRATCH),
+    dw accumulated over the chunks."""
+    n, h, wi, c = x.shape
+    ho, wo = -(-h // stride), -(-wi // stride)
+    width, per = kh * kw * c, ho * wo
+    step = max(1, min(n, COLS_BYTES // max(per * width * x.dtype.itemsize, 1)))
+    offs_h, offs_w = np.arange(kh) - pad_top, np.arange(kw) - pad_left
+    for i in range(0, n, step):
+        j = min(n, i + step)
+        cols = (SCRATCH if ws is None else ws).buffer("conv_gemms", ((j - i) * per, width), x.dtype)
+        gather_taps(cols, x[i:j], ho, wo, stride, offs_h, offs_w)
+        if dw is not None:
+            gemm(dw, cols, t[i:j].reshape((j - i) * per, t.shape[3]), trans_a=True, accumulate=i > 0)
+        if y is not None:
+            gemm(y[i:j].reshape((j - i) * per, y.shape[3]), cols, w)
