@@ -207,11 +207,14 @@ def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
     width, per = kh * kw * c, ho * wo
     step = max(1, min(n, COLS_BYTES // max(per * width * x.dtype.itemsize, 1)))
     offs_h, offs_w = np.arange(kh) - pad_top, np.arange(kw) - pad_left
+    # t and y as (N*Ho*Wo, channels) matrices (the simulator's shapes take no negative index)
+    t2 = None if dw is None else t.reshape(n * per, t.shape[t.ndim - 1])
+    y2 = None if y is None else y.reshape(n * per, y.shape[y.ndim - 1])
     for i in range(0, n, step):
         j = min(n, i + step)
         cols = (SCRATCH if ws is None else ws).buffer("conv_gemms", ((j - i) * per, width), x.dtype)
         gather_taps(cols, x[i:j], ho, wo, stride, offs_h, offs_w)
         if dw is not None:
-            gemm(dw, cols, t[i:j].reshape((j - i) * per, t.shape[3]), trans_a=True, accumulate=i > 0)
+            gemm(dw, cols, t2[i * per:j * per], trans_a=True, accumulate=i > 0)
         if y is not None:
-            gemm(y[i:j].reshape((j - i) * per, y.shape[3]), cols, w)
+            gemm(y2[i * per:j * per], cols, w)
