@@ -17,12 +17,7 @@ from scratchvae.folding import batchnorm_affine
 from scratchvae.geometry import same_padding
 from scratchvae.kernels.workspace import Workspace
 from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, Dense, Sigmoid
-
-
-# The fused transposed convolution's GEMM output is padded with zero columns to a multiple of this:
-# measured for the seed's last layer (16384 x 128 by 128 x 27, one core), 27 columns took 0.99 ms and
-# 32 took 0.66 ms (BLAS's AVX-512 kernels work on 16 floats at a time).
-GEMM_COLUMNS = 16
+from scratchvae.layers.conv import adjoint_width
 
 
 class Plan:
@@ -122,8 +117,7 @@ class FusedConvTranspose:
         pt = same_padding(h * s, k, s)[1]
         pl = same_padding(w * s, k, s)[1]
         scale, shift, activation, alpha = epilogue(self.follower, o, c.dtype)
-        width = -(-k * k * o // GEMM_COLUMNS) * GEMM_COLUMNS  # (i, j, O) and zero columns up to the multiple
-        w2 = self.buffers.buffer("kernel", (c.in_channels, width), c.dtype)
+        w2 = self.buffers.buffer("kernel", (c.in_channels, adjoint_width(k, o)), c.dtype)  # (C, (i, j, O) + 0s)
         b2 = self.buffers.buffer("bias", (o,), c.dtype)
         K.fold_adjoint_weights(w2, b2, c.params["kernel"], c.params["bias"], K.from_host(scale), K.from_host(shift))
         y = self.follower.output("y", (n, h * s, w * s, o), False)
