@@ -1,9 +1,10 @@
 """Conv2D and Conv2DTranspose, NHWC, TensorFlow 'same' padding, through gathers + GEMM.
 
-The forward of Conv2D (and backward of Conv2DTranspose) is im2col + one GEMM. The adjoint
-direction (Conv2D's input gradient, Conv2DTranspose's forward) is split by output phase: each of
+The forward of Conv2D (and backward of Conv2DTranspose) is im2col + one GEMM, piece by piece on
+the cores (kernels conv_act, conv_gemms). Conv2D's input gradient is split by output phase: each of
 the stride^2 phases is a small dense convolution over the taps that reach it, so no zeros are
-multiplied and nothing is scattered with +=. (The fused inference pass of Conv2DTranspose, with a
+multiplied and nothing is scattered with +=. Conv2DTranspose's forward is one GEMM over all taps
+and a col2im gather (kernel conv_transpose_act). (The fused inference pass of Conv2DTranspose, with a
 following BatchNorm folded in, is built by scratchvae/inference.py from the trained layer.)
 """
 
@@ -59,7 +60,7 @@ def conv_adjoint(layer, dx, dy, kernel, stride, pt, pl):
     per_image = max(hm * wm * len(th) * len(tw) * o for _, _, hm, wm, th, _, tw, _ in phases) * dx.dtype.itemsize
     chunks = image_chunks(n, per_image)
     rows = max(hm * wm for _, _, hm, wm, *_ in phases) * (chunks[0].stop - chunks[0].start)
-    cols_buf = layer.work("cols", (rows * max(len(th) * len(tw) for *_, th, _, tw, _ in phases) * o,))
+    cols_buf = layer.work(("patches", 0), (rows * max(len(th) * len(tw) for *_, th, _, tw, _ in phases) * o,))
     part_buf = layer.work("adjoint_part", (rows * c,))
     for a, b, hm, wm, taps_h, offs_h, taps_w, offs_w in phases:
         width = len(taps_h) * len(taps_w) * o
@@ -85,18 +86,9 @@ def adjoint_by_gather(layer, dx, dy, kernel, stride, pt, pl):
     w2 = kernel.reshape(kh * kw * c, o)  # rows (i, j, c)
     rows = dy.shape[1] * dy.shape[2]
     for sl in image_chunks(n, rows * kh * kw * c * dx.dtype.itemsize):
-        cols = layer.work("cols", ((sl.stop - sl.start) * rows, kh * kw * c))
+        cols = layer.work(("patches", 0), ((sl.stop - sl.start) * rows, kh * kw * c))
         K.gemm(cols, dy[sl].reshape(-1, o), w2, trans_b=True)
         K.col2im(dx[sl], cols, kh, kw, stride, pt, pl)
-
-
-def im2col(layer, x, k, stride, pt, pl):
-    """(N*Ho*Wo, K*K*C) rows of x's 'same' patches, in a shared transient buffer."""
-    n, h, w, c = x.shape
-    ho, wo = -(-h // stride), -(-w // stride)
-    cols = layer.work("cols", (n * ho * wo, k * k * c))
-    K.gather_taps(cols, x, ho, wo, stride, np.arange(k) - pt, np.arange(k) - pl)
-    return cols
 
 
 def _check_common(kernel_size, strides, padding):
@@ -146,9 +138,6 @@ class Conv2D(Layer):
         self.cache = (x, y, pt, pl)
         return y.reshape(n, ho, wo, self.filters)
 
-    def _chunks(self, n, rows, c):
-        return image_chunks(n, rows * self.k * self.k * c * self.dtype.itemsize)
-
     def backward(self, dy):
         x, y, pt, pl = self.cache
         n, ho, wo = dy.shape[:3]
@@ -193,19 +182,16 @@ class Conv2DTranspose(Layer):
         pl = same_padding(wo, self.k, self.stride)[1]
         self.geometry = (x, pt, pl)
         y = self.output("y", (n, ho, wo, self.filters), training)
-        if self.filters <= THIN_CHANNELS:
-            # few output channels: one GEMM over all taps, then col2im adds them up with the bias,
-            # piece by piece on the cores (the fused inference kernel, with no activation)
-            k, o = self.k, self.filters
-            w2, b2 = self.scratch("w2", (c, adjoint_width(k, o))), self.scratch("b2", (o,))
-            ones, zeros = self.scratch("ones", (o,)), self.scratch("zeros", (o,))
-            K.fill(ones, 1)
-            K.fill(zeros, 0)
-            K.fold_adjoint_weights(w2, b2, self.params["kernel"], self.params["bias"], ones, zeros)
-            K.conv_transpose_act(y, x, w2, b2, k, k, self.stride, pt, pl, None, 1.0, ws=self.workspace)
-            return y
-        conv_adjoint(self, y, x, self.params["kernel"], self.stride, pt, pl)
-        K.add_bias(y.reshape(-1, self.filters), self.params["bias"])
+        # one GEMM of x by every tap's weights (rearranged for it at each call, a small copy), then
+        # col2im sums the taps that reach each output pixel and adds the bias, piece by piece on the
+        # cores: the fused inference kernel with no activation
+        k, o = self.k, self.filters
+        w2, b2 = self.scratch("w2", (c, adjoint_width(k, o))), self.scratch("b2", (o,))
+        ones, zeros = self.scratch("ones", (o,)), self.scratch("zeros", (o,))
+        K.fill(ones, 1)
+        K.fill(zeros, 0)
+        K.fold_adjoint_weights(w2, b2, self.params["kernel"], self.params["bias"], ones, zeros)
+        K.conv_transpose_act(y, x, w2, b2, k, k, self.stride, pt, pl, None, 1.0, ws=self.workspace)
         return y
 
     def backward(self, dy):

@@ -124,14 +124,14 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
         else:  # the input rows that reach output rows r0..r1
             rows = src_h[r0:r1][src_h[r0:r1] >= 0]
             p0, p1 = (int(rows.min()), int(rows.max()) + 1) if rows.size else (0, 0)
-        cols = ws.buffer(("conv_transpose_act", k), ((sl.stop - sl.start) * (p1 - p0) * w, width), w2.dtype)
+        cols = ws.buffer(("patches", k), ((sl.stop - sl.start) * (p1 - p0) * w, width), w2.dtype)
         np.matmul(x[sl, p0:p1].reshape(-1, c), w2, out=cols)
         _col2im_act_rows(y[sl], cols, *args, r0, r1, p0)
 
     if schedule.in_turn(len(tasks), do, cores):
         return
     for sl in schedule.image_steps(n, image_bytes):  # one core, or no say over BLAS's threads
-        cols = ws.buffer(("conv_transpose_act", 0), ((sl.stop - sl.start) * h * w, width), w2.dtype)
+        cols = ws.buffer(("patches", 0), ((sl.stop - sl.start) * h * w, width), w2.dtype)
         np.matmul(x[sl].reshape(-1, c), w2, out=cols)  # threaded GEMM, then a parallel loop
         _col2im_act(y[sl], cols, *args)
 

@@ -16,6 +16,10 @@ MIN_BAND_ROWS = 32  # a band's GEMM also covers the input rows it shares with it
 # one. Small enough that col2im reads the cols a GEMM just wrote from cache: the seed's decoder,
 # batch 64, 2 cores, decoded 178 images/s with 2 MB, 176 with 4 MB and 164 with 24 MB.
 CORE_COLS_BYTES = 2 * 2 ** 20
+# An image whose cols take more than this is cut into bands even in a large batch (each band's GEMM
+# recomputes the input row it shares with the next: ~5% more for the seed's 64 -> 128 layer), so
+# each worker's cols stay a few MB instead of 19 (peak memory of a training step).
+LARGE_IMAGE_COLS_BYTES = 8 * 2 ** 20
 
 
 def workers():
@@ -25,13 +29,14 @@ def workers():
 
 def images_or_bands(n, out_rows, image_bytes, cores):
     """Pieces (images, r0, r1) of a batch of n images: whole images (r1 None), a few per piece within
-    CORE_COLS_BYTES of cols (image_bytes each), when there are TASKS_PER_CORE pieces per core; else
-    bands [r0, r1) of each image's out_rows output rows, MIN_BAND_ROWS at least."""
+    CORE_COLS_BYTES of cols (image_bytes each), when there are TASKS_PER_CORE pieces per core and an
+    image's cols are within LARGE_IMAGE_COLS_BYTES; else bands [r0, r1) of each image's out_rows
+    output rows, MIN_BAND_ROWS at least."""
     pieces = cores * TASKS_PER_CORE
-    if n >= pieces:
+    if n >= pieces and image_bytes <= LARGE_IMAGE_COLS_BYTES:
         step = max(1, min(CORE_COLS_BYTES // image_bytes, n // pieces))
         return [(slice(i, min(n, i + step)), 0, None) for i in range(0, n, step)]
-    bands = max(1, min(-(-pieces // n), out_rows // MIN_BAND_ROWS))
+    bands = max(1, min(max(-(-pieces // n), -(-image_bytes // LARGE_IMAGE_COLS_BYTES)), out_rows // MIN_BAND_ROWS))
     return [(slice(i, i + 1), b * out_rows // bands, (b + 1) * out_rows // bands)
             for i in range(n) for b in range(bands)]
 
