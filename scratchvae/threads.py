@@ -6,6 +6,7 @@ oversubscription: Numba prange and BLAS never run at the same time and each uses
 """
 
 import concurrent.futures
+import contextvars
 import ctypes
 import os
 
@@ -69,7 +70,8 @@ def on_each_core(fn, workers):
         _pool, _pool_key = concurrent.futures.ThreadPoolExecutor(workers, "scratchvae-core"), (os.getpid(), workers)
     _call_first(_BLAS_SETTERS, ctypes.c_int(1))
     try:
-        futures = [_pool.submit(fn, k) for k in range(workers)]
+        # each worker in a copy of the caller's context: NumPy's error state (np.errstate) goes along
+        futures = [_pool.submit(contextvars.copy_context().run, fn, k) for k in range(workers)]
         concurrent.futures.wait(futures)
         for f in futures:
             f.result()  # re-raises a worker's exception

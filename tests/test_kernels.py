@@ -471,6 +471,25 @@ def test_on_each_core_runs_every_worker_and_restores_blas_threads():
     assert threads._call_first(threads._BLAS_GETTERS) == before
 
 
+def test_on_each_core_workers_keep_the_callers_numpy_error_state():
+    """np.errstate is per thread: the workers run in a copy of the caller's context, so an overflow
+    the caller ignores (a diverging step) warns from no worker either, and raises where it raises."""
+    import warnings
+    from scratchvae import threads
+    big = np.full((4, 4), 3e38, F32)
+
+    def work(k):
+        np.matmul(big, big)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(over="ignore"):
+            assert threads.on_each_core(work, 2) in (True, False)
+        with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+            if not threads.on_each_core(work, 2):
+                work(0)
+
+
 @pytest.mark.parametrize("numpy_first", [True, False])
 def test_openblas_gets_scratchvaes_idle_thread_timeout(numpy_first):
     """OpenBLAS runs with OPENBLAS_THREAD_TIMEOUT 16 (its idle workers sleep after 2^16 cycles, not
