@@ -75,7 +75,7 @@ def inputs(config, batch, count, seed=0):
 
 def child(args):
     """Runs one measurement and prints one JSON line."""
-    result = {"wait_policy_at_start": fair.seen_wait_policy()}  # before any import can change it
+    result = {"wait_policy_at_start": fair.launched_wait_policy()}  # as launched, before any import changed it
     launched = os.environ.get("OMP_WAIT_POLICY")
     if args.child in TORCH:
         import torch  # before scratchvae: OpenMP reads OMP_WAIT_POLICY when torch loads it

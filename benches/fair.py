@@ -93,6 +93,12 @@ def apply_blas_override_option(args):
         ("kept in every child" if KEEP_BLAS_OVERRIDE else "removed in every child (--keep-blas-override keeps it)")
 
 
+def launched_wait_policy():
+    """OMP_WAIT_POLICY as this process was launched (the snapshot), as a WAIT_POLICIES key."""
+    value = SNAPSHOT.get("OMP_WAIT_POLICY")
+    return next((k for k, v in WAIT_POLICIES.items() if v == value), value)
+
+
 def seen_wait_policy():
     """This process's OMP_WAIT_POLICY now, as a WAIT_POLICIES key ("unset" when absent)."""
     value = os.environ.get("OMP_WAIT_POLICY")

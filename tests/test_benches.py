@@ -74,6 +74,14 @@ def test_scratchvaes_child_imports_it_before_numpy():
         assert out.stdout.strip() == want
 
 
+def test_the_wait_policy_at_launch_is_read_before_scratchvae_sets_its_own(monkeypatch):
+    monkeypatch.setattr(fair, "SNAPSHOT", {"PATH": "/bin"})
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # as scratchvae's import sets it in its own child
+    assert fair.launched_wait_policy() == "unset" and fair.seen_wait_policy() == "passive"
+    monkeypatch.setattr(fair, "SNAPSHOT", {"OMP_WAIT_POLICY": "PASSIVE"})
+    assert fair.launched_wait_policy() == "passive"
+
+
 def test_scratchvae_sets_its_openblas_thread_timeout_unless_the_user_did():
     import subprocess
     code = "import scratchvae, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
