@@ -597,8 +597,8 @@ def adam_first_step(p, g, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
 
 def test_whole_training_step_on_device_matches_cpu(rng):
     """forward_backward, Adam and a held-out evaluation of a tiny VAE: device against CPU to 1e-5.
-    17 filters (> THIN_CHANNELS) so both adjoint paths run; biases that feed a BatchNorm have a
-    zero gradient up to round-off, so gradients are compared against the largest gradient."""
+    17 filters and a 3-channel last layer; biases that feed a BatchNorm have a zero gradient up to
+    round-off, so gradients are compared against the largest gradient."""
     from scratchvae.model import VAE, VAEConfig
     from scratchvae.optim import Adam
     cfg = VAEConfig(image_size=8, channels=3, filters=17, blocks=2, z_dim=3)

@@ -5,7 +5,6 @@ import pytest
 
 from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU, ReLU,
                                Reshape, Sigmoid, UpSampling2D)
-from scratchvae.layers import conv
 from tests.gradcheck import check_layer
 
 F64 = np.float64
@@ -25,26 +24,30 @@ def away_from_zero(rng, shape, gap=1e-2):
     return np.where(np.abs(x) < gap, np.sign(x + 1e-12) * gap * 2, x)
 
 
-@pytest.fixture(params=["phases", "gather", "one-image-chunks"])
-def adjoint(request, monkeypatch):
-    """Both ways of computing the transposed direction (by output phase, or GEMM then col2im), and
-    the gathers split into one-image chunks as the big layers are."""
-    monkeypatch.setattr(conv, "THIN_CHANNELS", 1 << 30 if request.param == "gather" else 0)
-    if request.param == "one-image-chunks":
-        monkeypatch.setattr(conv, "COLS_BUDGET", 1)
+@pytest.fixture(params=["pieces", "bands", "one-thread"])
+def schedule(request, monkeypatch):
+    """The convolutions' kernels run piece by piece on the cores: as they are cut by default, cut
+    into one-row bands (as the big layers are), and all on one thread (BLAS's threads not settable)."""
+    from scratchvae import threads
+    from scratchvae.kernels.cpu import schedule as cuts
+    if request.param == "bands":
+        for name in ("PIECE_COLS_BYTES", "LARGE_IMAGE_COLS_BYTES", "MIN_BAND_ROWS"):
+            monkeypatch.setattr(cuts, name, 1)
+    elif request.param == "one-thread":
+        monkeypatch.setattr(threads, "on_each_core", lambda fn, workers: False)
     return request.param
 
 
 @pytest.mark.parametrize("n,h,w,c,o,k,s", CONV_CASES)
 @pytest.mark.parametrize("activation", [None, "relu"])
-def test_conv2d(backend, adjoint, rng, n, h, w, c, o, k, s, activation):
+def test_conv2d(backend, schedule, rng, n, h, w, c, o, k, s, activation):
     layer = Conv2D(c, o, kernel_size=k, strides=s, activation=activation, dtype=F64, rng=rng)
     layer.params["bias"][...] = rng.standard_normal(o) * 0.1
     check_layer(layer, rng.standard_normal((n, h, w, c)), rng)
 
 
 @pytest.mark.parametrize("n,h,w,c,o,k,s", CONV_CASES)
-def test_conv2d_transpose(backend, adjoint, rng, n, h, w, c, o, k, s):
+def test_conv2d_transpose(backend, schedule, rng, n, h, w, c, o, k, s):
     layer = Conv2DTranspose(c, o, kernel_size=k, strides=s, dtype=F64, rng=rng)
     layer.params["bias"][...] = rng.standard_normal(o) * 0.1
     check_layer(layer, rng.standard_normal((n, h, w, c)), rng)

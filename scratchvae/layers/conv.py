@@ -1,28 +1,17 @@
 """Conv2D and Conv2DTranspose, NHWC, TensorFlow 'same' padding, through gathers + GEMM.
 
 The forward of Conv2D (and backward of Conv2DTranspose) is im2col + one GEMM, piece by piece on
-the cores (kernels conv_act, conv_gemms). Conv2D's input gradient is split by output phase: each of
-the stride^2 phases is a small dense convolution over the taps that reach it, so no zeros are
-multiplied and nothing is scattered with +=. Conv2DTranspose's forward is one GEMM over all taps
-and a col2im gather (kernel conv_transpose_act). (The fused inference pass of Conv2DTranspose, with a
+the cores (kernels conv_act, conv_gemms). The adjoint direction (Conv2D's input gradient,
+Conv2DTranspose's forward) is one GEMM over all taps and a col2im gather that sums them, also piece
+by piece (kernel conv_transpose_act): no zeros are multiplied and nothing is scattered with +=. (The fused inference pass of Conv2DTranspose, with a
 following BatchNorm folded in, is built by scratchvae/inference.py from the trained layer.)
 """
 
 import numpy as np
 
 from scratchvae import kernels as K
-from scratchvae.geometry import phase_taps, same_padding
+from scratchvae.geometry import same_padding
 from scratchvae.layers.base import Layer, default_rng, glorot_uniform
-
-
-# Bytes of gathered taps per GEMM (one image at least): bounds memory and keeps each chunk's taps
-# in cache between the gather and the GEMMs that read them. The seed's training step (batch 32,
-# 2 cores, OpenBLAS's AVX-512 kernels), two runs each: 96 MB 30.2, 31.3 images/s, peak RSS 1304 MB;
-# 16 MB 33.1, 33.0, 1178 MB; 8 MB 33.5, 34.9, 1183 MB; 4 MB 33.5, 34.9, 1173 MB.
-COLS_BUDGET = 8 * 2 ** 20
-# At or below this many output channels the adjoint runs as one GEMM then a col2im gather: the
-# phase GEMMs would have 3 output columns (measured 7 GFLOP/s), the gather reads 9x less data.
-THIN_CHANNELS = 16
 
 
 # A transposed convolution's tap GEMM output is padded with zero columns to a multiple of this:
@@ -36,59 +25,18 @@ def adjoint_width(k, filters):
     return -(-k * k * filters // GEMM_COLUMNS) * GEMM_COLUMNS
 
 
-def image_chunks(n, bytes_per_image):
-    """Slices over the batch so one chunk's gathered taps stay within COLS_BUDGET."""
-    step = max(1, min(n, COLS_BUDGET // max(bytes_per_image, 1)))
-    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
-
-
-def conv_adjoint(layer, dx, dy, kernel, stride, pt, pl):
-    """dx = Conv2D-'same'-adjoint(dy): dx (N,H,W,C) from dy (N,Ho,Wo,O) with kernel (KH,KW,C,O)."""
-    n, h, w, c = dx.shape
-    kh, kw, _, o = kernel.shape
-    if c <= THIN_CHANNELS:
-        adjoint_by_gather(layer, dx, dy, kernel, stride, pt, pl)
-        return
-    phases = []
-    for a in range(stride):
-        taps_h, offs_h = phase_taps(kh, stride, pt, a)
-        for b in range(stride):
-            taps_w, offs_w = phase_taps(kw, stride, pl, b)
-            hm, wm = -(-(h - a) // stride), -(-(w - b) // stride)
-            if hm > 0 and wm > 0:
-                phases.append((a, b, hm, wm, taps_h, offs_h, taps_w, offs_w))
-    per_image = max(hm * wm * len(th) * len(tw) * o for _, _, hm, wm, th, _, tw, _ in phases) * dx.dtype.itemsize
-    chunks = image_chunks(n, per_image)
-    rows = max(hm * wm for _, _, hm, wm, *_ in phases) * (chunks[0].stop - chunks[0].start)
-    cols_buf = layer.work(("patches", 0), (rows * max(len(th) * len(tw) for *_, th, _, tw, _ in phases) * o,))
-    part_buf = layer.work("adjoint_part", (rows * c,))
-    for a, b, hm, wm, taps_h, offs_h, taps_w, offs_w in phases:
-        width = len(taps_h) * len(taps_w) * o
-        # rows (t, u, o) of the phase's weights, columns c
-        wsub = layer.work("wsub", (len(taps_h) * len(taps_w) * o, c))
-        K.gather_weights(wsub, kernel, taps_h, taps_w)
-        for sl in chunks:
-            m = (sl.stop - sl.start) * hm * wm
-            part = part_buf[:m * c].reshape(m, c)  # (n*Hm*Wm, C)
-            if width == 0:
-                K.fill(part, 0)
-            else:
-                cols = cols_buf[:m * width].reshape(m, width)
-                K.gather_taps(cols, dy[sl], hm, wm, 1, offs_h, offs_w)
-                K.gemm(part, cols, wsub)
-            K.scatter_phase(dx[sl], part, stride, a, b)
-
-
-def adjoint_by_gather(layer, dx, dy, kernel, stride, pt, pl):
-    """The same map for few output channels: cols = dy @ W^T (all taps), then col2im sums them."""
-    n, h, w, c = dx.shape
-    kh, kw, _, o = kernel.shape
-    w2 = kernel.reshape(kh * kw * c, o)  # rows (i, j, c)
-    rows = dy.shape[1] * dy.shape[2]
-    for sl in image_chunks(n, rows * kh * kw * c * dx.dtype.itemsize):
-        cols = layer.work(("patches", 0), ((sl.stop - sl.start) * rows, kh * kw * c))
-        K.gemm(cols, dy[sl].reshape(-1, o), w2, trans_b=True)
-        K.col2im(dx[sl], cols, kh, kw, stride, pt, pl)
+def adjoint_conv(layer, y, x, kernel, bias, stride, pt, pl):
+    """y = the adjoint of a 'same' Conv2D applied to x, plus bias (None: none): y (N,H,W,C) from
+    x (N,Ho,Wo,O), kernel (KH,KW,C,O). Conv2DTranspose's forward and Conv2D's input gradient: one GEMM
+    of x by every tap's weights (rearranged at each call, a small copy), then col2im sums the taps
+    that reach each pixel of y and adds the bias, piece by piece on the cores (conv_transpose_act)."""
+    kh, kw, c, _ = kernel.shape
+    w2, b2 = layer.scratch("w2", (kernel.shape[3], adjoint_width(kh, c))), layer.scratch("b2", (c,))
+    ones, zeros = layer.scratch("ones", (c,)), layer.scratch("zeros", (c,))
+    K.fill(ones, 1)
+    K.fill(zeros, 0)
+    K.fold_adjoint_weights(w2, b2, kernel, zeros if bias is None else bias, ones, zeros)
+    K.conv_transpose_act(y, x, w2, b2, kh, kw, stride, pt, pl, None, 1.0, ws=layer.workspace)
 
 
 def _check_common(kernel_size, strides, padding):
@@ -151,7 +99,7 @@ class Conv2D(Layer):
         if not self.need_dx:
             return None
         dx = x if self.overwrite_input else self.grad_buffer(x.shape, avoid=dy)
-        conv_adjoint(self, dx, dy.reshape(n, ho, wo, self.filters), self.params["kernel"], self.stride, pt, pl)
+        adjoint_conv(self, dx, dy.reshape(n, ho, wo, self.filters), self.params["kernel"], None, self.stride, pt, pl)
         return dx
 
 
@@ -182,16 +130,7 @@ class Conv2DTranspose(Layer):
         pl = same_padding(wo, self.k, self.stride)[1]
         self.geometry = (x, pt, pl)
         y = self.output("y", (n, ho, wo, self.filters), training)
-        # one GEMM of x by every tap's weights (rearranged for it at each call, a small copy), then
-        # col2im sums the taps that reach each output pixel and adds the bias, piece by piece on the
-        # cores: the fused inference kernel with no activation
-        k, o = self.k, self.filters
-        w2, b2 = self.scratch("w2", (c, adjoint_width(k, o))), self.scratch("b2", (o,))
-        ones, zeros = self.scratch("ones", (o,)), self.scratch("zeros", (o,))
-        K.fill(ones, 1)
-        K.fill(zeros, 0)
-        K.fold_adjoint_weights(w2, b2, self.params["kernel"], self.params["bias"], ones, zeros)
-        K.conv_transpose_act(y, x, w2, b2, k, k, self.stride, pt, pl, None, 1.0, ws=self.workspace)
+        adjoint_conv(self, y, x, self.params["kernel"], self.params["bias"], self.stride, pt, pl)
         return y
 
     def backward(self, dy):
