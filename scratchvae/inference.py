@@ -5,9 +5,9 @@ fused pass: the BatchNorm's moving-statistics affine folded into its weights (or
 output is written), bias and activation in the same pass. A Conv2D (and its ReLU) followed by a
 BatchNorm or a Sigmoid runs as one pass piece by piece (FusedConv): patches gathered into a
 cache-sized buffer, the GEMM, then bias, ReLU, affine and activation while the piece is in cache.
-The folding is recomputed at every call
-from the live parameters, so it never goes stale after an optimizer step or a load. Every other
-layer runs its own inference forward. Training never goes through here.
+The folding is recomputed at every call from the live parameters, so it never goes stale after an
+optimizer step or a load. Every other layer runs its own inference forward. Training never goes
+through here.
 """
 
 import numpy as np

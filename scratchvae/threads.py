@@ -42,11 +42,16 @@ def _blas_libraries():
 _FOUND = {}  # names -> the first entry point found (or None); the loaded BLAS does not change
 
 
-def _call_first(names, *args):
+def _entry(names):
+    """The first of `names` that a loaded BLAS library exports (a ctypes function), or None."""
     if names not in _FOUND:
         _FOUND[names] = next((fn for lib in _blas_libraries() for fn in (getattr(lib, n, None) for n in names)
                               if fn is not None), None)
-    fn = _FOUND[names]
+    return _FOUND[names]
+
+
+def _call_first(names, *args):
+    fn = _entry(names)
     return None if fn is None else fn(*args)
 
 
@@ -97,12 +102,12 @@ def quiet_blas_workers():
     Call it only while no BLAS call runs."""
     timeout = _call_first(_TIMEOUT_GETTER)
     want = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "")
-    if timeout is None or not want.isdigit() or timeout == int(want):
+    read_env, shutdown = _entry(_READ_ENV), _entry(_SHUTDOWN)
+    if timeout is None or not want.isdigit() or timeout == int(want) or read_env is None or shutdown is None:
         return timeout
-    if _call_first(_READ_ENV) is None:
-        return timeout
+    read_env()
     if _call_first(_TIMEOUT_GETTER) == int(want):
-        _call_first(_SHUTDOWN)  # its workers stop; the next threaded call starts them with the new timeout
+        shutdown()  # its workers stop; the next threaded call starts them with the new timeout
     return _call_first(_TIMEOUT_GETTER)
 
 
@@ -122,12 +127,11 @@ def set_threads(n=None):
 def blas_core():
     """The kernel family OpenBLAS runs on this processor (e.g. "SkylakeX", "Haswell": chosen at load,
     or forced by OPENBLAS_CORETYPE), or None for another BLAS."""
-    if _BLAS_CORE_NAMES not in _FOUND:
-        _call_first(_BLAS_CORE_NAMES)
-        if _FOUND[_BLAS_CORE_NAMES] is not None:
-            _FOUND[_BLAS_CORE_NAMES].restype = ctypes.c_char_p
-    fn = _FOUND[_BLAS_CORE_NAMES]
-    return None if fn is None else fn().decode()
+    fn = _entry(_BLAS_CORE_NAMES)
+    if fn is None:
+        return None
+    fn.restype = ctypes.c_char_p
+    return fn().decode()
 
 
 def describe():

@@ -3,8 +3,9 @@
 The forward of Conv2D (and backward of Conv2DTranspose) is im2col + one GEMM, piece by piece on
 the cores (kernels conv_act, conv_gemms). The adjoint direction (Conv2D's input gradient,
 Conv2DTranspose's forward) is one GEMM over all taps and a col2im gather that sums them, also piece
-by piece (kernel conv_transpose_act): no zeros are multiplied and nothing is scattered with +=. (The fused inference pass of Conv2DTranspose, with a
-following BatchNorm folded in, is built by scratchvae/inference.py from the trained layer.)
+by piece (kernel conv_transpose_act): no zeros are multiplied and nothing is scattered with +=.
+(The fused inference pass of Conv2DTranspose, with a following BatchNorm folded in, is built by
+scratchvae/inference.py from the trained layer.)
 """
 
 import numpy as np
@@ -25,6 +26,15 @@ def adjoint_width(k, filters):
     return -(-k * k * filters // GEMM_COLUMNS) * GEMM_COLUMNS
 
 
+def identity_affine(layer, features):
+    """(ones, zeros) per channel in the layer's scratch: the fused kernels' affine when no BatchNorm
+    is folded in."""
+    ones, zeros = layer.scratch("ones", (features,)), layer.scratch("zeros", (features,))
+    K.fill(ones, 1)
+    K.fill(zeros, 0)
+    return ones, zeros
+
+
 def adjoint_conv(layer, y, x, kernel, bias, stride, pt, pl):
     """y = the adjoint of a 'same' Conv2D applied to x, plus bias (None: none): y (N,H,W,C) from
     x (N,Ho,Wo,O), kernel (KH,KW,C,O). Conv2DTranspose's forward and Conv2D's input gradient: one GEMM
@@ -32,9 +42,7 @@ def adjoint_conv(layer, y, x, kernel, bias, stride, pt, pl):
     that reach each pixel of y and adds the bias, piece by piece on the cores (conv_transpose_act)."""
     kh, kw, c, _ = kernel.shape
     w2, b2 = layer.scratch("w2", (kernel.shape[3], adjoint_width(kh, c))), layer.scratch("b2", (c,))
-    ones, zeros = layer.scratch("ones", (c,)), layer.scratch("zeros", (c,))
-    K.fill(ones, 1)
-    K.fill(zeros, 0)
+    ones, zeros = identity_affine(layer, c)
     K.fold_adjoint_weights(w2, b2, kernel, zeros if bias is None else bias, ones, zeros)
     K.conv_transpose_act(y, x, w2, b2, kh, kw, stride, pt, pl, None, 1.0, ws=layer.workspace)
 
@@ -77,9 +85,7 @@ class Conv2D(Layer):
         y = self.output("y", (n * ho * wo, self.filters), training)  # (N*Ho*Wo, O)
         # patches, GEMM and bias (+ ReLU) piece by piece on the cores: the fused inference kernel
         # with an identity affine after it
-        ones, zeros = self.scratch("ones", (self.filters,)), self.scratch("zeros", (self.filters,))
-        K.fill(ones, 1)
-        K.fill(zeros, 0)
+        ones, zeros = identity_affine(self, self.filters)
         K.conv_act(y.reshape(n, ho, wo, self.filters), x, self.params["kernel"].reshape(-1, self.filters),
                    self.params["bias"], ones, zeros, self.k, self.k, self.stride, pt, pl,
                    self.activation == "relu", None, 1.0, ws=self.workspace)

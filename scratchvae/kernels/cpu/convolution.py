@@ -21,26 +21,37 @@ from scratchvae.kernels.reference import gather_weights  # noqa: F401
 WORKSPACE = Workspace(empty)
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w):
+    """cols[((b - i0) * (p1 - p0) + p - p0) * wo + q, (t,u,c)] = x[b, stride*p + offs_h[t],
+    stride*q + offs_w[u], c] (0 outside x) for images i0 <= b < i1 and output rows p0 <= p < p1."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    th, tw = offs_h.size, offs_w.size
+    zero = x.dtype.type(0)
+    row = 0
+    for b in range(i0, i1):
+        for p in range(p0, p1):
+            for q in range(wo):
+                for t in range(th):
+                    hh = p * stride + offs_h[t]
+                    for u in range(tw):
+                        ww = q * stride + offs_w[u]
+                        base = (t * tw + u) * c
+                        if hh >= 0 and hh < h and ww >= 0 and ww < w:
+                            for ch in range(c):
+                                cols[row, base + ch] = x[b, hh, ww, ch]
+                        else:
+                            for ch in range(c):
+                                cols[row, base + ch] = zero
+                row += 1
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
-    n, h, w, c = x.shape
-    th, tw = offs_h.size, offs_w.size
-    for r in prange(n * ho):
+    for r in prange(x.shape[0] * ho):  # an iteration per output row p of image b
         b = r // ho
         p = r - b * ho
-        for q in range(wo):
-            row = r * wo + q
-            for t in range(th):
-                hh = p * stride + offs_h[t]
-                for u in range(tw):
-                    ww = q * stride + offs_w[u]
-                    base = (t * tw + u) * c
-                    if hh >= 0 and hh < h and ww >= 0 and ww < w:
-                        for ch in range(c):
-                            cols[row, base + ch] = x[b, hh, ww, ch]
-                    else:
-                        for ch in range(c):
-                            cols[row, base + ch] = 0
+        _gather_piece(cols[r * wo:(r + 1) * wo], x, b, b + 1, p, p + 1, wo, stride, offs_h, offs_w)
 
 
 def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
@@ -140,32 +151,6 @@ def upsample_nearest_backward(dx, dy):
 
 
 # ---------------------------------------------------------------- the GEMMs of a convolution's patches
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w):
-    """cols[((b - i0) * (p1 - p0) + p - p0) * wo + q, (t,u,c)] = x[b, stride*p + offs_h[t],
-    stride*q + offs_w[u], c] (0 outside x) for images i0 <= b < i1 and output rows p0 <= p < p1."""
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
-    th, tw = offs_h.size, offs_w.size
-    zero = x.dtype.type(0)
-    row = 0
-    for b in range(i0, i1):
-        for p in range(p0, p1):
-            for q in range(wo):
-                for t in range(th):
-                    hh = p * stride + offs_h[t]
-                    for u in range(tw):
-                        ww = q * stride + offs_w[u]
-                        base = (t * tw + u) * c
-                        if hh >= 0 and hh < h and ww >= 0 and ww < w:
-                            for ch in range(c):
-                                cols[row, base + ch] = x[b, hh, ww, ch]
-                        else:
-                            for ch in range(c):
-                                cols[row, base + ch] = zero
-                row += 1
-
-
 
 def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
     """With cols = im2col(x) ('same', Ho = ceil(H / stride)), rows (n, p, q), columns (i, j, C):

@@ -1,6 +1,7 @@
 """Fused inference on the CPU: a GEMM, then col2im (or a per-column affine) plus bias and activation
 written in the same pass; a convolution's patches are gathered piece by piece, so each piece's
-GEMM reads them while they are in cache. BatchNorm's moving statistics arrive folded into the weights and bias.
+GEMM reads them while they are in cache. BatchNorm's moving statistics arrive folded into the
+weights and bias.
 
 Activations: None, "leaky" (x if x > 0 else alpha*x) or "sigmoid". The work is cut by schedule.py.
 Scratch cols come from a Workspace: the caller's `ws`, else this module's WORKSPACE.
@@ -194,8 +195,9 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
              alpha=1.0, ws=None):
     """y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) when relu:
     a 'same' Conv2D (Ho = ceil(H / stride)) and an inference BatchNorm's affine. Pieces of a few
-    images, or bands of output rows (schedule.pieces), which the cores take in turn: each gathers its patches, runs a single-threaded GEMM straight into its rows of y
-    and the epilogue over them while they are in cache. ws: the Workspace for each worker's
+    images, or bands of output rows (schedule.pieces), which the cores take in turn: each gathers
+    its patches, runs a single-threaded GEMM straight into its rows of y and the epilogue over them
+    while they are in cache. ws: the Workspace for each worker's
     patches (None: this module's WORKSPACE)."""
     ws = WORKSPACE if ws is None else ws
     n, h, wi, c = x.shape

@@ -5,9 +5,8 @@ folded into the weights and bias (fold_adjoint_weights). Activations: None, "lea
 
 import math
 
-from numba import cuda
-
 import numpy as np
+from numba import cuda
 
 from scratchvae.kernels.cuda.arrays import SCRATCH
 from scratchvae.kernels.cuda.convolution import gather_taps
