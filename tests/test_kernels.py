@@ -185,6 +185,28 @@ def test_conv_gemms(rng, monkeypatch, n, h, w, c, k, s, outputs, pieces):
         np.testing.assert_allclose(value, want[name], rtol=1e-4, atol=1e-4)
 
 
+def test_conv_gemms_weight_gradient_is_the_same_at_every_call(rng, monkeypatch):
+    """Each core sums its pieces' dw in a fixed order and the cores' sums are added in order: many
+    one-row pieces over the cores give bit-identical dw call after call (training stays repeatable)."""
+    monkeypatch.setattr(schedule, "PIECE_COLS_BYTES", 1)
+    x = rng.standard_normal((3, 12, 10, 5)).astype(F32)
+    t = rng.standard_normal((3, 6, 5, 7)).astype(F32)
+    results = []
+    for _ in range(5):
+        dw = np.full((3 * 3 * 5, 7), np.nan, F32)
+        cpu.conv_gemms(None, dw, x, None, t, 3, 3, 2, 0, 1)
+        results.append(dw)
+    for dw in results[1:]:
+        np.testing.assert_array_equal(dw, results[0])
+    np.testing.assert_allclose(results[0], want_dw(x, t), rtol=1e-4, atol=1e-4)
+
+
+def want_dw(x, t):
+    cols = np.empty((t.shape[0] * t.shape[1] * t.shape[2], 3 * 3 * x.shape[3]), F32)
+    reference.gather_taps(cols, x, t.shape[1], t.shape[2], 2, np.arange(3), np.arange(3) - 1)
+    return cols.T @ t.reshape(len(cols), -1)
+
+
 def test_conv_act_refuses_a_mismatch(rng):
     x = np.zeros((1, 6, 6, 2), F32)
     with pytest.raises(ValueError, match="do not fit"):
