@@ -47,7 +47,8 @@ def dead_biases(specs):
     whose output goes straight into BatchNorm, which subtracts the batch mean, bias included.
     Computed, these gradients are rounding noise (1e-6 against 1 elsewhere) that Adam would scale up
     to steps of about lr in arbitrary directions, different for one process and for K ranks: the
-    model zeroes them after each backward, in single-process and data-parallel training alike."""
+    model builds these layers with dead_bias=True, so their backward writes zeros instead of summing
+    the output gradient, in single-process and data-parallel training alike."""
     return {spec.name for spec, following in zip(specs, specs[1:])
             if following.kind == "BatchNormalization" and "bias" in architecture.param_shapes(spec)
             and spec.args.get("activation") is None}
@@ -84,8 +85,6 @@ class VAE:
             start = self._slices.get(layer_name, (offset, offset))[0]
             self._slices[layer_name] = (start, offset + size)
             offset += size
-        self._dead = {f"encoder.{n}" for n in dead_biases(trunk_specs)} | \
-                     {f"decoder.{n}" for n in dead_biases(decoder_specs)}
         build = dict(rng=rng, reducer=reducer)
         self.trunk = Sequential(self._build("encoder", trunk_specs, first=True, last_fresh=False, **build),
                                 self._ready)
@@ -103,7 +102,7 @@ class VAE:
         of the encoder computes no input gradient; a convolution that reads a BatchNorm's output
         writes its input gradient over it (BatchNorm's backward needs only its own input); every
         layer but the last reuses its inference output buffer (only the next layer reads it)."""
-        layers, producer, i = [], None, 0
+        layers, producer, i, dead = [], None, 0, dead_biases(specs)
         while i < len(specs):
             spec, a = specs[i], specs[i].args
             fuse = spec.kind == "BatchNormalization" and i + 1 < len(specs) and specs[i + 1].kind == "LeakyReLU"
@@ -111,7 +110,7 @@ class VAE:
             common = dict(dtype=self.dtype, name=spec.name, workspace=self.workspace,
                           grads={k: self._grad_views[f"{part}.{spec.name}.{k}"]
                                  for k in architecture.param_shapes(spec)},
-                          reuse_outputs=reuse and not (last and last_fresh))
+                          reuse_outputs=reuse and not (last and last_fresh), dead_bias=spec.name in dead)
             conv = dict(need_dx=not (first and not layers), overwrite_input=isinstance(producer, BatchNorm))
             if spec.kind == "Conv2D":
                 layer = Conv2D(a["in_channels"], a["filters"], a["kernel_size"], a["strides"],
@@ -145,10 +144,8 @@ class VAE:
         return layers
 
     def _ready(self, layer):
-        """A layer's gradients are final: zero its dead bias, then tell the data-parallel driver."""
+        """A layer's gradients are final: tell the data-parallel driver."""
         name = self.layer_names[id(layer)]
-        if name in self._dead:
-            K.fill(layer.grads["bias"], 0)
         if self.on_grads_ready is not None:
             start, stop = self._slices[name]
             self.on_grads_ready(name, self.flat_grads[start:stop])

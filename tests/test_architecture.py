@@ -8,7 +8,7 @@ import pytest
 
 from scratchvae import architecture
 from scratchvae.geometry import same_pads, transpose_geometry
-from scratchvae.layers import BatchNorm
+from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, Dense
 from scratchvae.model import VAE, VAEConfig, dead_biases
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -108,6 +108,33 @@ def test_the_model_zeroes_dead_bias_gradients_and_reports_each_layer_once(rng):
     assert sorted(name for name, _ in seen) == sorted(with_params)
     assert sum(size for _, size in seen) == vae.flat_grads.size
     assert seen[0][0] == "decoder.conv_t_out" and seen[-1][0] == "encoder.conv_1"  # backward order
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_the_model_builds_exactly_the_dead_bias_layers_with_dead_bias(config):
+    vae = VAE(config)
+    dead = {f"encoder.{n}" for n in dead_biases(architecture.encoder_trunk(config))} | \
+           {f"decoder.{n}" for n in dead_biases(architecture.decoder(config))}
+    assert dead and {name for name, layer in vae.named_layers() if layer.dead_bias} == dead
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda **o: Conv2D(3, 4, 3, 2, rng=np.random.default_rng(1), dtype=np.float64, **o), (2, 6, 6, 3)),
+    (lambda **o: Conv2DTranspose(3, 4, 3, 2, rng=np.random.default_rng(1), dtype=np.float64, **o), (2, 3, 3, 3)),
+    (lambda **o: Dense(5, 4, rng=np.random.default_rng(1), dtype=np.float64, **o), (3, 5))])
+def test_a_dead_bias_gets_zeros_and_every_other_gradient_is_unchanged(make, shape, rng):
+    x = rng.standard_normal(shape)
+    results = []
+    for dead in (False, True):
+        layer = make(dead_bias=dead)
+        layer.grads["bias"][...] = 7.0  # whatever an earlier step left there
+        y = layer.forward(x.copy(), training=True)
+        dx = layer.backward(np.linspace(-1, 1, y.size).reshape(y.shape))
+        results.append((layer.grads["bias"].copy(), layer.grads["kernel"].copy(), np.array(dx)))
+    (bias, kernel, dx), (dead_bias, dead_kernel, dead_dx) = results
+    assert np.abs(bias).max() > 0.1 and not dead_bias.any()
+    np.testing.assert_array_equal(dead_kernel, kernel)
+    np.testing.assert_array_equal(dead_dx, dx)
 
 
 def test_precise_batchnorm_statistics_are_the_exact_mean_and_biased_variance(rng):

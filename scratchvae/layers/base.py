@@ -23,17 +23,22 @@ class Layer:
                      gradient buffer); missing ones are allocated here
       reuse_outputs  inference outputs go into a buffer reused across calls, as training outputs
                      always do: for layers whose output only the next layer reads
+      dead_bias      the bias feeds a BatchNorm with nothing in between (model.dead_biases): its
+                     gradient is zero in exact arithmetic, so backward writes zeros instead of
+                     summing dy (a full read of the output gradient saved)
     """
 
     kind = "Layer"
 
-    def __init__(self, dtype=np.float32, name=None, workspace=None, grads=None, reuse_outputs=False):
+    def __init__(self, dtype=np.float32, name=None, workspace=None, grads=None, reuse_outputs=False,
+                 dead_bias=False):
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, not {self.dtype}")
         self.name = name or self.kind.lower()
         self.workspace = workspace if workspace is not None else Workspace()
         self.reuse_outputs = reuse_outputs
+        self.dead_bias = dead_bias
         self.params = {}
         self.grads = {}
         self.state = {}
@@ -70,6 +75,13 @@ class Layer:
             if not K.may_share_memory(buf, avoid):
                 return buf
         raise AssertionError("dy overlaps both gradient slots")
+
+    def bias_grad(self, dy2d):
+        """grads["bias"] = the sum of dy2d's rows, or zeros for a dead bias."""
+        if self.dead_bias:
+            K.fill(self.grads["bias"], 0)
+        else:
+            K.sum_rows(self.grads["bias"], dy2d)
 
     def _add_param(self, key, value):
         self.params[key] = K.from_host(np.ascontiguousarray(value, dtype=self.dtype))

@@ -98,7 +98,7 @@ class Conv2D(Layer):
         dy = dy.reshape(-1, self.filters)
         if self.activation == "relu":
             K.relu_backward(dy, dy, y)  # in place
-        K.sum_rows(self.grads["bias"], dy)
+        self.bias_grad(dy)
         K.conv_gemms(None, self.grads["kernel"].reshape(-1, self.filters), x, None, dy, self.k, self.k, self.stride,
                      pt, pl, ws=self.workspace)  # dW = patches^T @ dy
         self.cache = None
@@ -144,7 +144,7 @@ class Conv2DTranspose(Layer):
             raise RuntimeError(f"{self.name}: backward needs a training-mode forward first")
         x, pt, pl = self.geometry
         n, c, k = x.shape[0], self.in_channels, self.k
-        K.sum_rows(self.grads["bias"], dy.reshape(-1, self.filters))
+        self.bias_grad(dy.reshape(-1, self.filters))
         kernel2d = self.params["kernel"].reshape(-1, c)  # (KH*KW*O, C)
         dx = None
         if self.need_dx:

@@ -27,7 +27,7 @@ class Dense(Layer):
     def backward(self, dy):
         if self.x is None:
             raise RuntimeError(f"{self.name}: backward needs a training-mode forward first")
-        K.sum_rows(self.grads["bias"], dy)
+        self.bias_grad(dy)
         K.gemm(self.grads["kernel"], self.x, dy, trans_a=True)
         dx = self.scratch("dx", self.x.shape)
         K.gemm(dx, dy, self.params["kernel"], trans_b=True)
