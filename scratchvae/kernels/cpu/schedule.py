@@ -74,10 +74,13 @@ def column_block(columns, cores):
 
 def in_turn(count, do, cores):
     """do(k, t) for every task t < count on `cores` threads (k: the thread, e.g. for its own buffers)
-    that take the tasks in turn, BLAS single-threaded meanwhile. Returns False, and runs nothing,
-    with one core or where threads.on_each_core cannot set BLAS's threads."""
+    that take the tasks in turn, BLAS single-threaded meanwhile; a single task runs on the calling
+    thread (threads.on_this_core). Returns False, and runs nothing, with one core or where BLAS's
+    threads cannot be set."""
     if cores < 2:
         return False
+    if count == 1:
+        return threads.on_this_core(lambda k: do(k, 0))
     counter = itertools.count()
 
     def work(k):
