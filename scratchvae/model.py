@@ -15,6 +15,7 @@ from scratchvae.inference import Plan
 from scratchvae.kernels.workspace import Workspace
 from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU,
                                Reshape, Sigmoid, UpSampling2D)
+from scratchvae.layers.norm import BatchStats
 
 __all__ = ["VAE", "VAEConfig", "Sequential", "LOAD_EXPANSION"]
 
@@ -100,18 +101,24 @@ class VAE:
     def _build(self, part, specs, first, last_fresh, rng, reducer, reuse=True):
         """Layers for `specs`: BatchNorm then LeakyReLU become one fused layer; the first layer
         of the encoder computes no input gradient; a convolution that reads a BatchNorm's output
-        writes its input gradient over it (BatchNorm's backward needs only its own input); every
-        layer but the last reuses its inference output buffer (only the next layer reads it)."""
-        layers, producer, i, dead = [], None, 0, dead_biases(specs)
+        writes its input gradient over it (BatchNorm's backward needs only its own input); a
+        convolution right before a BatchNorm measures that BatchNorm's batch statistics as it writes
+        its output (BatchStats; single-process training); every layer but the last reuses its
+        inference output buffer (only the next layer reads it)."""
+        layers, producer, i, dead, stats = [], None, 0, dead_biases(specs), None
         while i < len(specs):
             spec, a = specs[i], specs[i].args
+            feeds_bn = i + 1 < len(specs) and specs[i + 1].kind == "BatchNormalization"
             fuse = spec.kind == "BatchNormalization" and i + 1 < len(specs) and specs[i + 1].kind == "LeakyReLU"
             last = i + (2 if fuse else 1) == len(specs)
             common = dict(dtype=self.dtype, name=spec.name, workspace=self.workspace,
                           grads={k: self._grad_views[f"{part}.{spec.name}.{k}"]
                                  for k in architecture.param_shapes(spec)},
                           reuse_outputs=reuse and not (last and last_fresh), dead_bias=spec.name in dead)
-            conv = dict(need_dx=not (first and not layers), overwrite_input=isinstance(producer, BatchNorm))
+            if spec.kind in ("Conv2D", "Conv2DTranspose"):  # it measures the next BatchNorm's statistics
+                stats = BatchStats(a["filters"], self.dtype) if feeds_bn and reducer is None else None
+            conv = dict(need_dx=not (first and not layers), overwrite_input=isinstance(producer, BatchNorm),
+                        batch_stats=stats)
             if spec.kind == "Conv2D":
                 layer = Conv2D(a["in_channels"], a["filters"], a["kernel_size"], a["strides"],
                                activation=a["activation"], rng=rng, **conv, **common)
@@ -122,9 +129,10 @@ class VAE:
                 layer = Dense(a["in_features"], a["units"], rng=rng, **common)
             elif fuse:
                 layer = BatchNormLeakyReLU(a["features"], specs[i + 1].args["alpha"], a["momentum"], a["epsilon"],
-                                           reducer=reducer, **common)
+                                           reducer=reducer, batch_stats=stats, **common)
             elif spec.kind == "BatchNormalization":
-                layer = BatchNorm(a["features"], a["momentum"], a["epsilon"], reducer=reducer, **common)
+                layer = BatchNorm(a["features"], a["momentum"], a["epsilon"], reducer=reducer, batch_stats=stats,
+                                  **common)
             elif spec.kind == "LeakyReLU":
                 layer = LeakyReLU(a["alpha"], **common)
             elif spec.kind == "Sigmoid":
@@ -139,6 +147,8 @@ class VAE:
                 raise ValueError(f"{part}.{spec.name}: no layer for kind {spec.kind!r}")
             if not isinstance(layer, (Flatten, Reshape)):
                 producer = layer
+            if isinstance(layer, BatchNorm):
+                stats = None
             layers.append(layer)
             i += 2 if fuse else 1
         return layers

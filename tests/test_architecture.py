@@ -9,6 +9,7 @@ import pytest
 from scratchvae import architecture
 from scratchvae.geometry import same_pads, transpose_geometry
 from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, Dense
+from scratchvae.layers.norm import BatchStats
 from scratchvae.model import VAE, VAEConfig, dead_biases
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -135,6 +136,59 @@ def test_a_dead_bias_gets_zeros_and_every_other_gradient_is_unchanged(make, shap
     assert np.abs(bias).max() > 0.1 and not dead_bias.any()
     np.testing.assert_array_equal(dead_kernel, kernel)
     np.testing.assert_array_equal(dead_dx, dx)
+
+
+@pytest.mark.parametrize("config", CONFIGS + [RESIZE])
+def test_each_convolution_before_a_batchnorm_measures_its_statistics_in_one_process_only(config, rng):
+    """The model shares a BatchStats between each convolution and the BatchNorm right after it; in
+    a training step every such BatchNorm normalises with the exact mean and variance of its input,
+    as the convolution measured them. A data-parallel model (a reducer) shares none."""
+    vae = VAE(config, dtype=np.float64)
+    layers = vae.trunk.layers + vae.decoder.layers
+    pairs = [(a, b) for a, b in zip(layers, layers[1:]) if isinstance(b, BatchNorm) and
+             isinstance(a, (Conv2D, Conv2DTranspose))]
+    assert pairs and all(a.batch_stats is not None and b.batch_stats is a.batch_stats for a, b in pairs)
+    assert sum(getattr(layer, "batch_stats", None) is not None for layer in layers) == 2 * len(pairs)
+    seen = {}
+    for _, bn in pairs:
+        def recording(x, training, bn=bn, forward=bn.forward):
+            given = bn.batch_stats.of is x
+            y = forward(x, training)
+            seen[id(bn)] = (given, np.array(x).reshape(-1, bn.features), bn.scratch("mean", (bn.features,)).copy(),
+                             bn.scratch("var", (bn.features,)).copy())
+            return y
+        bn.forward = recording
+    x = rng.uniform(0, 1, (4, config.image_size, config.image_size, config.channels))
+    vae.forward_backward(x, rng.standard_normal((4, config.z_dim)))
+    assert len(seen) == len(pairs)
+    for name, (given, rows, mean, var) in seen.items():
+        assert given, name
+        np.testing.assert_allclose(mean, rows.mean(axis=0), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(var, rows.var(axis=0), rtol=1e-10, atol=1e-12)
+    distributed = VAE(config, reducer=lambda a: None)
+    assert all(getattr(layer, "batch_stats", None) is None
+               for layer in distributed.trunk.layers + distributed.decoder.layers)
+
+
+def test_a_batchnorm_measures_for_itself_unless_the_stats_describe_its_very_input(rng):
+    """BatchStats are used once, and only for the array the convolution returned from a training
+    forward: another array, an inference forward in between, or a second use all fall back to
+    bn_stats (then the bits equal a BatchNorm that has no BatchStats)."""
+    stats = BatchStats(4, np.float64)
+    conv = Conv2D(3, 4, 3, 2, batch_stats=stats, dtype=np.float64, rng=np.random.default_rng(2))
+    bn, plain = BatchNorm(4, batch_stats=stats, dtype=np.float64), BatchNorm(4, dtype=np.float64)
+    x = rng.standard_normal((3, 8, 8, 3))
+    y = conv.forward(x, True)
+    np.testing.assert_allclose(bn.forward(y, True), plain.forward(y, True), rtol=1e-12, atol=1e-12)
+    assert stats.of is None  # taken
+    np.testing.assert_array_equal(bn.forward(y, True), plain.forward(y, True))  # a second use: measured again
+    y = conv.forward(x, True)
+    other = np.array(y) + 1.0
+    np.testing.assert_array_equal(bn.forward(other, True), plain.forward(other, True))
+    conv.forward(x, True)
+    y_inference = conv.forward(x + 1.0, False)
+    assert stats.of is None
+    np.testing.assert_array_equal(bn.forward(y_inference, True), plain.forward(y_inference, True))
 
 
 def test_precise_batchnorm_statistics_are_the_exact_mean_and_biased_variance(rng):

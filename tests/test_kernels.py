@@ -125,6 +125,45 @@ def test_conv_act(rng, monkeypatch, n, h, w, c, k, s, relu, activation, pieces):
     np.testing.assert_allclose(ref[0], want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel", ["conv_transpose_act", "conv_act"])
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 33, 3, 2, 3, 2)])
+@pytest.mark.parametrize("pieces", ["bands", "images", "unsplit"])
+def test_fused_convolutions_measure_the_batch_statistics_of_their_output(rng, monkeypatch, kernel, n, h, w, c, k, s,
+                                                                          pieces):
+    """With stats, conv_transpose_act and conv_act also give y's per-channel mean and biased variance
+    (what BatchNorm's bn_stats would read y again for), summed piece by piece whatever the split;
+    y itself is the same bits as without; the reference agrees."""
+    if pieces == "bands":
+        monkeypatch.setattr(schedule, "MIN_BAND_ROWS", 1)
+        monkeypatch.setattr(schedule, "PIECE_COLS_BYTES", 1)
+    elif pieces == "images":
+        monkeypatch.setattr(schedule, "TASKS_PER_CORE", 1)
+    else:
+        monkeypatch.setattr(threads, "on_each_core", lambda fn, workers: False)
+    o = 5
+    x = (rng.standard_normal((n, h, w, c)) + 0.5).astype(F32)
+    bias = rng.standard_normal(o).astype(F32)
+    if kernel == "conv_transpose_act":
+        w2 = rng.standard_normal((c, k * k * o + 3)).astype(F32)
+        y = np.empty((n, h * s, w * s, o), F32)
+        args = (x, w2, bias, k, k, s, same_padding(h * s, k, s)[1], same_padding(w * s, k, s)[1], None, 1.0)
+    else:
+        wk = rng.standard_normal((k * k * c, o)).astype(F32)
+        y = np.empty((n, same_padding(h, k, s)[0], same_padding(w, k, s)[0], o), F32)
+        args = (x, wk, bias, np.ones(o, F32), np.zeros(o, F32), k, k, s, same_padding(h, k, s)[1],
+                same_padding(w, k, s)[1], True, None, 1.0)
+    plain = y.copy()
+    getattr(cpu, kernel)(plain, *args)
+    stats, ref_stats = np.full((2, o), np.nan, F32), np.full((2, o), np.nan, F32)
+    getattr(cpu, kernel)(y, *args, None, stats)
+    getattr(reference, kernel)(np.empty_like(y), *args, None, ref_stats)
+    assert np.array_equal(y, plain)
+    y64 = y.reshape(-1, o).astype(np.float64)
+    np.testing.assert_allclose(stats[0], y64.mean(axis=0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(stats[1], y64.var(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats, ref_stats, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("n,rows,row_bytes,cores", [(64, 32, 147456, 2), (1, 32, 147456, 2), (64, 8, 36864, 2),
                                                     (3, 7, 100, 4), (5, 1, 10 ** 7, 2), (64, 64, 110592, 1)])
 def test_pieces_cover_each_row_once_within_the_budget(n, rows, row_bytes, cores):
@@ -289,6 +328,22 @@ def test_reductions_and_affine(rng, m, c):
     ref, fast = x.copy(), x.copy()
     reference.bias_relu(ref, b), cpu.bias_relu(fast, b)
     assert_close([ref], [fast])
+
+
+@pytest.mark.parametrize("center, spread", [(0.0, 1.0), (1000.0, 0.01), (-3.0, 50.0)])
+def test_bn_stats_in_one_pass_holds_the_float64_moments_where_the_spread_is_small(rng, center, spread):
+    """The CPU's one-pass statistics (sums about a shift, in float64) against the exact moments,
+    also for a map whose mean is 1e5 times its spread (where E[x^2] - E[x]^2 about 0 would lose it),
+    over several chunks of rows; the same input gives the same bits."""
+    x = (center + spread * rng.standard_normal((5000, 7))).astype(F32)
+    x64 = x.astype(np.float64)
+    mean, var = np.full(7, np.nan, F32), np.full(7, np.nan, F32)
+    cpu.bn_stats(mean, var, x)
+    np.testing.assert_allclose(mean, x64.mean(axis=0), rtol=1e-7, atol=1e-7 * spread)
+    np.testing.assert_allclose(var, x64.var(axis=0), rtol=1e-6)
+    again = np.empty(7, F32), np.empty(7, F32)
+    cpu.bn_stats(*again, x)
+    assert np.array_equal(again[0], mean) and np.array_equal(again[1], var)
 
 
 @pytest.mark.parametrize("shape", [(2,), (3, 5), (2, 4, 4, 3), (70001,)])

@@ -227,14 +227,16 @@ def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None
     return backend().col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
 
 
-def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None):
-    return backend().conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation, alpha, ws)
+def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None,
+                       stats=None):
+    return backend().conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation, alpha, ws,
+                                        stats)
 
 
 def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu=False, activation=None, alpha=1.0,
-             ws=None):
+             ws=None, stats=None):
     return backend().conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu, activation,
-                              alpha, ws)
+                              alpha, ws, stats)
 
 
 def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):

@@ -102,12 +102,14 @@ OPS = (
     _op("fused", "col2im_act", "x", "cols, " + GEOMETRY + ", bias, activation=None, alpha=1.0",
         "x = act(col2im(cols) + bias[c]); columns of cols past KH*KW*C are padding, ignored"),
     _op("fused", "conv_transpose_act", "y",
-        "x, w2, bias, " + GEOMETRY + ", activation=None, alpha=1.0, ws=None",
-        "y = act(col2im(x @ w2) + bias), w2 (C, (i, j, O) + padding); ws: an optional Workspace for cols"),
+        "x, w2, bias, " + GEOMETRY + ", activation=None, alpha=1.0, ws=None, stats=None",
+        "y = act(col2im(x @ w2) + bias), w2 (C, (i, j, O) + padding); ws: an optional Workspace for cols; "
+        "stats (2, O), when given: stats[0], stats[1] = bn_stats of y (per-channel mean, biased variance)"),
     _op("fused", "conv_act", "y",
-        "x, w, bias, scale, shift, " + GEOMETRY + ", relu=False, activation=None, alpha=1.0, ws=None",
+        "x, w, bias, scale, shift, " + GEOMETRY + ", relu=False, activation=None, alpha=1.0, ws=None, stats=None",
         "y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) if relu: "
-        "a 'same' Conv2D, then an inference BatchNorm's affine; ws: an optional Workspace for the patches"),
+        "a 'same' Conv2D, then an inference BatchNorm's affine; ws: an optional Workspace for the patches; "
+        "stats (2, O), when given: bn_stats of y"),
     _op("fused", "dense_act", "y", "x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None",
         "y = act((x @ w + bias) * scale + shift), y (N, O); ws: an optional Workspace"),
     _op("fused", "fold_adjoint_weights", "w2, b2", "kernel, bias, scale, shift",

@@ -196,9 +196,10 @@ def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
 
 
 def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu=False, activation=None, alpha=1.0,
-             ws=None):
-    """y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) if relu.
-    ws (a Workspace) is accepted for the common signature and ignored: the reference allocates freely."""
+             ws=None, stats=None):
+    """y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) if relu;
+    stats (2, O), when given: bn_stats of y. ws (a Workspace) is accepted for the common signature
+    and ignored: the reference allocates freely."""
     n, ho, wo, o = y.shape
     cols = np.empty((n * ho * wo, w.shape[0]), x.dtype)
     gather_taps(cols, x, ho, wo, stride, np.arange(kh) - pad_top, np.arange(kw) - pad_left)
@@ -207,13 +208,19 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
         t = np.maximum(t, 0)
     y[...] = (t * scale + shift).reshape(y.shape)
     _activate(y, activation, alpha)
+    if stats is not None:
+        bn_stats(stats[0], stats[1], y.reshape(-1, o))
 
 
-def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None):
-    """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding).
-    ws (a Workspace) is accepted for the common signature and ignored: the reference allocates freely."""
+def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None,
+                       stats=None):
+    """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding);
+    stats (2, O), when given: bn_stats of y. ws (a Workspace) is accepted for the common signature
+    and ignored: the reference allocates freely."""
     cols = x.reshape(-1, x.shape[3]) @ w2
     col2im_act(y, cols, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
+    if stats is not None:
+        bn_stats(stats[0], stats[1], y.reshape(-1, y.shape[3]))
 
 
 def _out_hw(h, w, rows_per_image, kh, kw, stride, pad_top, pad_left):

@@ -35,16 +35,17 @@ def identity_affine(layer, features):
     return ones, zeros
 
 
-def adjoint_conv(layer, y, x, kernel, bias, stride, pt, pl):
+def adjoint_conv(layer, y, x, kernel, bias, stride, pt, pl, stats=None):
     """y = the adjoint of a 'same' Conv2D applied to x, plus bias (None: none): y (N,H,W,C) from
     x (N,Ho,Wo,O), kernel (KH,KW,C,O). Conv2DTranspose's forward and Conv2D's input gradient: one GEMM
     of x by every tap's weights (rearranged at each call, a small copy), then col2im sums the taps
-    that reach each pixel of y and adds the bias, piece by piece on the cores (conv_transpose_act)."""
+    that reach each pixel of y and adds the bias, piece by piece on the cores (conv_transpose_act).
+    stats: as conv_transpose_act's (the output's batch mean and variance, or None)."""
     kh, kw, c, _ = kernel.shape
     w2, b2 = layer.scratch("w2", (kernel.shape[3], adjoint_width(kh, c))), layer.scratch("b2", (c,))
     ones, zeros = identity_affine(layer, c)
     K.fold_adjoint_weights(w2, b2, kernel, zeros if bias is None else bias, ones, zeros)
-    K.conv_transpose_act(y, x, w2, b2, kh, kw, stride, pt, pl, None, 1.0, ws=layer.workspace)
+    K.conv_transpose_act(y, x, w2, b2, kh, kw, stride, pt, pl, None, 1.0, ws=layer.workspace, stats=stats)
 
 
 def _check_common(kernel_size, strides, padding):
@@ -58,15 +59,17 @@ class Conv2D(Layer):
     """Keras Conv2D ('same', optional ReLU). need_dx=False: backward returns no input gradient (the
     model's first layer: nothing upstream of the images needs one). overwrite_input=True: backward
     writes dx into the forward's input array, for inputs that are dead once the weight gradient is
-    taken (the output of a BatchNorm, whose backward needs only its own input)."""
+    taken (the output of a BatchNorm, whose backward needs only its own input). batch_stats: a
+    BatchStats that a training forward fills with its output's mean and variance, for the BatchNorm
+    that follows."""
 
     kind = "Conv2D"
 
     def __init__(self, in_channels, filters, kernel_size=3, strides=1, padding="same",
                  activation=None, dtype=np.float32, rng=None, name=None, need_dx=True, overwrite_input=False,
-                 **layer_options):
+                 batch_stats=None, **layer_options):
         super().__init__(dtype, name, **layer_options)
-        self.need_dx, self.overwrite_input = need_dx, overwrite_input
+        self.need_dx, self.overwrite_input, self.batch_stats = need_dx, overwrite_input, batch_stats
         _check_common(kernel_size, strides, padding)
         if activation not in (None, "relu"):
             raise ValueError(f"activation {activation!r} is not supported; use None or 'relu'")
@@ -86,11 +89,13 @@ class Conv2D(Layer):
         # patches, GEMM and bias (+ ReLU) piece by piece on the cores: the fused inference kernel
         # with an identity affine after it
         ones, zeros = identity_affine(self, self.filters)
+        stats = None if self.batch_stats is None else self.batch_stats.request(training)
         K.conv_act(y.reshape(n, ho, wo, self.filters), x, self.params["kernel"].reshape(-1, self.filters),
                    self.params["bias"], ones, zeros, self.k, self.k, self.stride, pt, pl,
-                   self.activation == "relu", None, 1.0, ws=self.workspace)
+                   self.activation == "relu", None, 1.0, ws=self.workspace, stats=stats)
         self.cache = (x, y, pt, pl)
-        return y.reshape(n, ho, wo, self.filters)
+        out = y.reshape(n, ho, wo, self.filters)
+        return out if stats is None else self.batch_stats.measured(out)
 
     def backward(self, dy):
         x, y, pt, pl = self.cache
@@ -111,14 +116,15 @@ class Conv2D(Layer):
 
 class Conv2DTranspose(Layer):
     """Keras Conv2DTranspose ('same'): the adjoint of Conv2D 'same' on the output size. need_dx and
-    overwrite_input as for Conv2D."""
+    overwrite_input and batch_stats as for Conv2D."""
 
     kind = "Conv2DTranspose"
 
     def __init__(self, in_channels, filters, kernel_size=3, strides=1, padding="same",
-                 dtype=np.float32, rng=None, name=None, need_dx=True, overwrite_input=False, **layer_options):
+                 dtype=np.float32, rng=None, name=None, need_dx=True, overwrite_input=False, batch_stats=None,
+                 **layer_options):
         super().__init__(dtype, name, **layer_options)
-        self.need_dx, self.overwrite_input = need_dx, overwrite_input
+        self.need_dx, self.overwrite_input, self.batch_stats = need_dx, overwrite_input, batch_stats
         _check_common(kernel_size, strides, padding)
         self.in_channels, self.filters = in_channels, filters
         self.k, self.stride = kernel_size, strides
@@ -136,8 +142,9 @@ class Conv2DTranspose(Layer):
         pl = same_padding(wo, self.k, self.stride)[1]
         self.geometry = (x, pt, pl)
         y = self.output("y", (n, ho, wo, self.filters), training)
-        adjoint_conv(self, y, x, self.params["kernel"], self.params["bias"], self.stride, pt, pl)
-        return y
+        stats = None if self.batch_stats is None else self.batch_stats.request(training)
+        adjoint_conv(self, y, x, self.params["kernel"], self.params["bias"], self.stride, pt, pl, stats)
+        return y if stats is None else self.batch_stats.measured(y)
 
     def backward(self, dy):
         if self.geometry is None:

@@ -14,16 +14,44 @@ from scratchvae import kernels as K
 from scratchvae.layers.base import Layer
 
 
+class BatchStats:
+    """The batch mean and biased variance of a convolution's training output, measured by the
+    convolution as it writes it (the fused kernels add up each piece while it is in cache), for the
+    BatchNorm that reads that output next: it then skips its own pass over the map. The model gives
+    one to each convolution that feeds a BatchNorm directly, and to that BatchNorm (single-process
+    training; a data-parallel BatchNorm reduces its sums over the ranks itself)."""
+
+    def __init__(self, features, dtype):
+        self.values = K.empty((2, features), dtype)  # mean, variance
+        self.of = None  # the output array the values describe
+
+    def request(self, training):
+        """The (2, features) array a training forward fills (None in inference)."""
+        self.of = None
+        return self.values if training else None
+
+    def measured(self, y):
+        """The values now describe y (the array the producer returns)."""
+        self.of = y
+        return y
+
+    def take(self, x):
+        """(mean, variance) if they describe x (the very array), else None; forgotten either way."""
+        fresh, self.of = self.of is x, None
+        return (self.values[0], self.values[1]) if fresh else None
+
+
 class BatchNorm(Layer):
     kind = "BatchNormalization"
 
     alpha = 1.0  # slope for negative outputs: 1 is no activation (BatchNormLeakyReLU sets its own)
 
     def __init__(self, features, momentum=0.99, epsilon=1e-3, dtype=np.float32, rng=None, name=None,
-                 reducer=None, **layer_options):
+                 reducer=None, batch_stats=None, **layer_options):
         super().__init__(dtype, name, **layer_options)
         self.features, self.momentum, self.epsilon = features, momentum, epsilon
         self.reducer = reducer  # None: this process's batch is the whole batch
+        self.batch_stats = batch_stats  # a BatchStats its producer fills (None: measured here)
         self.census = None  # (sums, squares, count) while measure_population runs
         self._add_param("gamma", np.ones(features))
         self._add_param("beta", np.zeros(features))
@@ -41,7 +69,12 @@ class BatchNorm(Layer):
             if self.reducer is None:
                 if count < 2:
                     raise ValueError(f"{self.name}: batch statistics need at least 2 values per feature")
-                K.bn_stats(mean, var, x2d)
+                given = None if self.batch_stats is None else self.batch_stats.take(x)
+                if given is None:
+                    K.bn_stats(mean, var, x2d)
+                else:
+                    K.copy(mean, given[0])
+                    K.copy(var, given[1])
             else:
                 count = self._global_stats(mean, var, x2d)
             if self.census is None:

@@ -47,6 +47,40 @@ def _activate(v, act, alpha):
                 v[i] = e / (one + e)
 
 
+# ---------------------------------------------------------------- batch statistics of an output
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _add_moments(part, y, r0, r1):
+    """part[0, c] += sum of y[r, c], part[1, c] += sum of y[r, c]^2 over rows r0 <= r < r1 of y
+    (M, C), in float64 (part is float64): a piece's share, read while the piece is in cache."""
+    c = y.shape[1]
+    s1 = np.zeros(c, np.float64)
+    s2 = np.zeros(c, np.float64)
+    for r in range(r0, r1):
+        for ch in range(c):
+            v = np.float64(y[r, ch])
+            s1[ch] += v
+            s2[ch] += v * v
+    for ch in range(c):
+        part[0, ch] += s1[ch]
+        part[1, ch] += s2[ch]
+
+
+def moment_parts(stats, count, channels):
+    """Zeroed float64 partial sums, one (2, channels) slot per piece, where the caller asked for
+    `stats` (None: none asked, None returned)."""
+    return None if stats is None else np.zeros((count, 2, channels), np.float64)
+
+
+def finish_moments(stats, parts, rows):
+    """stats[0], stats[1] = the mean and biased variance per channel from the pieces' sums (added in
+    piece order, so the result does not depend on which core ran which piece) over `rows` rows."""
+    total = parts.sum(axis=0)
+    mean = total[0] / rows
+    stats[0] = mean
+    stats[1] = np.maximum(total[1] / rows - mean * mean, 0.0)
+
+
 # ---------------------------------------------------------------- col2im + bias + activation
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
@@ -105,18 +139,23 @@ def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None
     _col2im_act(x, cols, *_col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alpha))
 
 
-def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None):
+def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None,
+                       stats=None):
     """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding).
     The work is cut into pieces (a few images, or bands of output rows when there are few images)
     that the cores take in turn, each running a single-threaded GEMM and col2im pass per piece.
-    ws: the Workspace for each worker's cols (None: this module's WORKSPACE)."""
+    ws: the Workspace for each worker's cols (None: this module's WORKSPACE). stats (2, O), when
+    given: the mean and biased variance of y per channel, each piece's sums taken while it is in
+    cache (what a BatchNorm after this layer would otherwise read the whole map again for)."""
     ws = WORKSPACE if ws is None else ws
     n, h, w, c = x.shape
+    o = y.shape[3]
     args = _col2im_act_args(y, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
     src_h, width = args[0], w2.shape[1]
     image_bytes = h * w * width * w2.dtype.itemsize
     cores = schedule.workers()
     tasks = schedule.images_or_bands(n, y.shape[1], image_bytes, cores)
+    parts = moment_parts(stats, len(tasks), o)
 
     def do(k, t):
         sl, r0, r1 = tasks[t]
@@ -128,13 +167,19 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
         cols = ws.buffer(("patches", k), ((sl.stop - sl.start) * (p1 - p0) * w, width), w2.dtype)
         np.matmul(x[sl, p0:p1].reshape(-1, c), w2, out=cols)
         _col2im_act_rows(y[sl], cols, *args, r0, r1, p0)
+        if parts is not None:
+            _add_moments(parts[t], y[sl].reshape(-1, o), r0 * y.shape[2], r1 * y.shape[2])
 
-    if schedule.in_turn(len(tasks), do, cores):
-        return
-    for sl in schedule.image_steps(n, image_bytes):  # one core, or no say over BLAS's threads
-        cols = ws.buffer(("patches", 0), ((sl.stop - sl.start) * h * w, width), w2.dtype)
-        np.matmul(x[sl].reshape(-1, c), w2, out=cols)  # threaded GEMM, then a parallel loop
-        _col2im_act(y[sl], cols, *args)
+    if not schedule.in_turn(len(tasks), do, cores):
+        for sl in schedule.image_steps(n, image_bytes):  # one core, or no say over BLAS's threads
+            cols = ws.buffer(("patches", 0), ((sl.stop - sl.start) * h * w, width), w2.dtype)
+            np.matmul(x[sl].reshape(-1, c), w2, out=cols)  # threaded GEMM, then a parallel loop
+            _col2im_act(y[sl], cols, *args)
+        if parts is not None:
+            parts = parts[:1]
+            _add_moments(parts[0], y.reshape(-1, o), 0, y.size // o)
+    if parts is not None:
+        finish_moments(stats, parts, y.size // o)
 
 
 # ---------------------------------------------------------------- GEMM + per-column affine + activation
@@ -192,13 +237,14 @@ def _affine_act_rows(y, bias, scale, shift, relu, act, alpha):
 
 
 def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu=False, activation=None,
-             alpha=1.0, ws=None):
+             alpha=1.0, ws=None, stats=None):
     """y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) when relu:
     a 'same' Conv2D (Ho = ceil(H / stride)) and an inference BatchNorm's affine. Pieces of a few
     images, or bands of output rows (schedule.pieces), which the cores take in turn: each gathers
     its patches, runs a single-threaded GEMM straight into its rows of y and the epilogue over them
-    while they are in cache. ws: the Workspace for each worker's
-    patches (None: this module's WORKSPACE)."""
+    while they are in cache. ws: the Workspace for each worker's patches (None: this module's
+    WORKSPACE). stats (2, O), when given: the mean and biased variance of y per channel, each
+    piece's sums taken after its epilogue (as conv_transpose_act)."""
     ws = WORKSPACE if ws is None else ws
     n, h, wi, c = x.shape
     ho, wo, o = y.shape[1], y.shape[2], y.shape[3]
@@ -212,6 +258,7 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
     width = kh * kw * c
     cores = schedule.workers()
     pieces = schedule.pieces(n, ho, wo * width * w.dtype.itemsize, cores)
+    parts = moment_parts(stats, len(pieces), o)
 
     def do(k, t):
         i0, i1, p0, p1 = pieces[t]
@@ -221,7 +268,11 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
         _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w)
         np.matmul(cols, w, out=y2[r0:r1])
         _affine_act_rows(y2[r0:r1], bias, scale, shift, relu, act, alpha)
+        if parts is not None:
+            _add_moments(parts[t], y2, r0, r1)
 
     if not schedule.in_turn(len(pieces), do, cores):
         for t in range(len(pieces)):  # one core: the same pieces in order (BLAS threaded as set)
             do(0, t)
+    if parts is not None:
+        finish_moments(stats, parts, y2.shape[0])

@@ -12,6 +12,7 @@ from scratchvae.kernels.cuda.arrays import SCRATCH
 from scratchvae.kernels.cuda.convolution import gather_taps
 from scratchvae.kernels.cuda.launch import flat, launch, per_channel
 from scratchvae.kernels.cuda.matmul import gemm
+from scratchvae.kernels.cuda.reductions import bn_stats
 
 _ACTIVATIONS = {None: 0, "leaky": 1, "sigmoid": 2}
 
@@ -77,15 +78,19 @@ def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None
     launch(_col2im_act, x.size, x, cols, kh, kw, stride, pad_top, pad_left, ho, wo, bias, act, t(alpha), t(1))
 
 
-def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None):
+def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None,
+                       stats=None):
     """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding), as one
-    GEMM into a cols buffer, then col2im_act. ws: the Workspace for cols (None: the backend's SCRATCH)."""
+    GEMM into a cols buffer, then col2im_act. ws: the Workspace for cols (None: the backend's SCRATCH).
+    stats (2, O), when given: bn_stats of y, as its own reduction over y."""
     n, h, w, c = x.shape
     if w2.shape[0] != c:
         raise ValueError(f"conv_transpose_act: w2 {tuple(w2.shape)} does not fit x {tuple(x.shape)}")
     cols = (SCRATCH if ws is None else ws).buffer("conv_transpose_act", (n * h * w, w2.shape[1]), w2.dtype)
     gemm(cols, x.reshape(n * h * w, c), w2)  # (N*H*W, (i, j, O) + padding)
     col2im_act(y, cols, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
+    if stats is not None:
+        bn_stats(stats[0], stats[1], y.reshape(-1, y.shape[3]))
 
 
 # ---------------------------------------------------------------- GEMM + per-column affine + activation
@@ -113,9 +118,10 @@ def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
 
 
 def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu=False, activation=None,
-             alpha=1.0, ws=None):
+             alpha=1.0, ws=None, stats=None):
     """y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) if relu: the
-    patches gathered into cols (from ws, else the backend's SCRATCH), the GEMM straight into y, one pass."""
+    patches gathered into cols (from ws, else the backend's SCRATCH), the GEMM straight into y, one pass.
+    stats (2, O), when given: bn_stats of y, as its own reduction over y."""
     act = _act_code(activation)
     n, ho, wo, o = y.shape
     if tuple(w.shape) != (kh * kw * x.shape[3], o):
@@ -127,6 +133,8 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
     gemm(y2, cols, w)
     t = y.dtype.type
     launch(_affine_act, y.size, flat(y), bias, scale, shift, bool(relu), act, t(alpha), t(1))
+    if stats is not None:
+        bn_stats(stats[0], stats[1], y2)
 
 
 # ---------------------------------------------------------------- BatchNorm folded into the weights
