@@ -93,7 +93,7 @@ def test_conv_transpose_act(rng, monkeypatch, n, h, w, c, k, s, split):
     assert_close(*both("conv_transpose_act", [y], x, w2, bias, k, k, s, pt, pl, "leaky", 0.3))
 
 
-@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 33, 3, 2, 3, 2)])
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 33, 3, 2, 3, 2), (2, 5, 6, 8, 3, 2)])
 @pytest.mark.parametrize("relu,activation", [(True, "leaky"), (False, None), (False, "sigmoid")])
 @pytest.mark.parametrize("pieces", ["bands", "images", "unsplit"])
 def test_conv_act(rng, monkeypatch, n, h, w, c, k, s, relu, activation, pieces):
@@ -126,7 +126,7 @@ def test_conv_act(rng, monkeypatch, n, h, w, c, k, s, relu, activation, pieces):
 
 
 @pytest.mark.parametrize("kernel", ["conv_transpose_act", "conv_act"])
-@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 33, 3, 2, 3, 2)])
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 33, 3, 2, 3, 2), (2, 5, 6, 8, 3, 2)])
 @pytest.mark.parametrize("pieces", ["bands", "images", "unsplit"])
 def test_fused_convolutions_measure_the_batch_statistics_of_their_output(rng, monkeypatch, kernel, n, h, w, c, k, s,
                                                                           pieces):
@@ -180,7 +180,7 @@ def test_pieces_cover_each_row_once_within_the_budget(n, rows, row_bytes, cores)
     assert len(pieces) >= min(cores * schedule.TASKS_PER_CORE, n * rows)
 
 
-@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 33, 3, 2, 3, 2)])
+@pytest.mark.parametrize("n,h,w,c,k,s", GEOMS + [(5, 4, 3, 6, 3, 2), (1, 33, 3, 2, 3, 2), (2, 5, 6, 8, 3, 2)])
 @pytest.mark.parametrize("outputs", ["both", "dw", "y", "y is t"])
 @pytest.mark.parametrize("pieces", ["bands", "default", "unsplit"])
 def test_conv_gemms(rng, monkeypatch, n, h, w, c, k, s, outputs, pieces):
