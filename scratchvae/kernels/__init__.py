@@ -109,10 +109,6 @@ def add_bias(y, b):
     return backend().add_bias(y, b)
 
 
-def bias_relu(y, b):
-    return backend().bias_relu(y, b)
-
-
 def relu_forward(y, x):
     return backend().relu_forward(y, x)
 
@@ -197,16 +193,8 @@ def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
     return backend().gather_taps(cols, x, ho, wo, stride, offs_h, offs_w)
 
 
-def scatter_phase(x, part, stride, a, b):
-    return backend().scatter_phase(x, part, stride, a, b)
-
-
 def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
     return backend().col2im(x, cols, kh, kw, stride, pad_top, pad_left)
-
-
-def gather_weights(wsub, kernel, taps_h, taps_w):
-    return backend().gather_weights(wsub, kernel, taps_h, taps_w)
 
 
 def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):

@@ -51,7 +51,6 @@ OPS = (
     _op("arrays", "add", "y", "a", "y += a"),
     # elementwise maps, per-channel bias
     _op("elementwise", "add_bias", "y", "b", "y[m, c] += b[c]"),
-    _op("elementwise", "bias_relu", "y", "b", "y[m, c] = max(y[m, c] + b[c], 0)"),
     _op("elementwise", "relu_forward", "y", "x", "y = max(x, 0)"),
     _op("elementwise", "relu_backward", "dx", "dy, y", "dx = dy * (y > 0)"),
     _op("elementwise", "leaky_forward", "y", "x, alpha", "y = x if x > 0 else alpha * x"),
@@ -85,12 +84,8 @@ OPS = (
     # convolution gathers and scatters (NHWC; cols rows are (n, p, q), columns (tap, c))
     _op("convolution", "gather_taps", "cols", "x, ho, wo, stride, offs_h, offs_w",
         "cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x"),
-    _op("convolution", "scatter_phase", "x", "part, stride, a, b",
-        "x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map"),
     _op("convolution", "col2im", "x", "cols, " + GEOMETRY,
         "x[n,h,w,c] = sum of cols[(n,p,q), (i,j,c)] over stride*p + i - pad_top = h, stride*q + j - pad_left = w"),
-    _op("convolution", "gather_weights", "wsub", "kernel, taps_h, taps_w",
-        "wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of a conv adjoint"),
     _op("convolution", "conv_gemms", "y, dw", "x, w, t, " + GEOMETRY + ", ws=None",
         "cols = im2col(x) (rows (n,p,q), columns (i,j,C)); dw = cols^T @ t, then y = cols @ w (y may be t); "
         "either output may be None (skipped); ws: an optional Workspace for the patches"),

@@ -39,11 +39,6 @@ def add_bias(y, b):
     y += b
 
 
-def bias_relu(y, b):
-    """y[m, c] = max(y[m, c] + b[c], 0)."""
-    np.maximum(y + b, 0, out=y)
-
-
 def relu_backward(dx, dy, y):
     """dx = dy * (y > 0)."""
     dx[...] = dy * (y > 0)
@@ -137,13 +132,6 @@ def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
         y.reshape(len(cols), -1)[...] = cols @ w
 
 
-def scatter_phase(x, part, stride, a, b):
-    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map."""
-    n, h, w, c = x.shape
-    view = x[:, a::stride, b::stride, :]
-    view[...] = part.reshape(view.shape)
-
-
 def bn_act_forward(y, x, mean, invstd, gamma, beta, alpha):
     """y = leaky_alpha((x - mean) * invstd * gamma + beta); alpha 1 is plain BatchNorm."""
     pre = (x - mean) * invstd * gamma + beta
@@ -231,7 +219,6 @@ def _out_hw(h, w, rows_per_image, kh, kw, stride, pad_top, pad_left):
     return ho, wo
 
 
-
 # ---------------------------------------------------------------- BatchNorm over ranks: sums, then maps
 
 def centered_sq_sums(out, x, mean):
@@ -298,11 +285,6 @@ def bn_act_backward_frozen(dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, 
     dbeta[...] = g.sum(axis=0)
     dgamma[...] = (g * (x - mean)).sum(axis=0) * invstd
     dx[...] = g * (gamma * invstd)
-
-
-def gather_weights(wsub, kernel, taps_h, taps_w):
-    """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of conv_adjoint."""
-    wsub[...] = kernel[np.ix_(taps_h, taps_w)].transpose(0, 1, 3, 2).reshape(-1, kernel.shape[2])
 
 
 def fold_adjoint_weights(w2, b2, kernel, bias, scale, shift):

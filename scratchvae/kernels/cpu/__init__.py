@@ -10,9 +10,9 @@ from scratchvae.kernels.cpu.arrays import (add, copy, empty, fill, from_host, is
 from scratchvae.kernels.cpu.batchnorm import (bn_act_backward, bn_act_backward_frozen, bn_act_dx,  # noqa: F401
                                               bn_act_forward, bn_act_grad_sums, bn_forward, bn_invstd,
                                               moving_update)
-from scratchvae.kernels.cpu.convolution import (col2im, conv_gemms, gather_taps, gather_weights,  # noqa: F401
-                                                scatter_phase, upsample_nearest, upsample_nearest_backward)
-from scratchvae.kernels.cpu.elementwise import (add_bias, bias_relu, leaky_backward, leaky_forward,  # noqa: F401
+from scratchvae.kernels.cpu.convolution import (col2im, conv_gemms, gather_taps, upsample_nearest,  # noqa: F401
+                                                upsample_nearest_backward)
+from scratchvae.kernels.cpu.elementwise import (add_bias, leaky_backward, leaky_forward,  # noqa: F401
                                                 relu_backward, relu_forward, sigmoid_backward, sigmoid_forward)
 from scratchvae.kernels.cpu.fused import (col2im_act, conv_act, conv_transpose_act, dense_act,  # noqa: F401
                                          fold_adjoint_weights)

@@ -14,8 +14,6 @@ from scratchvae.kernels.cpu import schedule
 from scratchvae.kernels.cpu.arrays import empty
 from scratchvae.kernels.cpu.jit import FASTMATH
 from scratchvae.kernels.workspace import Workspace
-# A small reshuffle of the weights: the reference code is the CPU code.
-from scratchvae.kernels.reference import gather_weights  # noqa: F401
 
 # The patch buffers of conv_gemms when the caller passes no workspace.
 WORKSPACE = Workspace(empty)
@@ -57,25 +55,6 @@ def _gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
 def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
     """cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x."""
     _gather_taps(cols, x, ho, wo, stride, np.asarray(offs_h, np.int64), np.asarray(offs_w, np.int64))
-
-
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _scatter_phase(x, part, stride, a, b):
-    n, h, w, c = x.shape
-    hm = (h - a + stride - 1) // stride
-    wm = (w - b + stride - 1) // stride
-    for r in prange(n * hm):
-        img = r // hm
-        m = r - img * hm
-        for mm in range(wm):
-            src = r * wm + mm
-            for ch in range(c):
-                x[img, stride * m + a, stride * mm + b, ch] = part[src, ch]
-
-
-def scatter_phase(x, part, stride, a, b):
-    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map."""
-    _scatter_phase(x, part, stride, a, b)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)

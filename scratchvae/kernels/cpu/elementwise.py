@@ -25,21 +25,6 @@ def add_bias(y, b):
     _affine(y, y, ones, b)
 
 
-@njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _bias_relu(y, b):
-    """y[m, c] = max(y[m, c] + b[c], 0)."""
-    m, c = y.shape
-    for r in prange(m):
-        for ch in range(c):
-            v = y[r, ch] + b[ch]
-            y[r, ch] = v if v > 0 else 0
-
-
-def bias_relu(y, b):
-    """y[m, c] = max(y[m, c] + b[c], 0)."""
-    _bias_relu(y, b)
-
-
 def _flat(a):
     return a.reshape(-1)
 

@@ -73,29 +73,6 @@ def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
 
 
 @cuda.jit(cache=True)
-def _scatter_phase(x, part, stride, a, b, hm, wm):
-    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]."""
-    c = part.shape[1]
-    for i in range(cuda.grid(1), part.size, cuda.gridsize(1)):
-        src = i // c
-        ch = i - src * c
-        img = src // (hm * wm)
-        mm = src - img * (hm * wm)
-        m = mm // wm
-        m2 = mm - m * wm
-        x[img, stride * m + a, stride * m2 + b, ch] = part[src, ch]
-
-
-def scatter_phase(x, part, stride, a, b):
-    """x[n, stride*m + a, stride*m' + b, c] = part[(n,m,m'), c]: one output phase of a strided map."""
-    n, h, w, c = x.shape
-    hm, wm = -(-(h - a) // stride), -(-(w - b) // stride)
-    if tuple(part.shape) != (n * hm * wm, c):
-        raise ValueError(f"scatter_phase: part {tuple(part.shape)} does not fit x {tuple(x.shape)}")
-    launch(_scatter_phase, part.size, x, part, stride, a, b, hm, wm)
-
-
-@cuda.jit(cache=True)
 def _col2im(x, cols, kh, kw, stride, pad_top, pad_left, ho, wo, zero):
     """x[n,h,w,c] = sum of the cols entries that im2col copied from (h, w): a gather, no races."""
     _, h, w, c = x.shape
@@ -128,29 +105,6 @@ def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
     if tuple(cols.shape) != (n * ho * wo, kh * kw * c):
         raise ValueError(f"col2im: cols {tuple(cols.shape)} does not fit x {tuple(x.shape)}")
     launch(_col2im, x.size, x, cols, kh, kw, stride, pad_top, pad_left, ho, wo, x.dtype.type(0))
-
-
-@cuda.jit(cache=True)
-def _gather_weights(wsub, kernel, taps_h, taps_w, tw):
-    """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]."""
-    c = kernel.shape[2]
-    o = kernel.shape[3]
-    for i in range(cuda.grid(1), wsub.size, cuda.gridsize(1)):
-        row = i // c
-        ch = i - row * c
-        tu = row // o
-        oo = row - tu * o
-        t = tu // tw
-        u = tu - t * tw
-        wsub[row, ch] = kernel[taps_h[t], taps_w[u], ch, oo]
-
-
-def gather_weights(wsub, kernel, taps_h, taps_w):
-    """wsub[(t,u,o), c] = kernel[taps_h[t], taps_w[u], c, o]: the phase weights of conv_adjoint."""
-    c, o = kernel.shape[2], kernel.shape[3]
-    if tuple(wsub.shape) != (len(taps_h) * len(taps_w) * o, c):
-        raise ValueError(f"gather_weights: wsub {tuple(wsub.shape)} does not fit kernel {tuple(kernel.shape)}")
-    launch(_gather_weights, wsub.size, wsub, kernel, _ints(taps_h), _ints(taps_w), len(taps_w))
 
 
 @cuda.jit(cache=True)

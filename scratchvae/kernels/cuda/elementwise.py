@@ -27,12 +27,6 @@ def add_bias(y, b):
     launch(_bias_act, y.size, flat(y), b, False, y.dtype.type(0))
 
 
-def bias_relu(y, b):
-    """y[m, c] = max(y[m, c] + b[c], 0)."""
-    per_channel(y, b)
-    launch(_bias_act, y.size, flat(y), b, True, y.dtype.type(0))
-
-
 @cuda.jit(cache=True)
 def _leaky(y, x, alpha):
     """y = x if x > 0 else alpha * x."""
