@@ -1,13 +1,24 @@
 """Where one training step of the seed model spends its time: each layer's forward and backward, and
 Adam, timed in place (wall-clock around each call) over a few steps after two warm-up steps.
 
-    python benches/profile_step.py [--batch 32] [--steps 6] [--threads N]
+    python benches/profile_step.py [--batch 32] [--steps 6] [--threads N] [--keep-blas-override]
 
 Run it as `python benches/profile_step.py` (scratchvae is imported before NumPy, as the CLI does).
+As the side-by-side benches do, it runs without an OpenBLAS kernel override it was launched with
+(it starts itself again without fair.BLAS_OVERRIDE_VARS), unless --keep-blas-override.
 The per-layer times add up to the step; read them as shares, the machine being shared and noisy.
 """
 
-import scratchvae  # noqa: F401,I001  first: its process settings apply before NumPy loads OpenBLAS
+import os  # noqa: I001
+import sys
+
+import fair
+
+if "--keep-blas-override" not in sys.argv and any(v in os.environ for v in fair.BLAS_OVERRIDE_VARS):
+    os.execve(sys.executable, [sys.executable, *sys.argv],
+              {k: v for k, v in os.environ.items() if k not in fair.BLAS_OVERRIDE_VARS})
+
+import scratchvae  # noqa: F401,E402  before NumPy: its process settings apply before NumPy loads OpenBLAS
 
 import argparse
 import collections
@@ -25,6 +36,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--keep-blas-override", action="store_true",
+                   help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as launched (default: run without them)")
     args = p.parse_args(argv)
     threads.set_threads(args.threads)
     rng = np.random.default_rng(0)

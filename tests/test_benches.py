@@ -138,3 +138,16 @@ def test_train_report_takes_medians_and_pytorchs_better_wait_policy():
     assert "torch.compile, channels_last, plain padding=1 [passive]: CppCompileError: no compiler" in text
     assert "PyTorch eager, channels_last, plain padding=1 [passive]: boom" in text
     assert re.search(r"\| torch.compile, channels_last, plain padding=1 \| \w+ \| n/a \|", text)
+
+
+def test_the_step_profile_runs_without_the_kernel_override_it_was_launched_with():
+    """benches/profile_step.py starts itself again without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (as
+    the side-by-side benches' children do) and keeps them with --keep-blas-override; every layer of
+    the seed model gets a row."""
+    import subprocess
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_L2_SIZE": "512"}
+    cmd = [sys.executable, str(BENCHES / "profile_step.py"), "--batch", "2", "--steps", "1", "--threads", "1"]
+    cleaned = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    kept = subprocess.run([*cmd, "--keep-blas-override"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "kernels Haswell" not in cleaned and "kernels Haswell" in kept
+    assert "decoder.conv_t_4" in cleaned and "encoder.conv_1" in cleaned and "adam" in cleaned
