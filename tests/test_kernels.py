@@ -164,18 +164,22 @@ def test_fused_convolutions_measure_the_batch_statistics_of_their_output(rng, mo
     np.testing.assert_allclose(stats, ref_stats, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("n,rows,row_bytes,cores", [(64, 32, 147456, 2), (1, 32, 147456, 2), (64, 8, 36864, 2),
-                                                    (3, 7, 100, 4), (5, 1, 10 ** 7, 2), (64, 64, 110592, 1)])
-def test_pieces_cover_each_row_once_within_the_budget(n, rows, row_bytes, cores):
+@pytest.mark.parametrize("n,rows,row_bytes,out_row_bytes,cores", [
+    (64, 32, 147456, 16384, 2), (1, 32, 147456, 0, 2), (64, 8, 36864, 0, 2), (3, 7, 100, 0, 4),
+    (5, 1, 10 ** 7, 0, 2), (64, 64, 110592, 0, 1), (64, 64, 6912, 32768, 2), (2, 64, 6912, 32768, 2),
+    (3, 5, 100, 10 ** 7, 2)])
+def test_pieces_cover_each_row_once_within_the_budget(n, rows, row_bytes, out_row_bytes, cores):
     """conv_act's pieces: every (image, row) exactly once, whole images or bands of one image, at
-    most PIECE_COLS_BYTES of patches (one row at least), and enough pieces for the cores."""
-    pieces = schedule.pieces(n, rows, row_bytes, cores)
+    most PIECE_COLS_BYTES of patches and PIECE_OUT_BYTES of output (one row at least), and enough
+    pieces for the cores."""
+    pieces = schedule.pieces(n, rows, row_bytes, cores, out_row_bytes)
     seen = np.zeros((n, rows), int)
     for i0, i1, p0, p1 in pieces:
         assert 0 <= i0 < i1 <= n and 0 <= p0 < p1 <= rows
         assert i1 - i0 == 1 or (p0, p1) == (0, rows)
         seen[i0:i1, p0:p1] += 1
         assert (i1 - i0) * (p1 - p0) * row_bytes <= max(schedule.PIECE_COLS_BYTES, row_bytes)
+        assert (i1 - i0) * (p1 - p0) * out_row_bytes <= max(schedule.PIECE_OUT_BYTES, out_row_bytes)
     assert (seen == 1).all()
     assert len(pieces) >= min(cores * schedule.TASKS_PER_CORE, n * rows)
 

@@ -257,7 +257,7 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
     y2 = y.reshape(n * ho * wo, o)
     width = kh * kw * c
     cores = schedule.workers()
-    pieces = schedule.pieces(n, ho, wo * width * w.dtype.itemsize, cores)
+    pieces = schedule.pieces(n, ho, wo * width * w.dtype.itemsize, cores, wo * o * y.dtype.itemsize)
     parts = moment_parts(stats, len(pieces), o)
 
     def do(k, t):
