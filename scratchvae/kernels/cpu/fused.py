@@ -13,6 +13,7 @@ from numba import njit, prange
 from scratchvae.kernels.cpu import schedule
 from scratchvae.kernels.cpu.arrays import empty
 from scratchvae.kernels.cpu.convolution import _gather_piece
+from scratchvae.kernels.cpu.elementwise import sigmoid_span
 from scratchvae.kernels.cpu.jit import FASTMATH
 # A small per-call weight fold: the reference code is the CPU code.
 from scratchvae.kernels.reference import fold_adjoint_weights  # noqa: F401
@@ -22,6 +23,7 @@ from scratchvae.kernels.workspace import Workspace
 WORKSPACE = Workspace(empty)
 
 _ACTIVATIONS = {None: 0, "leaky": 1, "sigmoid": 2}
+SIGMOID = _ACTIVATIONS["sigmoid"]
 
 
 def _act_code(activation):
@@ -33,18 +35,19 @@ def _act_code(activation):
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
 def _activate(v, act, alpha):
-    """In place over a 1-D slice: act 0 none, 1 leaky (v if v > 0 else alpha*v), 2 sigmoid."""
-    one = v.dtype.type(1)
+    """In place over a 1-D slice: act 1 leaky (v if v > 0 else alpha*v); 0 none. The sigmoid (2) is
+    left to the caller, after the pass (_sigmoid_after: NumPy's vectorised exp)."""
     if act == 1:
         for i in range(v.size):
             v[i] = v[i] if v[i] > 0 else v[i] * alpha
-    elif act == 2:
-        for i in range(v.size):
-            if v[i] >= 0:
-                v[i] = one / (one + np.exp(-v[i]))
-            else:
-                e = np.exp(v[i])
-                v[i] = e / (one + e)
+
+
+def _sigmoid_after(act, y):
+    """The sigmoid in place over y (a C-contiguous view of what a pass just wrote, still in cache)
+    where act asks for it."""
+    if act == SIGMOID:
+        flat = y.reshape(-1)
+        sigmoid_span(flat, flat)
 
 
 # ---------------------------------------------------------------- batch statistics of an output
@@ -136,7 +139,9 @@ def _col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alp
 def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None, alpha=1.0):
     """x = act(col2im(cols) + bias[c]); act None, "leaky" (x if x > 0 else alpha*x) or "sigmoid".
     Columns of cols past KH*KW*C are padding and ignored."""
-    _col2im_act(x, cols, *_col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alpha))
+    args = _col2im_act_args(x, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
+    _col2im_act(x, cols, *args)
+    _sigmoid_after(args[5], x)
 
 
 def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None,
@@ -167,6 +172,7 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
         cols = ws.buffer(("patches", k), ((sl.stop - sl.start) * (p1 - p0) * w, width), w2.dtype)
         np.matmul(x[sl, p0:p1].reshape(-1, c), w2, out=cols)
         _col2im_act_rows(y[sl], cols, *args, r0, r1, p0)
+        _sigmoid_after(args[5], y[sl].reshape(-1, y.shape[2] * o)[r0:r1])
         if parts is not None:
             _add_moments(parts[t], y[sl].reshape(-1, o), r0 * y.shape[2], r1 * y.shape[2])
 
@@ -175,6 +181,7 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
             cols = ws.buffer(("patches", 0), ((sl.stop - sl.start) * h * w, width), w2.dtype)
             np.matmul(x[sl].reshape(-1, c), w2, out=cols)  # threaded GEMM, then a parallel loop
             _col2im_act(y[sl], cols, *args)
+            _sigmoid_after(args[5], y[sl])
         if parts is not None:
             parts = parts[:1]
             _add_moments(parts[0], y.reshape(-1, o), 0, y.size // o)
@@ -217,6 +224,7 @@ def dense_act(y, x, w, bias, scale, shift, activation=None, alpha=1.0, ws=None):
         product = ws.buffer(("dense_act", 0), (n, o), dtype)
         np.matmul(x, w, out=product)
         _affine_act_columns(y, product, bias, scale, shift, 0, act, alpha)
+    _sigmoid_after(act, y)  # over the whole of y: a block of columns is not contiguous
 
 
 # ---------------------------------------------------------------- im2col by pieces + GEMM + affine + activation
@@ -268,6 +276,7 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
         _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w)
         np.matmul(cols, w, out=y2[r0:r1])
         _affine_act_rows(y2[r0:r1], bias, scale, shift, relu, act, alpha)
+        _sigmoid_after(act, y2[r0:r1])
         if parts is not None:
             _add_moments(parts[t], y2, r0, r1)
 
