@@ -134,8 +134,9 @@ def upsample_nearest_backward(dx, dy):
 def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
     """With cols = im2col(x) ('same', Ho = ceil(H / stride)), rows (n, p, q), columns (i, j, C):
     dw = cols^T @ t (t: N*Ho*Wo rows), then y = cols @ w, each skipped when its output is None.
-    Pieces of a few images or bands of output rows (schedule.pieces), split between the cores in a
-    fixed way (core k takes pieces k, k + cores, ...): each gathers its patches into its own buffer
+    Pieces of a few images or bands of output rows (schedule.pieces: bounded by their patches and
+    their rows of y), split between the cores in a fixed way (core k takes pieces k, k + cores,
+    ...): each gathers its patches into its own buffer
     and runs single-threaded GEMMs on them while they are in cache; each core sums its dw
     products in order and the cores' sums are added in order, so the result does not depend on
     timing. A piece's dw product reads its rows of t before its rows of y are written: y may be t.
@@ -152,7 +153,8 @@ def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
     offs_h = np.arange(kh, dtype=np.int64) - pad_top
     offs_w = np.arange(kw, dtype=np.int64) - pad_left
     cores = schedule.workers()
-    pieces = schedule.pieces(n, ho, wo * width * x.dtype.itemsize, cores)
+    out_row_bytes = 0 if y2 is None else wo * y2.shape[1] * y2.dtype.itemsize  # y's rows bound a piece too
+    pieces = schedule.pieces(n, ho, wo * width * x.dtype.itemsize, cores, out_row_bytes)
 
     def run(k, sums, order):
         started = False
