@@ -59,30 +59,40 @@ _pool = None
 _pool_key = None  # (process id, threads): a forked child or a larger count gets a pool of its own
 
 
+def _with_one_blas_thread(run):
+    """run() with BLAS single-threaded, its thread count restored after. Returns False (and does not
+    call run) where BLAS's thread count cannot be read."""
+    previous = _call_first(_BLAS_GETTERS)
+    if previous is None:
+        return False
+    _call_first(_BLAS_SETTERS, ctypes.c_int(1))
+    try:
+        run()
+    finally:
+        _call_first(_BLAS_SETTERS, ctypes.c_int(previous))
+    return True
+
+
 def on_each_core(fn, workers):
     """fn(k) for k in range(workers), each on its own Python thread, with BLAS single-threaded
     meanwhile: each thread's GEMMs and nogil Numba kernels keep to one core. Returns False (and runs
     nothing) where BLAS's thread count cannot be set. Used where multi-threaded BLAS calls would
     alternate with Numba's parallel loops: OpenBLAS's idle workers spin for up to ~0.1 s after
     each call and take the cores the Numba threads need (measured on 2 cores: up to 2x slower)."""
-    global _pool, _pool_key
-    previous = _call_first(_BLAS_GETTERS)
-    if previous is None:
-        return False
-    if _pool_key is None or _pool_key[0] != os.getpid() or _pool_key[1] < workers:
-        if _pool is not None and _pool_key[0] == os.getpid():
-            _pool.shutdown()
-        _pool, _pool_key = concurrent.futures.ThreadPoolExecutor(workers, "scratchvae-core"), (os.getpid(), workers)
-    _call_first(_BLAS_SETTERS, ctypes.c_int(1))
-    try:
+    def run():
+        global _pool, _pool_key
+        if _pool_key is None or _pool_key[0] != os.getpid() or _pool_key[1] < workers:
+            if _pool is not None and _pool_key[0] == os.getpid():
+                _pool.shutdown()
+            _pool = concurrent.futures.ThreadPoolExecutor(workers, "scratchvae-core")
+            _pool_key = (os.getpid(), workers)
         # each worker in a copy of the caller's context: NumPy's error state (np.errstate) goes along
         futures = [_pool.submit(contextvars.copy_context().run, fn, k) for k in range(workers)]
         concurrent.futures.wait(futures)
         for f in futures:
             f.result()  # re-raises a worker's exception
-    finally:
-        _call_first(_BLAS_SETTERS, ctypes.c_int(previous))
-    return True
+
+    return _with_one_blas_thread(run)
 
 
 def on_this_core(fn):
@@ -90,15 +100,7 @@ def on_this_core(fn):
     which would gain nothing from on_each_core's hand-off to the pool (about 70 us on 2 cores, a
     seventh of a small layer's time at batch 1). Returns False (and runs nothing) where BLAS's
     thread count cannot be set."""
-    previous = _call_first(_BLAS_GETTERS)
-    if previous is None:
-        return False
-    _call_first(_BLAS_SETTERS, ctypes.c_int(1))
-    try:
-        fn(0)
-    finally:
-        _call_first(_BLAS_SETTERS, ctypes.c_int(previous))
-    return True
+    return _with_one_blas_thread(lambda: fn(0))
 
 
 def cpu_count():

@@ -15,6 +15,7 @@ from scratchvae.kernels.cpu.arrays import empty
 from scratchvae.kernels.cpu.convolution import _gather_piece
 from scratchvae.kernels.cpu.elementwise import sigmoid_span
 from scratchvae.kernels.cpu.jit import FASTMATH
+from scratchvae.kernels.cpu.reductions import _add_moments, finish_moments, moment_parts
 # A small per-call weight fold: the reference code is the CPU code.
 from scratchvae.kernels.reference import fold_adjoint_weights  # noqa: F401
 from scratchvae.kernels.workspace import Workspace
@@ -48,40 +49,6 @@ def _sigmoid_after(act, y):
     if act == SIGMOID:
         flat = y.reshape(-1)
         sigmoid_span(flat, flat)
-
-
-# ---------------------------------------------------------------- batch statistics of an output
-
-@njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _add_moments(part, y, r0, r1):
-    """part[0, c] += sum of y[r, c], part[1, c] += sum of y[r, c]^2 over rows r0 <= r < r1 of y
-    (M, C), in float64 (part is float64): a piece's share, read while the piece is in cache."""
-    c = y.shape[1]
-    s1 = np.zeros(c, np.float64)
-    s2 = np.zeros(c, np.float64)
-    for r in range(r0, r1):
-        for ch in range(c):
-            v = np.float64(y[r, ch])
-            s1[ch] += v
-            s2[ch] += v * v
-    for ch in range(c):
-        part[0, ch] += s1[ch]
-        part[1, ch] += s2[ch]
-
-
-def moment_parts(stats, count, channels):
-    """Zeroed float64 partial sums, one (2, channels) slot per piece, where the caller asked for
-    `stats` (None: none asked, None returned)."""
-    return None if stats is None else np.zeros((count, 2, channels), np.float64)
-
-
-def finish_moments(stats, parts, rows):
-    """stats[0], stats[1] = the mean and biased variance per channel from the pieces' sums (added in
-    piece order, so the result does not depend on which core ran which piece) over `rows` rows."""
-    total = parts.sum(axis=0)
-    mean = total[0] / rows
-    stats[0] = mean
-    stats[1] = np.maximum(total[1] / rows - mean * mean, 0.0)
 
 
 # ---------------------------------------------------------------- col2im + bias + activation
@@ -160,7 +127,8 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
     image_bytes = h * w * width * w2.dtype.itemsize
     cores = schedule.workers()
     tasks = schedule.images_or_bands(n, y.shape[1], image_bytes, cores)
-    parts = moment_parts(stats, len(tasks), o)
+    parts = None if stats is None else moment_parts(len(tasks), o)
+    zero = np.zeros(o)  # the moments' shift
 
     def do(k, t):
         sl, r0, r1 = tasks[t]
@@ -174,7 +142,7 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
         _col2im_act_rows(y[sl], cols, *args, r0, r1, p0)
         _sigmoid_after(args[5], y[sl].reshape(-1, y.shape[2] * o)[r0:r1])
         if parts is not None:
-            _add_moments(parts[t], y[sl].reshape(-1, o), r0 * y.shape[2], r1 * y.shape[2])
+            _add_moments(parts[t], y[sl].reshape(-1, o), zero, r0 * y.shape[2], r1 * y.shape[2])
 
     if not schedule.in_turn(len(tasks), do, cores):
         for sl in schedule.image_steps(n, image_bytes):  # one core, or no say over BLAS's threads
@@ -182,11 +150,11 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
             np.matmul(x[sl].reshape(-1, c), w2, out=cols)  # threaded GEMM, then a parallel loop
             _col2im_act(y[sl], cols, *args)
             _sigmoid_after(args[5], y[sl])
-        if parts is not None:
-            parts = parts[:1]
-            _add_moments(parts[0], y.reshape(-1, o), 0, y.size // o)
+        if parts is not None:  # the whole map as one slot
+            parts = moment_parts(1, o)
+            _add_moments(parts[0], y.reshape(-1, o), zero, 0, y.size // o)
     if parts is not None:
-        finish_moments(stats, parts, y.size // o)
+        finish_moments(stats[0], stats[1], parts, y.size // o)
 
 
 # ---------------------------------------------------------------- GEMM + per-column affine + activation
@@ -266,7 +234,8 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
     width = kh * kw * c
     cores = schedule.workers()
     pieces = schedule.pieces(n, ho, wo * width * w.dtype.itemsize, cores, wo * o * y.dtype.itemsize)
-    parts = moment_parts(stats, len(pieces), o)
+    parts = None if stats is None else moment_parts(len(pieces), o)
+    zero = np.zeros(o)  # the moments' shift
 
     def do(k, t):
         i0, i1, p0, p1 = pieces[t]
@@ -278,10 +247,10 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
         _affine_act_rows(y2[r0:r1], bias, scale, shift, relu, act, alpha)
         _sigmoid_after(act, y2[r0:r1])
         if parts is not None:
-            _add_moments(parts[t], y2, r0, r1)
+            _add_moments(parts[t], y2, zero, r0, r1)
 
     if not schedule.in_turn(len(pieces), do, cores):
         for t in range(len(pieces)):  # one core: the same pieces in order (BLAS threaded as set)
             do(0, t)
     if parts is not None:
-        finish_moments(stats, parts, y2.shape[0])
+        finish_moments(stats[0], stats[1], parts, y2.shape[0])

@@ -51,36 +51,56 @@ def sum_rows(out, a):
     out[...] = part.sum(axis=0)
 
 
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _add_moments(part, a, shift, r0, r1):
+    """part[0, c] += sum of d, part[1, c] += sum of d^2 over rows r0 <= r < r1 of a (M, C), with
+    d = a[r, c] - shift[c] in float64 (part and shift are float64). The fused kernels call it on
+    each piece they have just written (shift 0); bn_stats on chunks of its input."""
+    c = a.shape[1]
+    s1 = np.zeros(c, np.float64)
+    s2 = np.zeros(c, np.float64)
+    for r in range(r0, r1):
+        for ch in range(c):
+            d = np.float64(a[r, ch]) - shift[ch]
+            s1[ch] += d
+            s2[ch] += d * d
+    for ch in range(c):
+        part[0, ch] += s1[ch]
+        part[1, ch] += s2[ch]
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _shifted_moments(part1, part2, a, shift, chunk):
-    """part1[k, c], part2[k, c] = sum of d and of d^2 over rows m of chunk k, d = a[m, c] - shift[c]
-    in float64 (part1, part2 and shift are float64)."""
-    m, c = a.shape
-    for k in prange(part1.shape[0]):
-        s1 = np.zeros(c, np.float64)
-        s2 = np.zeros(c, np.float64)
-        for r in range(k * chunk, min(m, (k + 1) * chunk)):
-            for ch in range(c):
-                d = np.float64(a[r, ch]) - shift[ch]
-                s1[ch] += d
-                s2[ch] += d * d
-        part1[k] = s1
-        part2[k] = s2
+def _chunk_moments(parts, a, shift, chunk):
+    """_add_moments of each chunk of `chunk` rows into its own slot of parts, in parallel."""
+    for k in prange(parts.shape[0]):
+        _add_moments(parts[k], a, shift, k * chunk, min(a.shape[0], (k + 1) * chunk))
+
+
+def moment_parts(count, channels):
+    """Zeroed float64 sums for _add_moments: one (2, channels) slot per piece or chunk."""
+    return np.zeros((count, 2, channels), np.float64)
+
+
+def finish_moments(mean, var, parts, rows, shift=None):
+    """mean, var = the mean and biased variance per channel from the slots' sums of d and d^2 about
+    shift (None: 0) over `rows` rows: var = E[d^2] - E[d]^2. The slots are added in order, so the
+    result does not depend on which core filled which."""
+    total = parts.sum(axis=0)
+    inv_m = 1.0 / rows
+    d1 = total[0] * inv_m
+    mean[...] = d1 if shift is None else shift + d1
+    var[...] = np.maximum(total[1] * inv_m - d1 * d1, 0.0)
 
 
 def bn_stats(mean, var, x):
     """mean[c] = mean_m x[m,c]; var[c] = mean_m (x[m,c] - mean[c])^2 (biased), in one pass over x:
-    float64 sums of d and d^2 about a shift (x's first row, so d is small where the spread is),
-    var = E[d^2] - E[d]^2. One read of x instead of two (the map before the decoder's last
-    BatchNorm is 268 MB at batch 32)."""
+    float64 sums of d and d^2 about a shift (x's first row, so d is small where the spread is).
+    One read of x instead of two (the map before the decoder's last BatchNorm is 268 MB at batch 32)."""
     part, chunk = partials(x)
-    part1, part2 = np.empty(part.shape, np.float64), np.empty(part.shape, np.float64)
+    parts = moment_parts(part.shape[0], x.shape[1])
     shift = x[0].astype(np.float64)
-    _shifted_moments(part1, part2, x, shift, chunk)
-    inv_m = 1.0 / x.shape[0]
-    d1 = part1.sum(axis=0) * inv_m
-    mean[...] = shift + d1
-    var[...] = np.maximum(part2.sum(axis=0) * inv_m - d1 * d1, 0.0)
+    _chunk_moments(parts, x, shift, chunk)
+    finish_moments(mean, var, parts, x.shape[0], shift)
 
 
 def centered_sq_sums(out, x, mean):
