@@ -154,3 +154,14 @@ def test_the_step_profile_runs_without_the_kernel_override_it_was_launched_with(
                          env=own_env, capture_output=True, text=True, check=True).stdout.strip()
     assert f"OpenBLAS kernels {own};" in cleaned and "OpenBLAS kernels Haswell;" in kept
     assert "decoder.conv_t_4" in cleaned and "encoder.conv_1" in cleaned and "adam" in cleaned
+
+
+def test_the_call_profile_times_every_call_it_names():
+    """benches/profile_calls.py (RESULTS' per-change figures) runs and prints each of its timings."""
+    import subprocess
+    out = subprocess.run([sys.executable, str(BENCHES / "profile_calls.py"), "--repeats", "1"],
+                         capture_output=True, text=True, check=True).stdout
+    for line in ("decode, batch 1:", "conv_t_out+sigmoid", "encoder's first step", "last layer",
+                 "Sigmoid forward", "folding a 3x3x128x128 kernel"):
+        assert line in out, line
+    assert len(re.findall(r"\d+\.\d+ ms", out)) >= 10
