@@ -9,7 +9,7 @@ import pytest
 from scratchvae import kernels, threads
 from scratchvae.kernels import cpu, reference
 from scratchvae.kernels.cpu import elementwise as cpu_elementwise
-from scratchvae.kernels.cpu import fused, schedule
+from scratchvae.kernels.cpu import fused, schedule, winograd
 from scratchvae.kernels.workspace import Workspace
 from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, same_padding
 
@@ -164,6 +164,137 @@ def test_fused_convolutions_measure_the_batch_statistics_of_their_output(rng, mo
     np.testing.assert_allclose(stats[0], y64.mean(axis=0), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(stats[1], y64.var(axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats, ref_stats, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the 25-product stride-2 convolutions
+
+WINOGRAD_GEOMS = [  # (batch, small height, small width, small channels, big channels): even small maps
+    (2, 4, 6, 3, 5), (3, 8, 8, 4, 6), (1, 16, 12, 5, 3), (5, 2, 2, 2, 2)]
+
+
+@pytest.fixture(params=["pieces", "bands", "images", "unsplit"])
+def winograd_path(request, monkeypatch):
+    """The 25-product path taking every stride-2 3x3 convolution between even maps (however few
+    channels), cut as by default, in one-tile-row bands (the bands of an image hand a row to each
+    other), in pieces of several images, or all on one thread."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+    monkeypatch.setattr(winograd, "MIN_SMALL_PIXELS", 1)
+    if request.param == "bands":
+        monkeypatch.setattr(schedule, "PIECE_COLS_BYTES", 1)
+    elif request.param == "images":
+        monkeypatch.setattr(schedule, "TASKS_PER_CORE", 1)
+    elif request.param == "unsplit":
+        monkeypatch.setattr(threads, "on_each_core", lambda fn, workers: False)
+    return request.param
+
+
+def winograd_calls(monkeypatch):
+    """Counts of the path's entry points called (so a test knows it went that way)."""
+    calls = {"up": 0, "down": 0, "gemms": 0}
+    for name in calls:
+        def spy(*args, _run=getattr(winograd, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _run(*args, **kwargs)
+        monkeypatch.setattr(winograd, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("n,h,w,cs,cb", WINOGRAD_GEOMS)
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (F32, None)])
+def test_25_products_give_the_transposed_convolution(rng, monkeypatch, winograd_path, n, h, w, cs, cb, dtype, tol):
+    """conv_transpose_act on the 25-product path (x small, y twice its size): the reference's y,
+    bias, LeakyReLU or sigmoid, and batch statistics; to rounding in float64 (the algorithm is
+    exact arithmetic), within the kernels' tolerances in float32."""
+    calls = winograd_calls(monkeypatch)
+    x = rng.standard_normal((n, h, w, cs)).astype(dtype)
+    w2 = rng.standard_normal((cs, 9 * cb + 3)).astype(dtype)
+    bias = rng.standard_normal(cb).astype(dtype)
+    for activation in ("leaky", "sigmoid", None):
+        y, want = np.full((2, n, 2 * h, 2 * w, cb), np.nan, dtype)
+        stats, want_stats = np.full((2, 2, cb), np.nan, dtype)
+        args = (x, w2, bias, 3, 3, 2, 0, 0, activation, 0.3, None)
+        cpu.conv_transpose_act(y, *args, stats)
+        reference.conv_transpose_act(want, *args, want_stats)
+        for got, ref in ((y, want), (stats, want_stats)):
+            if tol:
+                np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+            else:
+                np.testing.assert_allclose(got, ref, rtol=RTOL, atol=ATOL)
+    assert calls["up"] == 3
+
+
+@pytest.mark.parametrize("n,h,w,cs,cb", WINOGRAD_GEOMS)
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (F32, None)])
+def test_25_products_give_the_stride_2_convolution(rng, monkeypatch, winograd_path, n, h, w, cs, cb, dtype, tol):
+    """conv_act on the 25-product path (x big, y half its size): the reference's y with ReLU, the
+    affine, the activation and batch statistics."""
+    calls = winograd_calls(monkeypatch)
+    x = rng.standard_normal((n, 2 * h, 2 * w, cb)).astype(dtype)
+    wk = rng.standard_normal((9 * cb, cs)).astype(dtype)
+    bias, scale, shift = (rng.standard_normal(cs).astype(dtype) for _ in range(3))
+    for relu, activation in ((True, "leaky"), (False, None), (False, "sigmoid")):
+        y, want = np.full((2, n, h, w, cs), np.nan, dtype)
+        stats, want_stats = np.full((2, 2, cs), np.nan, dtype)
+        args = (x, wk, bias, scale, shift, 3, 3, 2, 0, 0, relu, activation, 0.3, None)
+        cpu.conv_act(y, *args, stats)
+        reference.conv_act(want, *args, want_stats)
+        for got, ref in ((y, want), (stats, want_stats)):
+            np.testing.assert_allclose(got, ref, rtol=tol or RTOL, atol=tol or ATOL)
+    assert calls["down"] == 3
+
+
+@pytest.mark.parametrize("n,h,w,cs,cb", WINOGRAD_GEOMS)
+@pytest.mark.parametrize("outputs", ["both", "dw", "y", "y is t"])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (F32, None)])
+def test_25_products_give_the_gemms_of_the_patches(rng, monkeypatch, winograd_path, n, h, w, cs, cb, outputs, dtype,
+                                                   tol):
+    """conv_gemms on the 25-product path: dw = the patches' transpose times t, and y = the patches
+    times w (y may be t: every band reads its rows of t before any band writes them); dw is the
+    same bits at every call (each core sums in a fixed order)."""
+    calls = winograd_calls(monkeypatch)
+    x = rng.standard_normal((n, 2 * h, 2 * w, cb)).astype(dtype)
+    wk = rng.standard_normal((9 * cb, cs)).astype(dtype)
+    t = rng.standard_normal((n, h, w, cs)).astype(dtype)
+
+    def call(module):
+        dw = None if outputs == "y" else np.full((9 * cb, cs), np.nan, dtype)
+        y = None if outputs == "dw" else np.full((n, h, w, cs), np.nan, dtype)
+        tt = t.copy()
+        if outputs == "y is t":
+            y = tt
+        module.conv_gemms(y, dw, x, wk, tt, 3, 3, 2, 0, 0)
+        return [a for a in (y, dw) if a is not None]
+
+    got, again, want = call(cpu), call(cpu), call(reference)
+    for a, b, r in zip(got, again, want):
+        assert np.array_equal(a, b)
+        np.testing.assert_allclose(a, r, rtol=tol or RTOL, atol=tol or 1e-4)
+    assert calls["gemms"] == 2
+
+
+def test_25_products_take_the_seeds_stride_2_blocks_only():
+    """fits(): the seed's 128-channel stride-2 blocks at batch 32 go the 25-product way; the
+    3-channel first and last layers, odd or stride-1 geometry, padding before the map and a batch-1
+    decode's 8x8 block keep the patches' path."""
+    assert winograd.fits((32, 64, 64), (32, 128, 128), 128, 128, 3, 3, 2, 0, 0)
+    assert winograd.fits((32, 8, 8), (32, 16, 16), 128, 128, 3, 3, 2, 0, 0)
+    assert not winograd.fits((32, 64, 64), (32, 128, 128), 128, 3, 3, 3, 2, 0, 0)  # 3 channels
+    assert not winograd.fits((1, 8, 8), (1, 16, 16), 128, 128, 3, 3, 2, 0, 0)  # too little work
+    assert not winograd.fits((32, 7, 8), (32, 14, 16), 128, 128, 3, 3, 2, 0, 0)  # odd small map
+    assert not winograd.fits((32, 8, 8), (32, 16, 16), 128, 128, 3, 3, 2, 1, 0)  # padding before
+    assert not winograd.fits((32, 8, 8), (32, 16, 16), 128, 128, 5, 5, 2, 0, 0)  # 5x5 kernel
+    assert not winograd.fits((32, 8, 8), (32, 8, 8), 128, 128, 3, 3, 1, 1, 1)  # stride 1
+
+
+def test_25_products_tables_are_the_one_dimensional_identity():
+    """The 1-D tables behind the kernels: for any x and taps W0..W2, the output map of the products
+    of the input planes and kernel combinations is y[4t+m] of the transposed convolution."""
+    rng = np.random.default_rng(0)
+    xs, taps = rng.standard_normal(3), rng.standard_normal(3)  # x[2t-1], x[2t], x[2t+1]
+    products = (winograd.PLANES_1D @ xs)[list(winograd.PRODUCT_PLANE_1D)] * (winograd.PRODUCT_KERNEL_1D @ taps)
+    want = [taps[0] * xs[1] + taps[2] * xs[0], taps[1] * xs[1], taps[0] * xs[2] + taps[2] * xs[1], taps[1] * xs[2]]
+    np.testing.assert_allclose(winograd.OUTPUT_MAP_1D @ products, want, rtol=1e-14)
+    assert len(winograd.PRODUCTS) == 25 and winograd.PLANE_COUNT.sum() == 25
 
 
 @pytest.mark.parametrize("n,rows,row_bytes,out_row_bytes,cores", [

@@ -15,6 +15,8 @@ CONV_CASES = [  # (batch, height, width, in_channels, filters, kernel, stride)
     (3, 4, 4, 3, 1, 3, 1),
     (1, 6, 5, 2, 2, 1, 2),
     (2, 7, 6, 1, 3, 3, 2),
+    (2, 8, 8, 3, 2, 3, 2),  # stride 2 between 8x8 and 4x4 maps, both even: the 25-product path can take it
+    (1, 4, 8, 2, 3, 3, 2),
 ]
 
 
@@ -24,13 +26,19 @@ def away_from_zero(rng, shape, gap=1e-2):
     return np.where(np.abs(x) < gap, np.sign(x + 1e-12) * gap * 2, x)
 
 
-@pytest.fixture(params=["pieces", "bands", "one-thread"])
+@pytest.fixture(params=["pieces", "bands", "one-thread", "25-products", "25-products-bands"])
 def schedule(request, monkeypatch):
     """The convolutions' kernels run piece by piece on the cores: as they are cut by default, cut
-    into one-row bands (as the big layers are), and all on one thread (BLAS's threads not settable)."""
+    into one-row bands (as the big layers are), and all on one thread (BLAS's threads not settable);
+    and with the 25-product path (kernels/cpu/winograd.py) taking every stride-2 3x3 convolution
+    between even maps, however few channels, in pieces or in bands of one tile row."""
     from scratchvae import threads
     from scratchvae.kernels.cpu import schedule as cuts
-    if request.param == "bands":
+    from scratchvae.kernels.cpu import winograd
+    if request.param.startswith("25-products"):
+        monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+        monkeypatch.setattr(winograd, "MIN_SMALL_PIXELS", 1)
+    if request.param.endswith("bands"):
         for name in ("PIECE_COLS_BYTES", "LARGE_IMAGE_COLS_BYTES", "MIN_BAND_ROWS"):
             monkeypatch.setattr(cuts, name, 1)
     elif request.param == "one-thread":

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit, prange
 
 from scratchvae import threads
-from scratchvae.kernels.cpu import schedule
+from scratchvae.kernels.cpu import schedule, winograd
 from scratchvae.kernels.cpu.arrays import empty
 from scratchvae.kernels.cpu.jit import FASTMATH
 from scratchvae.kernels.workspace import Workspace
@@ -150,6 +150,11 @@ def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
     t2 = None if dw is None else t.reshape(rows, -1)
     if (y2 is not None and w.shape != (width, y2.shape[1])) or (dw is not None and dw.shape != (width, t2.shape[1])):
         raise ValueError(f"conv_gemms: w, dw, y or t do not fit x {x.shape} with a {kh}x{kw} stride-{stride} kernel")
+    c_small = (t2 if y2 is None else y2).shape[1]
+    if winograd.fits((n, ho, wo), x.shape[:3], c_small, c, kh, kw, stride, pad_top, pad_left):
+        shape = (n, ho, wo, c_small)
+        winograd.gemms(None if y is None else y.reshape(shape), dw, x, w, None if dw is None else t.reshape(shape), ws)
+        return
     offs_h = np.arange(kh, dtype=np.int64) - pad_top
     offs_w = np.arange(kw, dtype=np.int64) - pad_left
     cores = schedule.workers()

@@ -10,7 +10,7 @@ Scratch cols come from a Workspace: the caller's `ws`, else this module's WORKSP
 import numpy as np
 from numba import njit, prange
 
-from scratchvae.kernels.cpu import schedule
+from scratchvae.kernels.cpu import schedule, winograd
 from scratchvae.kernels.cpu.arrays import empty
 from scratchvae.kernels.cpu.convolution import _gather_piece
 from scratchvae.kernels.cpu.elementwise import sigmoid_span
@@ -122,6 +122,10 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
     ws = WORKSPACE if ws is None else ws
     n, h, w, c = x.shape
     o = y.shape[3]
+    if winograd.fits(x.shape[:3], y.shape[:3], c, o, kh, kw, stride, pad_top, pad_left):
+        act = _act_code(activation)
+        winograd.up(y, x, w2, bias, act, y.dtype.type(alpha), ws, lambda rows: _sigmoid_after(act, rows), stats)
+        return
     args = _col2im_act_args(y, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
     src_h, width = args[0], w2.shape[1]
     image_bytes = h * w * width * w2.dtype.itemsize
@@ -228,6 +232,12 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
         raise ValueError(f"conv_act: w {w.shape} and y {y.shape} do not fit x {x.shape} with a {kh}x{kw} "
                          f"stride-{stride} kernel")
     act, alpha = _act_code(activation), y.dtype.type(alpha)
+    if winograd.fits(y.shape[:3], x.shape[:3], o, c, kh, kw, stride, pad_top, pad_left):
+        def epilogue(rows):
+            _affine_act_rows(rows, bias, scale, shift, relu, act, alpha)
+            _sigmoid_after(act, rows)
+        winograd.down(y, x, w, epilogue, ws, stats)
+        return
     offs_h = np.arange(kh, dtype=np.int64) - pad_top
     offs_w = np.arange(kw, dtype=np.int64) - pad_left
     y2 = y.reshape(n * ho * wo, o)

@@ -1,0 +1,449 @@
+"""Stride-2 3x3 'same' convolutions with 25 products where im2col takes 36: a Winograd F(2, 2) on the
+CPU, for the seed's 128-channel blocks (the transposed convolutions' forward and the Conv2Ds' input
+gradient; the Conv2Ds' forward and the transposed convolutions' input gradient; both weight gradients).
+
+One dimension first. A 'same' stride-2 3-tap Conv2D on an even size has no padding at the start, so
+its adjoint, the transposed convolution from a small map x to a big one y, is
+    y[2p] = W0 x[p] + W2 x[p-1],   y[2p+1] = W1 x[p].
+Take the small map in tiles of two (x[2t], x[2t+1]) and the big one in tiles of four. The two even
+outputs of a tile are a 2-tap filter, which F(2, 2) gives with three products instead of four:
+    a = x[2t-1] - x[2t]    b = x[2t]    c = x[2t+1] - x[2t]    d = x[2t+1]        (the input planes)
+    P1 = a W2   P2 = b (W0 + W2)   P3 = c W0   P4 = b W1   P5 = d W1              (the products)
+    y[4t] = P1 + P2   y[4t+1] = P4   y[4t+2] = P2 + P3   y[4t+3] = P5                (the output map)
+Five products for four outputs where im2col takes six. In two dimensions the tile is 2x2 small and
+4x4 big, and the products are the 25 pairs (Pk along rows, Pl along columns): 25 GEMMs of
+(tiles x C_small) by (C_small x C_big) where im2col's GEMM is 36 of them. Products that read the
+same input plane (b is read by P2 and P4) are one GEMM with their kernels side by side, so there
+are 16 GEMMs, one per plane (u, v).
+
+The other directions are this one's adjoint, read backwards: a Conv2D from the big map z to the
+small one takes the output map's transpose over z (dP), the GEMMs with the kernels transposed,
+and the input planes' transpose back to the small map; the weight gradient is the sum over tiles of
+dP^T @ planes, mapped back through the kernel combinations. Tiles of the small map cover two rows,
+so a small output row 2t+1 also takes plane a of tile t+1: a band of tile rows hands that row to
+the next band (a carry), and the bands of one image run in order on one core.
+
+Kernels are per tap (KH, KW) matrices big x small, as conv_gemms' w and conv_act's w hold them
+(rows (i, j, C_big)); conv_transpose_act's w2 holds their transposes side by side (C_small,
+(i, j, C_big)). fits() says where this path applies; elsewhere the callers gather patches.
+"""
+
+import numpy as np
+from numba import njit
+
+from scratchvae import threads
+from scratchvae.kernels.cpu import schedule
+from scratchvae.kernels.cpu.jit import FASTMATH
+from scratchvae.kernels.cpu.reductions import _add_moments, finish_moments, moment_parts
+
+# One dimension: the input planes over (x[2t-1], x[2t], x[2t+1]), each product's plane and kernel
+# combination over (W0, W1, W2), and the output map (big position 4t + m from the products).
+PLANES_1D = np.array([[1, -1, 0], [0, 1, 0], [0, -1, 1], [0, 0, 1]])
+PRODUCT_PLANE_1D = (0, 1, 2, 1, 3)
+PRODUCT_KERNEL_1D = np.array([[0, 0, 1], [1, 0, 1], [1, 0, 0], [0, 1, 0], [0, 1, 0]])
+OUTPUT_MAP_1D = np.array([[1, 1, 0, 0, 0], [0, 0, 0, 1, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 1]])
+
+# Both dimensions: the 16 planes (u, v) in order, and the 25 products (k, l) grouped by plane.
+PLANES = [(u, v) for u in range(4) for v in range(4)]
+_PRODUCTS_OF = [[k for k in range(5) if PRODUCT_PLANE_1D[k] == u] for u in range(4)]
+PRODUCTS = [(k, l) for u, v in PLANES for k in _PRODUCTS_OF[u] for l in _PRODUCTS_OF[v]]
+PLANE_COUNT = np.array([len(_PRODUCTS_OF[u]) * len(_PRODUCTS_OF[v]) for u, v in PLANES])
+PLANE_FIRST = np.concatenate([[0], np.cumsum(PLANE_COUNT)])  # the plane's first product
+# KERNEL_MAP[p, i*3+j]: product p's combination of the taps, in PRODUCTS' order
+KERNEL_MAP = np.array([np.outer(PRODUCT_KERNEL_1D[k], PRODUCT_KERNEL_1D[l]).ravel() for k, l in PRODUCTS])
+
+# In the kernels (which write PLANES_1D and OUTPUT_MAP_1D out by hand; the tests hold them to the
+# tables): _SLOT[k, l], the product's index in PRODUCTS; _OUT_TERMS, _OUT_COUNTS: the products each
+# big position 4m + m' of a tile sums; and the planes' transpose as terms (rho, plane, sign), the
+# last with a tile step of 1: small position 2t + rho takes sign * plane of tile t + step.
+_SLOT = np.full((5, 5), -1, np.int64)
+for _i, (_k, _l) in enumerate(PRODUCTS):
+    _SLOT[_k, _l] = _i
+_OUT_TERMS = np.array([([_SLOT[k, l] for k in range(5) if OUTPUT_MAP_1D[m, k] for l in range(5) if OUTPUT_MAP_1D[mm, l]]
+                        * 4)[:4] for m in range(4) for mm in range(4)], np.int64)  # padded by repeating
+_OUT_COUNTS = np.array([OUTPUT_MAP_1D[m].sum() * OUTPUT_MAP_1D[mm].sum() for m in range(4) for mm in range(4)],
+                       np.int64)
+_BACK_TERMS = np.array([[0, 0, -1], [0, 1, 1], [0, 2, -1], [1, 2, 1], [1, 3, 1], [1, 0, 1]], np.int64)
+_BACK_STEP = np.array([0, 0, 0, 0, 0, 1], np.int64)
+_BACK_RHO = _BACK_TERMS[:, 0].copy()
+
+# Floats of padding after each plane's channels and each tile's products: rows of a power-of-two
+# length (16 planes of 128 channels) would put the GEMMs' strided operands in the same cache sets.
+PAD = 16
+MIN_CHANNELS = 32  # fewer channels on either side: the GEMMs are too thin to gain (the 3-channel layers)
+MIN_SMALL_PIXELS = 256  # a smaller call (a batch-1 decode's first blocks): the patches' path, fewer calls
+
+
+def fits(small, big, c_small, c_big, kh, kw, stride, pad_top, pad_left):
+    """Whether this path takes the convolution between small (N, H, W) and big (N, 2H, 2W) maps: a
+    stride-2 3x3 kernel with no padding at the start, an even small map, enough channels and work."""
+    n, h, w = small
+    return (stride == 2 and kh == 3 and kw == 3 and pad_top == 0 and pad_left == 0 and h % 2 == 0
+            and w % 2 == 0 and tuple(big) == (n, 2 * h, 2 * w) and min(c_small, c_big) >= MIN_CHANNELS
+            and n * h * w >= MIN_SMALL_PIXELS)
+
+
+# ---------------------------------------------------------------- the kernels' combinations
+
+def small_by_big(w2, c_big):
+    """The products' kernels (25, C_small, C_big) from w2 (C_small, (i, j, C_big) + padding)."""
+    taps = w2[:, :9 * c_big].reshape(w2.shape[0], 9, c_big).transpose(1, 0, 2).reshape(9, -1)
+    return (KERNEL_MAP.astype(w2.dtype) @ taps).reshape(25, w2.shape[0], c_big)
+
+
+def plane_blocks_up(g):
+    """Per plane, its products' kernels side by side: (C_small, count * C_big), contiguous."""
+    return [np.ascontiguousarray(g[PLANE_FIRST[p]:PLANE_FIRST[p + 1]].transpose(1, 0, 2).reshape(g.shape[1], -1))
+            for p in range(16)]
+
+
+def big_by_small(w):
+    """The products' kernels (25 * C_big, C_small) from w ((i, j, C_big), C_small): plane p's block of
+    rows (count * C_big, C_small) is its products' kernels stacked, as its GEMM takes them."""
+    c_small = w.shape[1]
+    return (KERNEL_MAP.astype(w.dtype) @ w.reshape(9, -1)).reshape(-1, c_small)
+
+
+def weight_gradient(dw, sums):
+    """dw ((i, j, C_big), C_small) = the taps' share of the products' gradients sums (25 * C_big, C_small)."""
+    np.matmul(KERNEL_MAP.T.astype(sums.dtype), sums.reshape(25, -1), out=dw.reshape(9, -1))
+
+
+# ---------------------------------------------------------------- transforms (Numba)
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _planes(d, x, i0, i1, t0, t1):
+    """The input planes: d[tile, 4u + v, c] = sum over r, r' of PLANES_1D[u, r] PLANES_1D[v, r']
+    x[b, 2t-1+r, 2s-1+r', c] (0 outside x), tiles (b, t, s) for images i0..i1 and tile rows t0..t1,
+    in that order. Along the rows first (rows 2t-1 - 2t and 2t+1 - 2t into `rows`; 2t and 2t+1 are
+    x's own), then along the columns, the same four combinations."""
+    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    tw = w // 2
+    rows = np.empty((2, w, c), x.dtype)
+    tile = 0
+    for b in range(i0, i1):
+        for t in range(t0, t1):
+            mid, low = x[b, 2 * t], x[b, 2 * t + 1]
+            for q in range(w):
+                a, m, cc = rows[0, q], mid[q], rows[1, q]
+                lo = low[q]
+                if t > 0:
+                    up = x[b, 2 * t - 1, q]
+                    for ch in range(c):
+                        a[ch] = up[ch] - m[ch]
+                else:
+                    for ch in range(c):
+                        a[ch] = -m[ch]
+                for ch in range(c):
+                    cc[ch] = lo[ch] - m[ch]
+            for s in range(tw):
+                out = d[tile]
+                for u in range(4):
+                    if u == 0:
+                        line = rows[0]
+                    elif u == 1:
+                        line = mid
+                    elif u == 2:
+                        line = rows[1]
+                    else:
+                        line = low
+                    v1, v2 = line[2 * s], line[2 * s + 1]
+                    oa, ob, oc, od = out[4 * u], out[4 * u + 1], out[4 * u + 2], out[4 * u + 3]
+                    if s > 0:
+                        v0 = line[2 * s - 1]
+                        for ch in range(c):
+                            oa[ch] = v0[ch] - v1[ch]
+                    else:
+                        for ch in range(c):
+                            oa[ch] = -v1[ch]
+                    for ch in range(c):
+                        ob[ch] = v1[ch]
+                        oc[ch] = v2[ch] - v1[ch]
+                        od[ch] = v2[ch]
+                tile += 1
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _outputs(y, prod, i0, i1, t0, t1, terms, counts, bias, act, alpha):
+    """y[b, 4t+m, 4s+m', c] = act(bias[c] + the sum of the products the output map sends there),
+    for images i0..i1 and tile rows t0..t1. prod (tiles, 25 * C); position j = 4m + m' sums the
+    counts[j] products whose columns start at terms[j]. Row by row of y, so that its writes run on
+    (three times faster than tile by tile); the loops read slices, whose indices Numba knows are not
+    negative (row[offset + c] would not vectorise)."""
+    c = y.shape[3]
+    tw = y.shape[2] // 4
+    for b in range(i0, i1):
+        for t in range(t0, t1):
+            first = ((b - i0) * (t1 - t0) + (t - t0)) * tw
+            for m in range(4):
+                line = y[b, 4 * t + m]
+                for s in range(tw):
+                    row = prod[first + s]
+                    for mm in range(4):
+                        j = 4 * m + mm
+                        out = line[4 * s + mm]
+                        p0, p1 = row[terms[j, 0]:], row[terms[j, 1]:]
+                        p2, p3 = row[terms[j, 2]:], row[terms[j, 3]:]
+                        if counts[j] == 1:
+                            for ch in range(c):
+                                out[ch] = bias[ch] + p0[ch]
+                        elif counts[j] == 2:
+                            for ch in range(c):
+                                out[ch] = bias[ch] + (p0[ch] + p1[ch])
+                        else:
+                            for ch in range(c):
+                                out[ch] = bias[ch] + ((p0[ch] + p1[ch]) + (p2[ch] + p3[ch]))
+                        if act == 1:
+                            for ch in range(c):
+                                out[ch] = out[ch] if out[ch] > 0 else out[ch] * alpha
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _output_map_transposed(prod, z, i0, i1, t0, t1, slot):
+    """The output map's transpose: product (k, l) of tile (b, t, s) = the sum over m, m' of
+    OUTPUT_MAP_1D[m, k] OUTPUT_MAP_1D[m', l] z[b, 4t+m, 4s+m'], into prod[tile, slot[k, l] * C:][:C],
+    for images i0..i1 and tile rows t0..t1. Along the rows first (a tile row's four rows of z
+    give five: rows 0, 0 + 2, 2, 1, 3), then along the columns (the same combinations)."""
+    c = z.shape[3]
+    tw = z.shape[2] // 4
+    both = np.empty((z.shape[2], c), z.dtype)
+    tile = 0
+    for b in range(i0, i1):
+        for t in range(t0, t1):
+            top, bottom = z[b, 4 * t], z[b, 4 * t + 2]
+            for w in range(z.shape[2]):
+                r0, r2, out = top[w], bottom[w], both[w]
+                for ch in range(c):
+                    out[ch] = r0[ch] + r2[ch]
+            for s in range(tw):
+                row = prod[tile]
+                for k in range(5):
+                    if k == 0:
+                        line = top
+                    elif k == 1:
+                        line = both
+                    elif k == 2:
+                        line = bottom
+                    elif k == 3:
+                        line = z[b, 4 * t + 1]
+                    else:
+                        line = z[b, 4 * t + 3]
+                    v0, v1, v2, v3 = line[4 * s], line[4 * s + 1], line[4 * s + 2], line[4 * s + 3]
+                    o0, o1, o2 = row[slot[k, 0] * c:], row[slot[k, 1] * c:], row[slot[k, 2] * c:]
+                    o3, o4 = row[slot[k, 3] * c:], row[slot[k, 4] * c:]
+                    for ch in range(c):
+                        o0[ch] = v0[ch]
+                        o1[ch] = v0[ch] + v2[ch]
+                        o2[ch] = v2[ch]
+                        o3[ch] = v1[ch]
+                        o4[ch] = v3[ch]
+                tile += 1
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def _planes_transposed(y, d, carry, i0, i1, t0, t1, last, rho_of, step_of, terms):
+    """The input planes' transpose: y[b, 2t+rho, 2s+rho', c] = sum over the terms (rho, plane, sign)
+    of rho and of rho' (tile steps step_of) of the signs times d[tile (t + step, s + step'), plane
+    (u, v)], for images i0..i1 and tile rows t0..t1 (d: their tiles in order). A band's last row
+    (2 t1 - 1) also needs plane a of tile row t1: unless `last`, its other terms go to carry (W, C)
+    instead of y, and a band that starts at t0 > 0 finishes row 2 t0 - 1 from carry."""
+    w, c = y.shape[2], y.shape[3]
+    tw = w // 2
+    band = t1 - t0
+    for b in range(i0, i1):
+        img = (b - i0) * band * tw
+        lo = 2 * t0 - 1 if t0 > 0 else 0
+        for row in range(lo, 2 * t1):
+            rho = row % 2
+            t = row // 2
+            to_carry = rho == 1 and t == t1 - 1 and not last
+            for col in range(w):
+                out = carry[col] if to_carry else y[b, row, col]
+                if row == 2 * t0 - 1:
+                    for ch in range(c):
+                        out[ch] = carry[col, ch]
+                else:
+                    for ch in range(c):
+                        out[ch] = 0
+                rr = col % 2
+                s = col // 2
+                for e in range(6):
+                    if rho_of[e] != rho:
+                        continue
+                    tt = t + step_of[e]
+                    if tt < t0 or tt >= t1:  # another band's (or past the map's edge)
+                        continue
+                    for f in range(6):
+                        if rho_of[f] != rr:
+                            continue
+                        ss = s + step_of[f]
+                        if ss >= tw:
+                            continue
+                        plane = terms[e, 1] * 4 + terms[f, 1]
+                        src = d[img + (tt - t0) * tw + ss, plane]
+                        if terms[e, 2] * terms[f, 2] > 0:
+                            for ch in range(c):
+                                out[ch] += src[ch]
+                        else:
+                            for ch in range(c):
+                                out[ch] -= src[ch]
+
+
+# ---------------------------------------------------------------- drivers
+
+def plane_block(prod, p, c):
+    """Plane p's products (tiles, count * C) in prod (tiles, 25 * C): a view, rows 25 * C apart."""
+    return prod[:, PLANE_FIRST[p] * c:PLANE_FIRST[p + 1] * c]
+
+
+def image_tasks(n, tile_rows, row_bytes, cores):
+    """schedule.pieces over tile rows, the bands of one image gathered into one task (they hand a
+    row to each other, so they run in order on one core): a list of tasks, each a list of
+    (i0, i1, t0, t1)."""
+    tasks = []
+    for piece in schedule.pieces(n, tile_rows, row_bytes, cores):
+        if piece[2] > 0:
+            tasks[-1].append(piece)
+        else:
+            tasks.append([piece])
+    return tasks
+
+
+def up(y, x, w2, bias, act, alpha, ws, epilogue=None, stats=None):
+    """y = act(the transposed convolution of x by w2's kernels + bias): x (N, H, W, C_small), y
+    (N, 2H, 2W, C_big). Pieces (a few images, or bands of tile rows) the cores take in turn, each
+    its input planes, 16 single-threaded GEMMs and the output map with bias and activation while
+    the products are in cache; then epilogue(rows) (a 2-D view (pixels, C_big) of what the piece
+    wrote) where given. act: 0 none, 1 leaky. stats (2, C_big): when given, y's per-channel mean
+    and biased variance, each piece's sums taken while it is in cache."""
+    n, h, w, c = x.shape
+    o = y.shape[3]
+    blocks = plane_blocks_up(small_by_big(w2, o))
+    ht, tw = h // 2, w // 2
+    cores = schedule.workers()
+    pieces = schedule.pieces(n, ht, tw * 25 * o * y.dtype.itemsize, cores)
+    parts = None if stats is None else moment_parts(len(pieces), o)
+    zero = np.zeros(o)
+
+    def do(k, t):
+        i0, i1, t0, t1 = pieces[t]
+        tiles = (i1 - i0) * (t1 - t0) * tw
+        d = ws.buffer(("patches", k), (tiles, 16, c + PAD), x.dtype)
+        _planes(d, x, i0, i1, t0, t1)
+        prod = ws.buffer(("winograd_products", k), (tiles, 25 * o + PAD), y.dtype)
+        for p in range(16):
+            np.matmul(d[:, p, :c], blocks[p], out=plane_block(prod, p, o))
+        _outputs(y, prod, i0, i1, t0, t1, _OUT_TERMS * o, _OUT_COUNTS, bias, act, alpha)
+        rows = y[i0:i1, 4 * t0:4 * t1].reshape(-1, o)
+        if epilogue is not None:
+            epilogue(rows)
+        if parts is not None:
+            _add_moments(parts[t], rows, zero, 0, rows.shape[0])
+
+    if not schedule.in_turn(len(pieces), do, cores):
+        for t in range(len(pieces)):
+            do(0, t)
+    if parts is not None:
+        finish_moments(stats[0], stats[1], parts, y.size // o)
+
+
+def _transposed_products(x, i0, i1, t0, t1, ws, k):
+    """The output map's transpose of the big map x over a band: the flat product buffer."""
+    tiles = (i1 - i0) * (t1 - t0) * (x.shape[2] // 4)
+    prod = ws.buffer(("winograd_products", k), (tiles, 25 * x.shape[3] + PAD), x.dtype)
+    _output_map_transposed(prod, x, i0, i1, t0, t1, _SLOT)
+    return prod
+
+
+def _down_band(y, x, gt, i0, i1, t0, t1, ws, k, prod=None):
+    """One band of the small map from the big one: the output map's transpose of x (unless given
+    as prod), 16 GEMMs with the kernels' blocks gt, the planes' transpose into y (rows 2 t0 - 1 ..
+    2 t1 - 1, or to the image's end on its last band). Returns the rows of y written, (lo, hi)."""
+    ht, tw, cb, cs = y.shape[1] // 2, y.shape[2] // 2, x.shape[3], y.shape[3]
+    tiles = (i1 - i0) * (t1 - t0) * tw
+    if prod is None:
+        prod = _transposed_products(x, i0, i1, t0, t1, ws, k)
+    d = ws.buffer(("patches", k), (tiles, 16, cs + PAD), y.dtype)
+    for p in range(16):
+        np.matmul(plane_block(prod, p, cb), gt[PLANE_FIRST[p] * cb:PLANE_FIRST[p + 1] * cb], out=d[:, p, :cs])
+    carry = ws.buffer(("winograd_carry", k), (y.shape[2], cs), y.dtype)
+    last = t1 == ht
+    _planes_transposed(y, d, carry, i0, i1, t0, t1, last, _BACK_RHO, _BACK_STEP, _BACK_TERMS)
+    return (2 * t0 - 1 if t0 > 0 else 0), (2 * t1 if last else 2 * t1 - 1)
+
+
+def down(y, x, w, epilogue, ws, stats=None):
+    """y = the 'same' stride-2 Conv2D of x by w ((i, j, C_big), C_small), then epilogue(rows) over
+    each band's finished rows (a 2-D view (pixels, C_small), still in cache): x (N, 2H, 2W, C_big),
+    y (N, H, W, C_small). Tasks of a few images, or one image's bands in order, that the cores take
+    in turn. stats as up's."""
+    n, h, wi, cs = y.shape
+    gt = big_by_small(w)
+    ht, tw = h // 2, wi // 2
+    cores = schedule.workers()
+    tasks = image_tasks(n, ht, tw * 25 * x.shape[3] * x.dtype.itemsize, cores)
+    parts = None if stats is None else moment_parts(len(tasks), cs)
+    zero = np.zeros(cs)
+
+    def do(k, t):
+        for i0, i1, t0, t1 in tasks[t]:
+            lo, hi = _down_band(y, x, gt, i0, i1, t0, t1, ws, k)
+            rows = y[i0:i1, lo:hi].reshape(-1, cs)
+            epilogue(rows)
+            if parts is not None:
+                _add_moments(parts[t], rows, zero, 0, rows.shape[0])
+
+    if not schedule.in_turn(len(tasks), do, cores):
+        for t in range(len(tasks)):
+            do(0, t)
+    if parts is not None:
+        finish_moments(stats[0], stats[1], parts, y.size // cs)
+
+
+def gemms(y, dw, x, w, t, ws):
+    """conv_gemms for this path: dw = the weight gradient ((i, j, C_big), C_small) of the stride-2
+    Conv2D between x (N, 2H, 2W, C_big) and t (N, H, W, C_small), then y (N, H, W, C_small) = the
+    Conv2D of x by w; either skipped when None; y may be t. Core k takes tasks k, k + cores, ... in
+    order and sums its products' gradients in order; the cores' sums are added in order (the same
+    result at every call)."""
+    n, hb, wb, cb = x.shape
+    cs = t.shape[3] if t is not None else y.shape[3]
+    ht, tw = hb // 4, wb // 4
+    gt = None if y is None else big_by_small(w)
+    cores = schedule.workers()
+    tasks = image_tasks(n, ht, tw * 25 * cb * x.dtype.itemsize, cores)
+
+    def run(k, sums, mine):
+        started = False
+        for task in mine:
+            for i0, i1, t0, t1 in task:
+                tiles = (i1 - i0) * (t1 - t0) * tw
+                prod = _transposed_products(x, i0, i1, t0, t1, ws, k)
+                if dw is not None:
+                    d = ws.buffer(("patches", k), (tiles, 16, cs + PAD), t.dtype)
+                    _planes(d, t, i0, i1, t0, t1)
+                    for p in range(16):
+                        rows = slice(PLANE_FIRST[p] * cb, PLANE_FIRST[p + 1] * cb)
+                        block = plane_block(prod, p, cb).T
+                        if started:
+                            part = ws.buffer(("winograd_dw", k), (rows.stop - rows.start, cs), sums.dtype)
+                            np.matmul(block, d[:, p, :cs], out=part)
+                            sums[rows] += part
+                        else:
+                            np.matmul(block, d[:, p, :cs], out=sums[rows])
+                    started = True
+                if y is not None:
+                    _down_band(y, x, gt, i0, i1, t0, t1, ws, k, prod)
+        if dw is not None and not started:
+            sums[...] = 0
+
+    sums = None if dw is None else [ws.buffer(("winograd_sums", k), (25 * cb, cs), dw.dtype) for k in range(cores)]
+    if cores > 1 and len(tasks) > 1 and threads.on_each_core(
+            lambda k: run(k, None if sums is None else sums[k], tasks[k::cores]), cores):
+        if dw is not None:
+            for k in range(1, cores):
+                sums[0] += sums[k]
+    else:  # one core, or BLAS's threads cannot be set: every task in order
+        run(0, None if sums is None else sums[0], tasks)
+    if dw is not None:
+        weight_gradient(dw, sums[0])
