@@ -123,8 +123,12 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
     n, h, w, c = x.shape
     o = y.shape[3]
     if winograd.fits(x.shape[:3], y.shape[:3], c, o, kh, kw, stride, pad_top, pad_left):
-        act = _act_code(activation)
-        winograd.up(y, x, w2, bias, act, y.dtype.type(alpha), ws, lambda rows: _sigmoid_after(act, rows), stats)
+        act, alpha = _act_code(activation), y.dtype.type(alpha)
+
+        def epilogue(rows):
+            _activate(rows.reshape(-1), act, alpha)
+            _sigmoid_after(act, rows)
+        winograd.up(y, x, w2, bias, ws, epilogue, stats)
         return
     args = _col2im_act_args(y, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
     src_h, width = args[0], w2.shape[1]

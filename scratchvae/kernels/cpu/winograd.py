@@ -54,8 +54,7 @@ KERNEL_MAP = np.array([np.outer(PRODUCT_KERNEL_1D[k], PRODUCT_KERNEL_1D[l]).rave
 
 # In the kernels (which write PLANES_1D and OUTPUT_MAP_1D out by hand; the tests hold them to the
 # tables): _SLOT[k, l], the product's index in PRODUCTS; _OUT_TERMS, _OUT_COUNTS: the products each
-# big position 4m + m' of a tile sums; and the planes' transpose as terms (rho, plane, sign), the
-# last with a tile step of 1: small position 2t + rho takes sign * plane of tile t + step.
+# big position 4m + m' of a tile sums.
 _SLOT = np.full((5, 5), -1, np.int64)
 for _i, (_k, _l) in enumerate(PRODUCTS):
     _SLOT[_k, _l] = _i
@@ -63,9 +62,6 @@ _OUT_TERMS = np.array([([_SLOT[k, l] for k in range(5) if OUTPUT_MAP_1D[m, k] fo
                         * 4)[:4] for m in range(4) for mm in range(4)], np.int64)  # padded by repeating
 _OUT_COUNTS = np.array([OUTPUT_MAP_1D[m].sum() * OUTPUT_MAP_1D[mm].sum() for m in range(4) for mm in range(4)],
                        np.int64)
-_BACK_TERMS = np.array([[0, 0, -1], [0, 1, 1], [0, 2, -1], [1, 2, 1], [1, 3, 1], [1, 0, 1]], np.int64)
-_BACK_STEP = np.array([0, 0, 0, 0, 0, 1], np.int64)
-_BACK_RHO = _BACK_TERMS[:, 0].copy()
 
 # Floats of padding after each plane's channels and each tile's products: rows of a power-of-two
 # length (16 planes of 128 channels) would put the GEMMs' strided operands in the same cache sets.
@@ -115,48 +111,36 @@ def weight_gradient(dw, sums):
 def _planes(d, x, i0, i1, t0, t1):
     """The input planes: d[tile, 4u + v, c] = sum over r, r' of PLANES_1D[u, r] PLANES_1D[v, r']
     x[b, 2t-1+r, 2s-1+r', c] (0 outside x), tiles (b, t, s) for images i0..i1 and tile rows t0..t1,
-    in that order. Along the rows first (rows 2t-1 - 2t and 2t+1 - 2t into `rows`; 2t and 2t+1 are
-    x's own), then along the columns, the same four combinations."""
-    h, w, c = x.shape[1], x.shape[2], x.shape[3]
+    in that order. Along the rows first, into r (the four combinations of rows 2t-1, 2t, 2t+1, each
+    column q at q + 1 after a column of zeros: no branch at the left edge), then along the columns."""
+    w, c = x.shape[2], x.shape[3]
     tw = w // 2
-    rows = np.empty((2, w, c), x.dtype)
+    r = np.zeros((4, w + 1, c), x.dtype)
     tile = 0
     for b in range(i0, i1):
         for t in range(t0, t1):
             mid, low = x[b, 2 * t], x[b, 2 * t + 1]
             for q in range(w):
-                a, m, cc = rows[0, q], mid[q], rows[1, q]
-                lo = low[q]
+                ra, rb, rc, rd = r[0, q + 1], r[1, q + 1], r[2, q + 1], r[3, q + 1]
+                m, lo = mid[q], low[q]
+                for ch in range(c):
+                    rb[ch] = m[ch]
+                    rc[ch] = lo[ch] - m[ch]
+                    rd[ch] = lo[ch]
                 if t > 0:
                     up = x[b, 2 * t - 1, q]
                     for ch in range(c):
-                        a[ch] = up[ch] - m[ch]
+                        ra[ch] = up[ch] - m[ch]
                 else:
                     for ch in range(c):
-                        a[ch] = -m[ch]
-                for ch in range(c):
-                    cc[ch] = lo[ch] - m[ch]
+                        ra[ch] = -m[ch]
             for s in range(tw):
                 out = d[tile]
                 for u in range(4):
-                    if u == 0:
-                        line = rows[0]
-                    elif u == 1:
-                        line = mid
-                    elif u == 2:
-                        line = rows[1]
-                    else:
-                        line = low
-                    v1, v2 = line[2 * s], line[2 * s + 1]
+                    v0, v1, v2 = r[u, 2 * s], r[u, 2 * s + 1], r[u, 2 * s + 2]
                     oa, ob, oc, od = out[4 * u], out[4 * u + 1], out[4 * u + 2], out[4 * u + 3]
-                    if s > 0:
-                        v0 = line[2 * s - 1]
-                        for ch in range(c):
-                            oa[ch] = v0[ch] - v1[ch]
-                    else:
-                        for ch in range(c):
-                            oa[ch] = -v1[ch]
                     for ch in range(c):
+                        oa[ch] = v0[ch] - v1[ch]
                         ob[ch] = v1[ch]
                         oc[ch] = v2[ch] - v1[ch]
                         od[ch] = v2[ch]
@@ -164,12 +148,13 @@ def _planes(d, x, i0, i1, t0, t1):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _outputs(y, prod, i0, i1, t0, t1, terms, counts, bias, act, alpha):
-    """y[b, 4t+m, 4s+m', c] = act(bias[c] + the sum of the products the output map sends there),
-    for images i0..i1 and tile rows t0..t1. prod (tiles, 25 * C); position j = 4m + m' sums the
-    counts[j] products whose columns start at terms[j]. Row by row of y, so that its writes run on
-    (three times faster than tile by tile); the loops read slices, whose indices Numba knows are not
-    negative (row[offset + c] would not vectorise)."""
+def _outputs(y, prod, i0, i1, t0, t1, terms, counts, bias):
+    """y[b, 4t+m, 4s+m', c] = bias[c] + the sum of the products the output map sends there, for
+    images i0..i1 and tile rows t0..t1. prod (tiles, 25 * C); position j = 4m + m' sums the
+    counts[j] products whose columns start at terms[j]. Row by row of y, so that its writes run on;
+    the loops read slices, whose indices Numba knows are not negative (row[offset + c] would not
+    vectorise), and the activation is the caller's (a branch on it here, even untaken, kept these
+    loops from vectorising: four times slower)."""
     c = y.shape[3]
     tw = y.shape[2] // 4
     for b in range(i0, i1):
@@ -193,9 +178,6 @@ def _outputs(y, prod, i0, i1, t0, t1, terms, counts, bias, act, alpha):
                         else:
                             for ch in range(c):
                                 out[ch] = bias[ch] + ((p0[ch] + p1[ch]) + (p2[ch] + p3[ch]))
-                        if act == 1:
-                            for ch in range(c):
-                                out[ch] = out[ch] if out[ch] > 0 else out[ch] * alpha
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
@@ -241,52 +223,57 @@ def _output_map_transposed(prod, z, i0, i1, t0, t1, slot):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _planes_transposed(y, d, carry, i0, i1, t0, t1, last, rho_of, step_of, terms):
-    """The input planes' transpose: y[b, 2t+rho, 2s+rho', c] = sum over the terms (rho, plane, sign)
-    of rho and of rho' (tile steps step_of) of the signs times d[tile (t + step, s + step'), plane
-    (u, v)], for images i0..i1 and tile rows t0..t1 (d: their tiles in order). A band's last row
-    (2 t1 - 1) also needs plane a of tile row t1: unless `last`, its other terms go to carry (W, C)
-    instead of y, and a band that starts at t0 > 0 finishes row 2 t0 - 1 from carry."""
+def _planes_transposed(y, d, carry, i0, i1, t0, t1, last):
+    """The input planes' transpose, PLANES_1D^T along both axes: small position 2t takes
+    b - a - c of tile t, and 2t + 1 takes c + d of tile t and a of tile t + 1. For images i0..i1
+    and tile rows t0..t1 (d: their tiles in order), along the columns into v, then rows 2t (whole)
+    and 2t + 1 (c + d into carry, finished with the next tile row's a). A band that starts at
+    t0 > 0 finishes row 2 t0 - 1 from the carry its predecessor left; unless `last`, the band
+    leaves its own in carry."""
     w, c = y.shape[2], y.shape[3]
     tw = w // 2
+    v = np.empty((4, w, c), y.dtype)  # per plane row u (a, b, c, d): the columns' transpose
     band = t1 - t0
     for b in range(i0, i1):
-        img = (b - i0) * band * tw
-        lo = 2 * t0 - 1 if t0 > 0 else 0
-        for row in range(lo, 2 * t1):
-            rho = row % 2
-            t = row // 2
-            to_carry = rho == 1 and t == t1 - 1 and not last
-            for col in range(w):
-                out = carry[col] if to_carry else y[b, row, col]
-                if row == 2 * t0 - 1:
+        pending = t0 > 0
+        for t in range(t0, t1):
+            first = ((b - i0) * band + (t - t0)) * tw
+            for u in range(4):
+                vu = v[u]
+                for s in range(tw):
+                    src = d[first + s]
+                    pa, pb, pc, pd = src[4 * u], src[4 * u + 1], src[4 * u + 2], src[4 * u + 3]
+                    even, odd = vu[2 * s], vu[2 * s + 1]
                     for ch in range(c):
-                        out[ch] = carry[col, ch]
-                else:
+                        even[ch] = (pb[ch] - pa[ch]) - pc[ch]
+                        odd[ch] = pc[ch] + pd[ch]
+                    if s + 1 < tw:
+                        na = d[first + s + 1, 4 * u]
+                        for ch in range(c):
+                            odd[ch] += na[ch]
+            va, vb, vc, vd = v[0], v[1], v[2], v[3]
+            if pending:  # row 2t - 1: what the tile row before left, and this one's plane a
+                row = y[b, 2 * t - 1]
+                for q in range(w):
+                    out, left, add = row[q], carry[q], va[q]
                     for ch in range(c):
-                        out[ch] = 0
-                rr = col % 2
-                s = col // 2
-                for e in range(6):
-                    if rho_of[e] != rho:
-                        continue
-                    tt = t + step_of[e]
-                    if tt < t0 or tt >= t1:  # another band's (or past the map's edge)
-                        continue
-                    for f in range(6):
-                        if rho_of[f] != rr:
-                            continue
-                        ss = s + step_of[f]
-                        if ss >= tw:
-                            continue
-                        plane = terms[e, 1] * 4 + terms[f, 1]
-                        src = d[img + (tt - t0) * tw + ss, plane]
-                        if terms[e, 2] * terms[f, 2] > 0:
-                            for ch in range(c):
-                                out[ch] += src[ch]
-                        else:
-                            for ch in range(c):
-                                out[ch] -= src[ch]
+                        out[ch] = left[ch] + add[ch]
+            row = y[b, 2 * t]
+            for q in range(w):
+                out, ua, ub, uc = row[q], va[q], vb[q], vc[q]
+                for ch in range(c):
+                    out[ch] = (ub[ch] - ua[ch]) - uc[ch]
+            for q in range(w):
+                left, uc, ud = carry[q], vc[q], vd[q]
+                for ch in range(c):
+                    left[ch] = uc[ch] + ud[ch]
+            pending = True
+        if last:  # the map's last row: no tile row below
+            row = y[b, 2 * t1 - 1]
+            for q in range(w):
+                out, left = row[q], carry[q]
+                for ch in range(c):
+                    out[ch] = left[ch]
 
 
 # ---------------------------------------------------------------- drivers
@@ -309,13 +296,13 @@ def image_tasks(n, tile_rows, row_bytes, cores):
     return tasks
 
 
-def up(y, x, w2, bias, act, alpha, ws, epilogue=None, stats=None):
-    """y = act(the transposed convolution of x by w2's kernels + bias): x (N, H, W, C_small), y
-    (N, 2H, 2W, C_big). Pieces (a few images, or bands of tile rows) the cores take in turn, each
-    its input planes, 16 single-threaded GEMMs and the output map with bias and activation while
-    the products are in cache; then epilogue(rows) (a 2-D view (pixels, C_big) of what the piece
-    wrote) where given. act: 0 none, 1 leaky. stats (2, C_big): when given, y's per-channel mean
-    and biased variance, each piece's sums taken while it is in cache."""
+def up(y, x, w2, bias, ws, epilogue=None, stats=None):
+    """y = the transposed convolution of x by w2's kernels + bias, then epilogue(rows) where given
+    (rows: a 2-D view (pixels, C_big) of what a piece wrote, still in cache): x (N, H, W, C_small),
+    y (N, 2H, 2W, C_big). Pieces (a few images, or bands of tile rows) the cores take in turn, each
+    its input planes, 16 single-threaded GEMMs and the output map with the bias while the products
+    are in cache. stats (2, C_big): when given, y's per-channel mean and biased variance (after the
+    epilogue), each piece's sums taken while it is in cache."""
     n, h, w, c = x.shape
     o = y.shape[3]
     blocks = plane_blocks_up(small_by_big(w2, o))
@@ -333,7 +320,7 @@ def up(y, x, w2, bias, act, alpha, ws, epilogue=None, stats=None):
         prod = ws.buffer(("winograd_products", k), (tiles, 25 * o + PAD), y.dtype)
         for p in range(16):
             np.matmul(d[:, p, :c], blocks[p], out=plane_block(prod, p, o))
-        _outputs(y, prod, i0, i1, t0, t1, _OUT_TERMS * o, _OUT_COUNTS, bias, act, alpha)
+        _outputs(y, prod, i0, i1, t0, t1, _OUT_TERMS * o, _OUT_COUNTS, bias)
         rows = y[i0:i1, 4 * t0:4 * t1].reshape(-1, o)
         if epilogue is not None:
             epilogue(rows)
@@ -368,7 +355,7 @@ def _down_band(y, x, gt, i0, i1, t0, t1, ws, k, prod=None):
         np.matmul(plane_block(prod, p, cb), gt[PLANE_FIRST[p] * cb:PLANE_FIRST[p + 1] * cb], out=d[:, p, :cs])
     carry = ws.buffer(("winograd_carry", k), (y.shape[2], cs), y.dtype)
     last = t1 == ht
-    _planes_transposed(y, d, carry, i0, i1, t0, t1, last, _BACK_RHO, _BACK_STEP, _BACK_TERMS)
+    _planes_transposed(y, d, carry, i0, i1, t0, t1, last)
     return (2 * t0 - 1 if t0 > 0 else 0), (2 * t1 if last else 2 * t1 - 1)
 
 
