@@ -273,17 +273,17 @@ def test_25_products_give_the_gemms_of_the_patches(rng, monkeypatch, winograd_pa
 
 
 def test_25_products_take_the_seeds_stride_2_blocks_only():
-    """fits(): the seed's 128-channel stride-2 blocks at batch 32 go the 25-product way; the
-    3-channel first and last layers, odd or stride-1 geometry, padding before the map and a batch-1
-    decode's 8x8 block keep the patches' path."""
-    assert winograd.fits((32, 64, 64), (32, 128, 128), 128, 128, 3, 3, 2, 0, 0)
-    assert winograd.fits((32, 8, 8), (32, 16, 16), 128, 128, 3, 3, 2, 0, 0)
+    """fits(): the seed's 128-channel stride-2 blocks at batch 32 go the 25-product way, down to the
+    16x16 <-> 32x32 ones; the 8x8 <-> 16x16 ones (too little work a call), the 3-channel first and
+    last layers, odd or stride-1 geometry and padding before the map keep the patches' path."""
+    for small in (64, 32, 16):
+        assert winograd.fits((32, small, small), (32, 2 * small, 2 * small), 128, 128, 3, 3, 2, 0, 0)
+    assert not winograd.fits((32, 8, 8), (32, 16, 16), 128, 128, 3, 3, 2, 0, 0)  # too little work
     assert not winograd.fits((32, 64, 64), (32, 128, 128), 128, 3, 3, 3, 2, 0, 0)  # 3 channels
-    assert not winograd.fits((1, 8, 8), (1, 16, 16), 128, 128, 3, 3, 2, 0, 0)  # too little work
-    assert not winograd.fits((32, 7, 8), (32, 14, 16), 128, 128, 3, 3, 2, 0, 0)  # odd small map
-    assert not winograd.fits((32, 8, 8), (32, 16, 16), 128, 128, 3, 3, 2, 1, 0)  # padding before
-    assert not winograd.fits((32, 8, 8), (32, 16, 16), 128, 128, 5, 5, 2, 0, 0)  # 5x5 kernel
-    assert not winograd.fits((32, 8, 8), (32, 8, 8), 128, 128, 3, 3, 1, 1, 1)  # stride 1
+    assert not winograd.fits((32, 31, 32), (32, 62, 64), 128, 128, 3, 3, 2, 0, 0)  # odd small map
+    assert not winograd.fits((32, 32, 32), (32, 64, 64), 128, 128, 3, 3, 2, 1, 0)  # padding before
+    assert not winograd.fits((32, 32, 32), (32, 64, 64), 128, 128, 5, 5, 2, 0, 0)  # 5x5 kernel
+    assert not winograd.fits((32, 32, 32), (32, 32, 32), 128, 128, 3, 3, 1, 1, 1)  # stride 1
 
 
 def test_25_products_tables_are_the_one_dimensional_identity():

@@ -43,12 +43,16 @@ PRODUCT_PLANE_1D = (0, 1, 2, 1, 3)
 PRODUCT_KERNEL_1D = np.array([[0, 0, 1], [1, 0, 1], [1, 0, 0], [0, 1, 0], [0, 1, 0]])
 OUTPUT_MAP_1D = np.array([[1, 1, 0, 0, 0], [0, 0, 0, 1, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 1]])
 
-# Both dimensions: the 16 planes (u, v) in order, and the 25 products (k, l) grouped by plane.
-PLANES = [(u, v) for u in range(4) for v in range(4)]
+# Both dimensions: the 16 planes (u, v), ordered by how many products read them (9 planes of one, 6
+# of two, (b, b) of four), and the 25 products (k, l) grouped by plane in that order: the planes
+# of a group are one batched GEMM, GROUPS (count, first plane, planes).
 _PRODUCTS_OF = [[k for k in range(5) if PRODUCT_PLANE_1D[k] == u] for u in range(4)]
+PLANES = sorted(((u, v) for u in range(4) for v in range(4)), key=lambda uv: len(_PRODUCTS_OF[uv[0]]) *
+                len(_PRODUCTS_OF[uv[1]]))
 PRODUCTS = [(k, l) for u, v in PLANES for k in _PRODUCTS_OF[u] for l in _PRODUCTS_OF[v]]
 PLANE_COUNT = np.array([len(_PRODUCTS_OF[u]) * len(_PRODUCTS_OF[v]) for u, v in PLANES])
 PLANE_FIRST = np.concatenate([[0], np.cumsum(PLANE_COUNT)])  # the plane's first product
+GROUPS = [(int(n), int(np.argmax(PLANE_COUNT == n)), int((PLANE_COUNT == n).sum())) for n in (1, 2, 4)]
 # KERNEL_MAP[p, i*3+j]: product p's combination of the taps, in PRODUCTS' order
 KERNEL_MAP = np.array([np.outer(PRODUCT_KERNEL_1D[k], PRODUCT_KERNEL_1D[l]).ravel() for k, l in PRODUCTS])
 
@@ -58,6 +62,9 @@ KERNEL_MAP = np.array([np.outer(PRODUCT_KERNEL_1D[k], PRODUCT_KERNEL_1D[l]).rave
 _SLOT = np.full((5, 5), -1, np.int64)
 for _i, (_k, _l) in enumerate(PRODUCTS):
     _SLOT[_k, _l] = _i
+_PLANE = np.full((4, 4), -1, np.int64)  # _PLANE[u, v]: the plane's index in PLANES
+for _i, (_u, _v) in enumerate(PLANES):
+    _PLANE[_u, _v] = _i
 _OUT_TERMS = np.array([([_SLOT[k, l] for k in range(5) if OUTPUT_MAP_1D[m, k] for l in range(5) if OUTPUT_MAP_1D[mm, l]]
                         * 4)[:4] for m in range(4) for mm in range(4)], np.int64)  # padded by repeating
 _OUT_COUNTS = np.array([OUTPUT_MAP_1D[m].sum() * OUTPUT_MAP_1D[mm].sum() for m in range(4) for mm in range(4)],
@@ -67,7 +74,7 @@ _OUT_COUNTS = np.array([OUTPUT_MAP_1D[m].sum() * OUTPUT_MAP_1D[mm].sum() for m i
 # length (16 planes of 128 channels) would put the GEMMs' strided operands in the same cache sets.
 PAD = 16
 MIN_CHANNELS = 32  # fewer channels on either side: the GEMMs are too thin to gain (the 3-channel layers)
-MIN_SMALL_PIXELS = 256  # a smaller call (a batch-1 decode's first blocks): the patches' path, fewer calls
+MIN_SMALL_PIXELS = 8192  # fewer small-map pixels in a call: 16 GEMMs a piece cost more than they save
 
 
 def fits(small, big, c_small, c_big, kh, kw, stride, pad_top, pad_left):
@@ -88,9 +95,10 @@ def small_by_big(w2, c_big):
 
 
 def plane_blocks_up(g):
-    """Per plane, its products' kernels side by side: (C_small, count * C_big), contiguous."""
-    return [np.ascontiguousarray(g[PLANE_FIRST[p]:PLANE_FIRST[p + 1]].transpose(1, 0, 2).reshape(g.shape[1], -1))
-            for p in range(16)]
+    """Per group of planes, their products' kernels side by side: (planes, C_small, count * C_big)."""
+    return [np.ascontiguousarray(g[PLANE_FIRST[p]:PLANE_FIRST[p + k]].reshape(k, n, *g.shape[1:])
+                                 .transpose(0, 2, 1, 3).reshape(k, g.shape[1], n * g.shape[2]))
+            for n, p, k in GROUPS]
 
 
 def big_by_small(w):
@@ -108,8 +116,8 @@ def weight_gradient(dw, sums):
 # ---------------------------------------------------------------- transforms (Numba)
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _planes(d, x, i0, i1, t0, t1):
-    """The input planes: d[tile, 4u + v, c] = sum over r, r' of PLANES_1D[u, r] PLANES_1D[v, r']
+def _planes(d, x, i0, i1, t0, t1, plane):
+    """The input planes: d[tile, plane[u, v], c] = sum over r, r' of PLANES_1D[u, r] PLANES_1D[v, r']
     x[b, 2t-1+r, 2s-1+r', c] (0 outside x), tiles (b, t, s) for images i0..i1 and tile rows t0..t1,
     in that order. Along the rows first, into r (the four combinations of rows 2t-1, 2t, 2t+1, each
     column q at q + 1 after a column of zeros: no branch at the left edge), then along the columns."""
@@ -138,7 +146,7 @@ def _planes(d, x, i0, i1, t0, t1):
                 out = d[tile]
                 for u in range(4):
                     v0, v1, v2 = r[u, 2 * s], r[u, 2 * s + 1], r[u, 2 * s + 2]
-                    oa, ob, oc, od = out[4 * u], out[4 * u + 1], out[4 * u + 2], out[4 * u + 3]
+                    oa, ob, oc, od = out[plane[u, 0]], out[plane[u, 1]], out[plane[u, 2]], out[plane[u, 3]]
                     for ch in range(c):
                         oa[ch] = v0[ch] - v1[ch]
                         ob[ch] = v1[ch]
@@ -223,10 +231,11 @@ def _output_map_transposed(prod, z, i0, i1, t0, t1, slot):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _planes_transposed(y, d, carry, i0, i1, t0, t1, last):
+def _planes_transposed(y, d, carry, i0, i1, t0, t1, last, plane):
     """The input planes' transpose, PLANES_1D^T along both axes: small position 2t takes
     b - a - c of tile t, and 2t + 1 takes c + d of tile t and a of tile t + 1. For images i0..i1
-    and tile rows t0..t1 (d: their tiles in order), along the columns into v, then rows 2t (whole)
+    and tile rows t0..t1 (d: their tiles in order, plane (u, v) at plane[u, v]), along the columns
+    into v, then rows 2t (whole)
     and 2t + 1 (c + d into carry, finished with the next tile row's a). A band that starts at
     t0 > 0 finishes row 2 t0 - 1 from the carry its predecessor left; unless `last`, the band
     leaves its own in carry."""
@@ -242,13 +251,13 @@ def _planes_transposed(y, d, carry, i0, i1, t0, t1, last):
                 vu = v[u]
                 for s in range(tw):
                     src = d[first + s]
-                    pa, pb, pc, pd = src[4 * u], src[4 * u + 1], src[4 * u + 2], src[4 * u + 3]
+                    pa, pb, pc, pd = src[plane[u, 0]], src[plane[u, 1]], src[plane[u, 2]], src[plane[u, 3]]
                     even, odd = vu[2 * s], vu[2 * s + 1]
                     for ch in range(c):
                         even[ch] = (pb[ch] - pa[ch]) - pc[ch]
                         odd[ch] = pc[ch] + pd[ch]
                     if s + 1 < tw:
-                        na = d[first + s + 1, 4 * u]
+                        na = d[first + s + 1, plane[u, 0]]
                         for ch in range(c):
                             odd[ch] += na[ch]
             va, vb, vc, vd = v[0], v[1], v[2], v[3]
@@ -278,9 +287,21 @@ def _planes_transposed(y, d, carry, i0, i1, t0, t1, last):
 
 # ---------------------------------------------------------------- drivers
 
-def plane_block(prod, p, c):
-    """Plane p's products (tiles, count * C) in prod (tiles, 25 * C): a view, rows 25 * C apart."""
-    return prod[:, PLANE_FIRST[p] * c:PLANE_FIRST[p + 1] * c]
+def group_products(prod, group, c):
+    """A group's products in prod (tiles, 25 * C + PAD) as (planes, tiles, count * C): a view."""
+    n, p, k = group
+    return prod[:, PLANE_FIRST[p] * c:PLANE_FIRST[p + k] * c].reshape(len(prod), k, n * c).transpose(1, 0, 2)
+
+
+def group_planes(d, group, c):
+    """A group's planes in d (tiles, 16, C + PAD) as (planes, tiles, C): a view."""
+    return d[:, group[1]:group[1] + group[2], :c].transpose(1, 0, 2)
+
+
+def group_rows(a, group, c):
+    """A group's products' rows of a (25 * C_big, C_small) as (planes, count * C_big, C_small): a view."""
+    n, p, k = group
+    return a[PLANE_FIRST[p] * c:PLANE_FIRST[p + k] * c].reshape(k, n * c, -1)
 
 
 def image_tasks(n, tile_rows, row_bytes, cores):
@@ -316,10 +337,10 @@ def up(y, x, w2, bias, ws, epilogue=None, stats=None):
         i0, i1, t0, t1 = pieces[t]
         tiles = (i1 - i0) * (t1 - t0) * tw
         d = ws.buffer(("patches", k), (tiles, 16, c + PAD), x.dtype)
-        _planes(d, x, i0, i1, t0, t1)
+        _planes(d, x, i0, i1, t0, t1, _PLANE)
         prod = ws.buffer(("winograd_products", k), (tiles, 25 * o + PAD), y.dtype)
-        for p in range(16):
-            np.matmul(d[:, p, :c], blocks[p], out=plane_block(prod, p, o))
+        for group, block in zip(GROUPS, blocks):
+            np.matmul(group_planes(d, group, c), block, out=group_products(prod, group, o))
         _outputs(y, prod, i0, i1, t0, t1, _OUT_TERMS * o, _OUT_COUNTS, bias)
         rows = y[i0:i1, 4 * t0:4 * t1].reshape(-1, o)
         if epilogue is not None:
@@ -351,11 +372,11 @@ def _down_band(y, x, gt, i0, i1, t0, t1, ws, k, prod=None):
     if prod is None:
         prod = _transposed_products(x, i0, i1, t0, t1, ws, k)
     d = ws.buffer(("patches", k), (tiles, 16, cs + PAD), y.dtype)
-    for p in range(16):
-        np.matmul(plane_block(prod, p, cb), gt[PLANE_FIRST[p] * cb:PLANE_FIRST[p + 1] * cb], out=d[:, p, :cs])
+    for group in GROUPS:
+        np.matmul(group_products(prod, group, cb), group_rows(gt, group, cb), out=group_planes(d, group, cs))
     carry = ws.buffer(("winograd_carry", k), (y.shape[2], cs), y.dtype)
     last = t1 == ht
-    _planes_transposed(y, d, carry, i0, i1, t0, t1, last)
+    _planes_transposed(y, d, carry, i0, i1, t0, t1, last, _PLANE)
     return (2 * t0 - 1 if t0 > 0 else 0), (2 * t1 if last else 2 * t1 - 1)
 
 
@@ -408,16 +429,13 @@ def gemms(y, dw, x, w, t, ws):
                 prod = _transposed_products(x, i0, i1, t0, t1, ws, k)
                 if dw is not None:
                     d = ws.buffer(("patches", k), (tiles, 16, cs + PAD), t.dtype)
-                    _planes(d, t, i0, i1, t0, t1)
-                    for p in range(16):
-                        rows = slice(PLANE_FIRST[p] * cb, PLANE_FIRST[p + 1] * cb)
-                        block = plane_block(prod, p, cb).T
-                        if started:
-                            part = ws.buffer(("winograd_dw", k), (rows.stop - rows.start, cs), sums.dtype)
-                            np.matmul(block, d[:, p, :cs], out=part)
-                            sums[rows] += part
-                        else:
-                            np.matmul(block, d[:, p, :cs], out=sums[rows])
+                    _planes(d, t, i0, i1, t0, t1, _PLANE)
+                    part = ws.buffer(("winograd_dw", k), (25 * cb, cs), sums.dtype) if started else sums
+                    for group in GROUPS:
+                        np.matmul(group_products(prod, group, cb).transpose(0, 2, 1), group_planes(d, group, cs),
+                                  out=group_rows(part, group, cb))
+                    if started:
+                        sums += part
                     started = True
                 if y is not None:
                     _down_band(y, x, gt, i0, i1, t0, t1, ws, k, prod)
