@@ -128,7 +128,7 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
         def epilogue(rows):
             _activate(rows.reshape(-1), act, alpha)
             _sigmoid_after(act, rows)
-        winograd.up(y, x, w2, bias, ws, epilogue, stats)
+        winograd.up(y, x, w2, bias, ws, None if act == 0 else epilogue, stats)
         return
     args = _col2im_act_args(y, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
     src_h, width = args[0], w2.shape[1]

@@ -59,7 +59,18 @@ def _add_moments(part, a, shift, r0, r1):
     c = a.shape[1]
     s1 = np.zeros(c, np.float64)
     s2 = np.zeros(c, np.float64)
-    for r in range(r0, r1):
+    r = r0
+    while r + 4 <= r1:  # four rows a pass: the running sums (too many to stay in registers) are loaded
+        a0, a1, a2, a3 = a[r], a[r + 1], a[r + 2], a[r + 3]  # and stored once per four rows
+        for ch in range(c):
+            d0 = np.float64(a0[ch]) - shift[ch]
+            d1 = np.float64(a1[ch]) - shift[ch]
+            d2 = np.float64(a2[ch]) - shift[ch]
+            d3 = np.float64(a3[ch]) - shift[ch]
+            s1[ch] += (d0 + d1) + (d2 + d3)
+            s2[ch] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        r += 4
+    for r in range(r, r1):
         for ch in range(c):
             d = np.float64(a[r, ch]) - shift[ch]
             s1[ch] += d

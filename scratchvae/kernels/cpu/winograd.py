@@ -156,13 +156,17 @@ def _planes(d, x, i0, i1, t0, t1, plane):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def _outputs(y, prod, i0, i1, t0, t1, terms, counts, bias):
+def _outputs(y, prod, i0, i1, t0, t1, terms, counts, bias, measure, sums):
     """y[b, 4t+m, 4s+m', c] = bias[c] + the sum of the products the output map sends there, for
     images i0..i1 and tile rows t0..t1. prod (tiles, 25 * C); position j = 4m + m' sums the
     counts[j] products whose columns start at terms[j]. Row by row of y, so that its writes run on;
     the loops read slices, whose indices Numba knows are not negative (row[offset + c] would not
     vectorise), and the activation is the caller's (a branch on it here, even untaken, kept these
-    loops from vectorising: four times slower)."""
+    loops from vectorising: four times slower). When measure, sums (2, C) float64 also gets the sums
+    of y and y^2 over what is written, four pixels at a time while they are in L1 (into arrays of
+    its own, which LLVM knows alias nothing else: into sums directly, the loop did not vectorise)."""
+    s1 = np.zeros(y.shape[3], np.float64)
+    s2 = np.zeros(y.shape[3], np.float64)
     c = y.shape[3]
     tw = y.shape[2] // 4
     for b in range(i0, i1):
@@ -186,6 +190,17 @@ def _outputs(y, prod, i0, i1, t0, t1, terms, counts, bias):
                         else:
                             for ch in range(c):
                                 out[ch] = bias[ch] + ((p0[ch] + p1[ch]) + (p2[ch] + p3[ch]))
+                    if measure:
+                        a0, a1, a2, a3 = line[4 * s], line[4 * s + 1], line[4 * s + 2], line[4 * s + 3]
+                        for ch in range(c):
+                            d0, d1 = np.float64(a0[ch]), np.float64(a1[ch])
+                            d2, d3 = np.float64(a2[ch]), np.float64(a3[ch])
+                            s1[ch] += (d0 + d1) + (d2 + d3)
+                            s2[ch] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+    if measure:
+        for ch in range(c):
+            sums[0, ch] += s1[ch]
+            sums[1, ch] += s2[ch]
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
@@ -319,7 +334,8 @@ def image_tasks(n, tile_rows, row_bytes, cores):
 
 def up(y, x, w2, bias, ws, epilogue=None, stats=None):
     """y = the transposed convolution of x by w2's kernels + bias, then epilogue(rows) where given
-    (rows: a 2-D view (pixels, C_big) of what a piece wrote, still in cache): x (N, H, W, C_small),
+    (rows: a 2-D view (pixels, C_big) of what a piece wrote, still in cache; None: y as it is, whose
+    statistics the output map then takes as it writes): x (N, H, W, C_small),
     y (N, 2H, 2W, C_big). Pieces (a few images, or bands of tile rows) the cores take in turn, each
     its input planes, 16 single-threaded GEMMs and the output map with the bias while the products
     are in cache. stats (2, C_big): when given, y's per-channel mean and biased variance (after the
@@ -332,6 +348,7 @@ def up(y, x, w2, bias, ws, epilogue=None, stats=None):
     pieces = schedule.pieces(n, ht, tw * 25 * o * y.dtype.itemsize, cores)
     parts = None if stats is None else moment_parts(len(pieces), o)
     zero = np.zeros(o)
+    sums = np.zeros((2, o))  # what _outputs is given when it measures nothing
 
     def do(k, t):
         i0, i1, t0, t1 = pieces[t]
@@ -341,12 +358,13 @@ def up(y, x, w2, bias, ws, epilogue=None, stats=None):
         prod = ws.buffer(("winograd_products", k), (tiles, 25 * o + PAD), y.dtype)
         for group, block in zip(GROUPS, blocks):
             np.matmul(group_planes(d, group, c), block, out=group_products(prod, group, o))
-        _outputs(y, prod, i0, i1, t0, t1, _OUT_TERMS * o, _OUT_COUNTS, bias)
+        in_map = parts is not None and epilogue is None  # the output map measures as it writes
+        _outputs(y, prod, i0, i1, t0, t1, _OUT_TERMS * o, _OUT_COUNTS, bias, in_map, parts[t] if in_map else sums)
         rows = y[i0:i1, 4 * t0:4 * t1].reshape(-1, o)
         if epilogue is not None:
             epilogue(rows)
-        if parts is not None:
-            _add_moments(parts[t], rows, zero, 0, rows.shape[0])
+            if parts is not None:
+                _add_moments(parts[t], rows, zero, 0, rows.shape[0])
 
     if not schedule.in_turn(len(pieces), do, cores):
         for t in range(len(pieces)):
