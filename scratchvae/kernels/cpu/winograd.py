@@ -49,12 +49,12 @@ OUTPUT_MAP_1D = np.array([[1, 1, 0, 0, 0], [0, 0, 0, 1, 0], [0, 1, 1, 0, 0], [0,
 _PRODUCTS_OF = [[k for k in range(5) if PRODUCT_PLANE_1D[k] == u] for u in range(4)]
 PLANES = sorted(((u, v) for u in range(4) for v in range(4)), key=lambda uv: len(_PRODUCTS_OF[uv[0]]) *
                 len(_PRODUCTS_OF[uv[1]]))
-PRODUCTS = [(k, l) for u, v in PLANES for k in _PRODUCTS_OF[u] for l in _PRODUCTS_OF[v]]
+PRODUCTS = [(k, k2) for u, v in PLANES for k in _PRODUCTS_OF[u] for k2 in _PRODUCTS_OF[v]]
 PLANE_COUNT = np.array([len(_PRODUCTS_OF[u]) * len(_PRODUCTS_OF[v]) for u, v in PLANES])
 PLANE_FIRST = np.concatenate([[0], np.cumsum(PLANE_COUNT)])  # the plane's first product
 GROUPS = [(int(n), int(np.argmax(PLANE_COUNT == n)), int((PLANE_COUNT == n).sum())) for n in (1, 2, 4)]
 # KERNEL_MAP[p, i*3+j]: product p's combination of the taps, in PRODUCTS' order
-KERNEL_MAP = np.array([np.outer(PRODUCT_KERNEL_1D[k], PRODUCT_KERNEL_1D[l]).ravel() for k, l in PRODUCTS])
+KERNEL_MAP = np.array([np.outer(PRODUCT_KERNEL_1D[k], PRODUCT_KERNEL_1D[k2]).ravel() for k, k2 in PRODUCTS])
 
 # In the kernels (which write PLANES_1D and OUTPUT_MAP_1D out by hand; the tests hold them to the
 # tables): _SLOT[k, l], the product's index in PRODUCTS; _OUT_TERMS, _OUT_COUNTS: the products each
@@ -65,8 +65,9 @@ for _i, (_k, _l) in enumerate(PRODUCTS):
 _PLANE = np.full((4, 4), -1, np.int64)  # _PLANE[u, v]: the plane's index in PLANES
 for _i, (_u, _v) in enumerate(PLANES):
     _PLANE[_u, _v] = _i
-_OUT_TERMS = np.array([([_SLOT[k, l] for k in range(5) if OUTPUT_MAP_1D[m, k] for l in range(5) if OUTPUT_MAP_1D[mm, l]]
-                        * 4)[:4] for m in range(4) for mm in range(4)], np.int64)  # padded by repeating
+_OUT_TERMS = np.array([([_SLOT[k, k2] for k in range(5) if OUTPUT_MAP_1D[m, k]
+                         for k2 in range(5) if OUTPUT_MAP_1D[mm, k2]] * 4)[:4]  # padded by repeating
+                       for m in range(4) for mm in range(4)], np.int64)
 _OUT_COUNTS = np.array([OUTPUT_MAP_1D[m].sum() * OUTPUT_MAP_1D[mm].sum() for m in range(4) for mm in range(4)],
                        np.int64)
 
