@@ -13,8 +13,8 @@ outputs of a tile are a 2-tap filter, which F(2, 2) gives with three products in
 Five products for four outputs where im2col takes six. In two dimensions the tile is 2x2 small and
 4x4 big, and the products are the 25 pairs (Pk along rows, Pl along columns): 25 GEMMs of
 (tiles x C_small) by (C_small x C_big) where im2col's GEMM is 36 of them. Products that read the
-same input plane (b is read by P2 and P4) are one GEMM with their kernels side by side, so there
-are 16 GEMMs, one per plane (u, v).
+same input plane (b is read by P2 and P4) are one GEMM with their kernels side by side: 16 GEMMs,
+one per plane (u, v), made as three batched calls (the planes read by one, two and four products).
 
 The other directions are this one's adjoint, read backwards: a Conv2D from the big map z to the
 small one takes the output map's transpose over z (dP), the GEMMs with the kernels transposed,
@@ -75,7 +75,7 @@ _OUT_COUNTS = np.array([OUTPUT_MAP_1D[m].sum() * OUTPUT_MAP_1D[mm].sum() for m i
 # length (16 planes of 128 channels) would put the GEMMs' strided operands in the same cache sets.
 PAD = 16
 MIN_CHANNELS = 32  # fewer channels on either side: the GEMMs are too thin to gain (the 3-channel layers)
-MIN_SMALL_PIXELS = 8192  # fewer small-map pixels in a call: 16 GEMMs a piece cost more than they save
+MIN_SMALL_PIXELS = 8192  # fewer small-map pixels in a call: the transforms and calls cost more than they save
 
 
 def fits(small, big, c_small, c_big, kh, kw, stride, pad_top, pad_left):
@@ -338,7 +338,7 @@ def up(y, x, w2, bias, ws, epilogue=None, stats=None):
     (rows: a 2-D view (pixels, C_big) of what a piece wrote, still in cache; None: y as it is, whose
     statistics the output map then takes as it writes): x (N, H, W, C_small),
     y (N, 2H, 2W, C_big). Pieces (a few images, or bands of tile rows) the cores take in turn, each
-    its input planes, 16 single-threaded GEMMs and the output map with the bias while the products
+    its input planes, the single-threaded GEMMs and the output map with the bias while the products
     are in cache. stats (2, C_big): when given, y's per-channel mean and biased variance (after the
     epilogue), each piece's sums taken while it is in cache."""
     n, h, w, c = x.shape
@@ -375,7 +375,7 @@ def up(y, x, w2, bias, ws, epilogue=None, stats=None):
 
 
 def _transposed_products(x, i0, i1, t0, t1, ws, k):
-    """The output map's transpose of the big map x over a band: the flat product buffer."""
+    """The output map's transpose of the big map x over a band: (tiles, 25 * C_big + PAD)."""
     tiles = (i1 - i0) * (t1 - t0) * (x.shape[2] // 4)
     prod = ws.buffer(("winograd_products", k), (tiles, 25 * x.shape[3] + PAD), x.dtype)
     _output_map_transposed(prod, x, i0, i1, t0, t1, _SLOT)
@@ -384,7 +384,7 @@ def _transposed_products(x, i0, i1, t0, t1, ws, k):
 
 def _down_band(y, x, gt, i0, i1, t0, t1, ws, k, prod=None):
     """One band of the small map from the big one: the output map's transpose of x (unless given
-    as prod), 16 GEMMs with the kernels' blocks gt, the planes' transpose into y (rows 2 t0 - 1 ..
+    as prod), the GEMMs with the kernels' blocks gt, the planes' transpose into y (rows 2 t0 - 1 ..
     2 t1 - 1, or to the image's end on its last band). Returns the rows of y written, (lo, hi)."""
     ht, tw, cb, cs = y.shape[1] // 2, y.shape[2] // 2, x.shape[3], y.shape[3]
     tiles = (i1 - i0) * (t1 - t0) * tw
