@@ -6,7 +6,8 @@ child, as on a user's machine, unless the bench is told to keep a kernel overrid
 with (BLAS_OVERRIDE_VARS: some build machines force older kernels for older OpenBLAS builds; on an
 AVX-512 processor that halves NumPy's matrix products, and only scratchvae's, since PyTorch and
 onnxruntime bring their own). Import this before anything imports scratchvae (which
-sets OMP_WAIT_POLICY for its own process on import); it never imports scratchvae itself.
+sets OMP_WAIT_POLICY for its own process on import); it never imports scratchvae itself, but puts
+its own tree's on the path.
 """
 
 import json
@@ -19,6 +20,14 @@ import sys
 from typing import NamedTuple
 
 SNAPSHOT = dict(os.environ)  # the environment before any scratchvae import (see the docstring)
+
+# The scratchvae a bench (and each of its children, which run the same script) imports is the one of
+# the tree the bench lives in, or one that PYTHONPATH names: this tree's root goes on the path right
+# after PYTHONPATH's entries, ahead of an installed scratchvae. (An editable install otherwise
+# answers for every tree, so timing an older tree's benches timed the installed code.)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(1 + len([p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]), ROOT)
 
 # Set explicitly in every child to the bench's thread count (torch and OpenBLAS read these at load).
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")

@@ -165,3 +165,24 @@ def test_the_call_profile_times_every_call_it_names():
                  "Sigmoid forward", "folding a 3x3x128x128 kernel"):
         assert line in out, line
     assert len(re.findall(r"\d+\.\d+ ms", out)) >= 10
+
+
+def test_a_bench_imports_the_scratchvae_of_its_own_tree_unless_pythonpath_names_another(tmp_path):
+    """fair puts the bench's own tree ahead of an installed scratchvae (this checkout, installed
+    editable, would otherwise answer for every tree), and after PYTHONPATH's entries."""
+    import shutil
+    import subprocess
+    tree, other = tmp_path / "tree", tmp_path / "other"
+    (tree / "benches").mkdir(parents=True)
+    shutil.copy(os.path.join(BENCHES, "fair.py"), tree / "benches" / "fair.py")
+    for root, name in ((tree, "tree"), (other, "other")):
+        (root / "scratchvae").mkdir(parents=True)
+        (root / "scratchvae" / "__init__.py").write_text(f"WHERE = {name!r}\n")
+    probe = tree / "benches" / "probe.py"
+    probe.write_text("import fair  # noqa: F401\nimport scratchvae\nprint(scratchvae.WHERE)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run([sys.executable, str(probe)], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "tree"
+    run = subprocess.run([sys.executable, str(probe)], env={**env, "PYTHONPATH": str(other)}, capture_output=True,
+                         text=True, check=True)
+    assert run.stdout.strip() == "other"
