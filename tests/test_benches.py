@@ -167,6 +167,20 @@ def test_the_call_profile_times_every_call_it_names():
     assert len(re.findall(r"\d+\.\d+ ms", out)) >= 10
 
 
+def test_the_winograd_profile_times_both_paths_and_says_where_the_fast_one_is_not_taken():
+    """benches/profile_winograd.py: each call on both paths where fits() takes it (a 64x64 small map
+    at batch 2 is 8192 pixels, 32 channels the least it takes), with a ratio and the paths' largest
+    relative difference (float32 rounding, far below 1e-3); one column where it is not (8x8)."""
+    import subprocess
+    out = subprocess.run([sys.executable, str(BENCHES / "profile_winograd.py"), "--batch", "2", "--sizes", "64,8",
+                          "--channels", "32", "--rounds", "1"], capture_output=True, text=True, check=True).stdout
+    taken = [line for line in out.splitlines() if re.search(r" 64 .*x .*e-", line)]
+    assert len(taken) == 3, out
+    for line in taken:
+        assert float(line.split()[-1]) < 1e-3
+    assert len([line for line in out.splitlines() if "(not taken)" in line]) == 3, out
+
+
 def test_a_bench_imports_the_scratchvae_of_its_own_tree_unless_pythonpath_names_another(tmp_path):
     """fair puts the bench's own tree ahead of an installed scratchvae (this checkout, installed
     editable, would otherwise answer for every tree), and after PYTHONPATH's entries."""
