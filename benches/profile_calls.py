@@ -1,6 +1,7 @@
 """Single calls the speed work measures, in one process: each step of a batch-1 decode, the
 encoder's first step at batch 64, the last layer's training forward + backward and the training
-Sigmoid at batch 32, and folding a 128x128 transposed-convolution kernel against comparing it.
+Sigmoid at batch 32, an Adam step on the seed model, and folding a 128x128 transposed-convolution kernel
+against comparing it.
 
     python benches/profile_calls.py [--repeats 30] [--threads N] [--keep-blas-override]
 
@@ -30,6 +31,7 @@ from scratchvae import kernels as K  # noqa: E402
 from scratchvae import threads  # noqa: E402
 from scratchvae.layers import Conv2DTranspose  # noqa: E402
 from scratchvae.model import VAE, VAEConfig  # noqa: E402
+from scratchvae.optim import Adam  # noqa: E402
 
 
 def median_ms(fn, repeats, warmup=3):
@@ -83,6 +85,11 @@ def main(argv=None):
     out = np.empty_like(pre)
     ms = median_ms(lambda: K.sigmoid_forward(out, pre), args.repeats)
     print(f"Sigmoid forward, batch 32 (128x128x3): {ms:.2f} ms")
+
+    opt = Adam()
+    params, grads = vae.params(), vae.grads()
+    ms = median_ms(lambda: opt.step(params, grads), args.repeats)
+    print(f"Adam step on the seed model's parameters: {ms:.2f} ms")
 
     kernel = rng.standard_normal((3, 3, 128, 128)).astype(np.float32)
     ones, zeros = np.ones(128, np.float32), np.zeros(128, np.float32)

@@ -162,7 +162,7 @@ def test_the_call_profile_times_every_call_it_names():
     out = subprocess.run([sys.executable, str(BENCHES / "profile_calls.py"), "--repeats", "1"],
                          capture_output=True, text=True, check=True).stdout
     for line in ("decode, batch 1:", "conv_t_out+sigmoid", "encoder's first step", "last layer",
-                 "Sigmoid forward", "folding a 3x3x128x128 kernel"):
+                 "Sigmoid forward", "Adam step", "folding a 3x3x128x128 kernel"):
         assert line in out, line
     assert len(re.findall(r"\d+\.\d+ ms", out)) >= 10
 
