@@ -85,6 +85,22 @@ def child_env(threads, wait_policy="unset", base=None, extra=None):
     return env
 
 
+def run_without_blas_override():
+    """For a bench that times in its own process (the profiles): unless --keep-blas-override is on
+    the command line, start this script again without the OpenBLAS kernel override it was launched
+    with, as the side-by-side benches' children run. Call it before scratchvae or NumPy is imported."""
+    if "--keep-blas-override" not in sys.argv and any(v in os.environ for v in BLAS_OVERRIDE_VARS):
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  {k: v for k, v in os.environ.items() if k not in BLAS_OVERRIDE_VARS})
+
+
+def add_profile_options(parser):
+    """--threads and --keep-blas-override, as the in-process profiles take them."""
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--keep-blas-override", action="store_true",
+                        help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as launched (default: run without them)")
+
+
 def add_blas_override_option(parser):
     parser.add_argument("--keep-blas-override", action="store_true",
                         help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as launched in every child (default: "

@@ -11,14 +11,9 @@ since the fifth session has. Like the benches' children it runs without an OpenB
 override it was launched with, unless --keep-blas-override. Absolute times move with the machine.
 """
 
-import os  # noqa: I001
-import sys
+import fair  # noqa: I001
 
-import fair
-
-if "--keep-blas-override" not in sys.argv and any(v in os.environ for v in fair.BLAS_OVERRIDE_VARS):
-    os.execve(sys.executable, [sys.executable, *sys.argv],
-              {k: v for k, v in os.environ.items() if k not in fair.BLAS_OVERRIDE_VARS})
+fair.run_without_blas_override()
 
 import scratchvae  # noqa: F401,E402  before NumPy: its process settings apply before NumPy loads OpenBLAS
 
@@ -48,9 +43,7 @@ def median_ms(fn, repeats, warmup=3):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=30)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--keep-blas-override", action="store_true",
-                   help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as launched (default: run without them)")
+    fair.add_profile_options(p)
     args = p.parse_args(argv)
     threads.set_threads(args.threads)
     rng = np.random.default_rng(0)

@@ -9,14 +9,9 @@ As the side-by-side benches do, it runs without an OpenBLAS kernel override it w
 The per-layer times add up to the step; read them as shares, the machine being shared and noisy.
 """
 
-import os  # noqa: I001
-import sys
+import fair  # noqa: I001
 
-import fair
-
-if "--keep-blas-override" not in sys.argv and any(v in os.environ for v in fair.BLAS_OVERRIDE_VARS):
-    os.execve(sys.executable, [sys.executable, *sys.argv],
-              {k: v for k, v in os.environ.items() if k not in fair.BLAS_OVERRIDE_VARS})
+fair.run_without_blas_override()
 
 import scratchvae  # noqa: F401,E402  before NumPy: its process settings apply before NumPy loads OpenBLAS
 
@@ -35,9 +30,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=6)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--keep-blas-override", action="store_true",
-                   help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as launched (default: run without them)")
+    fair.add_profile_options(p)
     args = p.parse_args(argv)
     threads.set_threads(args.threads)
     rng = np.random.default_rng(0)

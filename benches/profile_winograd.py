@@ -14,14 +14,9 @@ PYTHONPATH=TREE) to time that tree's kernels; it drops the launch's OpenBLAS ker
 unless --keep-blas-override, as the other benches do.
 """
 
-import os  # noqa: I001
-import sys
+import fair  # noqa: I001
 
-import fair
-
-if "--keep-blas-override" not in sys.argv and any(v in os.environ for v in fair.BLAS_OVERRIDE_VARS):
-    os.execve(sys.executable, [sys.executable, *sys.argv],
-              {k: v for k, v in os.environ.items() if k not in fair.BLAS_OVERRIDE_VARS})
+fair.run_without_blas_override()
 
 import scratchvae  # noqa: F401,E402  before NumPy: its process settings apply before NumPy loads OpenBLAS
 
@@ -87,9 +82,7 @@ def main(argv=None):
     p.add_argument("--sizes", default="64,32,16,8", help="small-map sizes, comma-separated")
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--keep-blas-override", action="store_true",
-                   help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE as launched (default: run without them)")
+    fair.add_profile_options(p)
     args = p.parse_args(argv)
     threads.set_threads(args.threads)
     rng = np.random.default_rng(0)

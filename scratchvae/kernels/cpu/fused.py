@@ -263,8 +263,6 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
         if parts is not None:
             _add_moments(parts[t], y2, zero, r0, r1)
 
-    if not schedule.in_turn(len(pieces), do, cores):
-        for t in range(len(pieces)):  # one core: the same pieces in order (BLAS threaded as set)
-            do(0, t)
+    schedule.each(len(pieces), do, cores)
     if parts is not None:
         finish_moments(stats[0], stats[1], parts, y2.shape[0])

@@ -79,6 +79,14 @@ def column_block(columns, cores):
     return max(64, -(-columns // (cores * TASKS_PER_CORE)))
 
 
+def each(count, do, cores):
+    """do(k, t) for every task t < count: the cores in turn (in_turn), or, where that runs nothing,
+    every task in order on this thread (k 0; BLAS threaded as set)."""
+    if not in_turn(count, do, cores):
+        for t in range(count):
+            do(0, t)
+
+
 def in_turn(count, do, cores):
     """do(k, t) for every task t < count on `cores` threads (k: the thread, e.g. for its own buffers)
     that take the tasks in turn, BLAS single-threaded meanwhile; a single task runs on the calling

@@ -350,6 +350,7 @@ def up(y, x, w2, bias, ws, epilogue=None, stats=None):
     parts = None if stats is None else moment_parts(len(pieces), o)
     zero = np.zeros(o)
     sums = np.zeros((2, o))  # what _outputs is given when it measures nothing
+    terms = _OUT_TERMS * o  # the products' column offsets
 
     def do(k, t):
         i0, i1, t0, t1 = pieces[t]
@@ -360,16 +361,14 @@ def up(y, x, w2, bias, ws, epilogue=None, stats=None):
         for group, block in zip(GROUPS, blocks):
             np.matmul(group_planes(d, group, c), block, out=group_products(prod, group, o))
         in_map = parts is not None and epilogue is None  # the output map measures as it writes
-        _outputs(y, prod, i0, i1, t0, t1, _OUT_TERMS * o, _OUT_COUNTS, bias, in_map, parts[t] if in_map else sums)
+        _outputs(y, prod, i0, i1, t0, t1, terms, _OUT_COUNTS, bias, in_map, parts[t] if in_map else sums)
         rows = y[i0:i1, 4 * t0:4 * t1].reshape(-1, o)
         if epilogue is not None:
             epilogue(rows)
             if parts is not None:
                 _add_moments(parts[t], rows, zero, 0, rows.shape[0])
 
-    if not schedule.in_turn(len(pieces), do, cores):
-        for t in range(len(pieces)):
-            do(0, t)
+    schedule.each(len(pieces), do, cores)
     if parts is not None:
         finish_moments(stats[0], stats[1], parts, y.size // o)
 
@@ -420,9 +419,7 @@ def down(y, x, w, epilogue, ws, stats=None):
             if parts is not None:
                 _add_moments(parts[t], rows, zero, 0, rows.shape[0])
 
-    if not schedule.in_turn(len(tasks), do, cores):
-        for t in range(len(tasks)):
-            do(0, t)
+    schedule.each(len(tasks), do, cores)
     if parts is not None:
         finish_moments(stats[0], stats[1], parts, y.size // cs)
 
