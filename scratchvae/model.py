@@ -15,7 +15,7 @@ from scratchvae.inference import Plan
 from scratchvae.kernels.workspace import Workspace
 from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU,
                                Reshape, Sigmoid, UpSampling2D)
-from scratchvae.layers.norm import BatchStats
+from scratchvae.layers.norm import BatchStats, DeferredNorm
 
 __all__ = ["VAE", "VAEConfig", "Sequential", "LOAD_EXPANSION"]
 
@@ -103,14 +103,20 @@ class VAE:
         of the encoder computes no input gradient; a convolution that reads a BatchNorm's output
         writes its input gradient over it (BatchNorm's backward needs only its own input); a
         convolution right before a BatchNorm measures that BatchNorm's batch statistics as it writes
-        its output (BatchStats; single-process training); every layer but the last reuses its
-        inference output buffer (only the next layer reads it)."""
-        layers, producer, i, dead, stats = [], None, 0, dead_biases(specs), None
+        its output (BatchStats; single-process training); a BatchNorm read only by a stride-1
+        Conv2DTranspose leaves its training output unwritten, the convolution normalising as it reads
+        (DeferredNorm); every layer but the last reuses its inference output buffer (only the next
+        layer reads it)."""
+        layers, producer, i, dead, stats, deferred = [], None, 0, dead_biases(specs), None, None
         while i < len(specs):
             spec, a = specs[i], specs[i].args
             feeds_bn = i + 1 < len(specs) and specs[i + 1].kind == "BatchNormalization"
             fuse = spec.kind == "BatchNormalization" and i + 1 < len(specs) and specs[i + 1].kind == "LeakyReLU"
             last = i + (2 if fuse else 1) == len(specs)
+            reader = None if last else specs[i + (2 if fuse else 1)]
+            if spec.kind == "BatchNormalization":  # its output read by a stride-1 Conv2DTranspose: deferred
+                deferred = DeferredNorm(a["features"], self.dtype) if reader is not None \
+                    and reader.kind == "Conv2DTranspose" and reader.args["strides"] == 1 else None
             common = dict(dtype=self.dtype, name=spec.name, workspace=self.workspace,
                           grads={k: self._grad_views[f"{part}.{spec.name}.{k}"]
                                  for k in architecture.param_shapes(spec)},
@@ -124,15 +130,15 @@ class VAE:
                                activation=a["activation"], rng=rng, **conv, **common)
             elif spec.kind == "Conv2DTranspose":
                 layer = Conv2DTranspose(a["in_channels"], a["filters"], a["kernel_size"], a["strides"], rng=rng,
-                                        **conv, **common)
+                                        deferred=deferred, **conv, **common)
             elif spec.kind == "Dense":
                 layer = Dense(a["in_features"], a["units"], rng=rng, **common)
             elif fuse:
                 layer = BatchNormLeakyReLU(a["features"], specs[i + 1].args["alpha"], a["momentum"], a["epsilon"],
-                                           reducer=reducer, batch_stats=stats, **common)
+                                           reducer=reducer, batch_stats=stats, deferred=deferred, **common)
             elif spec.kind == "BatchNormalization":
                 layer = BatchNorm(a["features"], a["momentum"], a["epsilon"], reducer=reducer, batch_stats=stats,
-                                  **common)
+                                  deferred=deferred, **common)
             elif spec.kind == "LeakyReLU":
                 layer = LeakyReLU(a["alpha"], **common)
             elif spec.kind == "Sigmoid":
@@ -149,6 +155,8 @@ class VAE:
                 producer = layer
             if isinstance(layer, BatchNorm):
                 stats = None
+            elif layer.kind.startswith("Conv"):
+                deferred = None
             layers.append(layer)
             i += 2 if fuse else 1
         return layers

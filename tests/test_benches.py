@@ -181,6 +181,20 @@ def test_the_winograd_profile_times_both_paths_and_says_where_the_fast_one_is_no
     assert len([line for line in out.splitlines() if "(not taken)" in line]) == 3, out
 
 
+def test_the_deferred_profile_times_both_ways_and_finds_the_same_gradients():
+    """benches/profile_deferred.py: forward and backward with the BatchNorm's output written out and
+    deferred, with ratios; the two ways' gradients agree to float32 rounding; the deferred
+    BatchNorm holds no output map (the written-out one holds batch x size^2 x channels floats)."""
+    import subprocess
+    out = subprocess.run([sys.executable, str(BENCHES / "profile_deferred.py"), "--batch", "2", "--size", "64",
+                          "--channels", "128", "--rounds", "1"], capture_output=True, text=True, check=True).stdout
+    for part in ("forward", "backward", "both"):
+        assert re.search(rf"^{part} .* \d+\.\d\dx$", out, re.M), out
+    diffs = re.search(r"largest value: (.*)", out).group(1)
+    assert [float(v.rsplit(" ", 1)[1]) < 1e-5 for v in diffs.split(", ")] == [True] * 4, out
+    assert "written out 4 MB, deferred 0 MB" in out, out
+
+
 def test_a_bench_imports_the_scratchvae_of_its_own_tree_unless_pythonpath_names_another(tmp_path):
     """fair puts the bench's own tree ahead of an installed scratchvae (this checkout, installed
     editable, would otherwise answer for every tree), and after PYTHONPATH's entries."""

@@ -499,6 +499,58 @@ def test_conv_gemms(rng, monkeypatch, outputs):
     assert_close(want, got, SUM_RTOL, SUM_ATOL)
 
 
+def batchnorm_rows(rng, c):
+    """A BatchNorm's mean, invstd, gamma and beta per channel: the kernels' `pre` (4, C)."""
+    return np.stack([rng.standard_normal(c) * 0.3, rng.uniform(0.5, 2, c), rng.uniform(0.5, 1.5, c),
+                     rng.standard_normal(c) * 0.5]).astype(F32)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", [(2, 3, 3, 5, 3, 2), (1, 4, 3, 2, 3, 1)])
+def test_conv_transpose_act_reads_its_input_through_a_batchnorm(rng, n, h, w, c, k, s):
+    """pre: x normalised (BatchNorm + LeakyReLU) into a buffer first, then the same transposed
+    convolution and statistics as the CPU's, which normalises as it reads."""
+    o = 4
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    w2 = rng.standard_normal((c, k * k * o + 3)).astype(F32)
+    bias = rng.standard_normal(o).astype(F32)
+    pt, pl = same_padding(h * s, k, s)[1], same_padding(w * s, k, s)[1]
+    y, stats = np.full((n, h * s, w * s, o), np.nan, F32), np.full((2, o), np.nan, F32)
+    ref, got = both("conv_transpose_act", [y], x, w2, bias, k, k, s, pt, pl, "leaky", 0.3, None, None,
+                    batchnorm_rows(rng, c), 0.3)
+    assert_close(ref, got, SUM_RTOL, SUM_ATOL)
+    pre = batchnorm_rows(rng, c)
+    d_y, d_stats = dev(y), dev(stats)
+    gpu.conv_transpose_act(d_y, dev(x), dev(w2), dev(bias), k, k, s, pt, pl, None, 1.0, None, d_stats, dev(pre), 0.3)
+    cpu.conv_transpose_act(y, x, w2, bias, k, k, s, pt, pl, None, 1.0, None, stats, pre, 0.3)
+    assert_close([y, stats], [d_y.copy_to_host(), d_stats.copy_to_host()], SUM_RTOL, SUM_ATOL)
+
+
+@pytest.mark.parametrize("outputs", ["both", "dw", "y"])
+def test_conv_gemms_read_t_through_a_batchnorm_and_sum_its_gradient(rng, monkeypatch, outputs):
+    """pre: t normalised before the dw GEMMs; pre_sums (with y): the BatchNorm's backward sums of y
+    against t, after the GEMMs; the CPU's results, chunk by chunk."""
+    from scratchvae.kernels.cuda import convolution
+    monkeypatch.setattr(convolution, "COLS_BYTES", 1)  # one image a chunk
+    n, h, w, c, k, s, o = 3, 5, 4, 3, 3, 1, 4
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    x = rng.standard_normal((n, h, w, c)).astype(F32)
+    wk = rng.standard_normal((k * k * c, o)).astype(F32)
+    t = rng.standard_normal((n, ho, wo, o)).astype(F32)
+    pre = batchnorm_rows(rng, o)
+    y = None if outputs == "dw" else np.full((n, ho, wo, o), np.nan, F32)
+    dw = None if outputs == "y" else np.full((k * k * c, o), np.nan, F32)
+    sums = None if y is None else np.full((2, o), np.nan, F32)
+    outs = [a for a in (y, dw, sums) if a is not None]
+    want = [a.copy() for a in outs]
+    it = iter(want)
+    cpu.conv_gemms(None if y is None else next(it), None if dw is None else next(it), x, wk, t, k, k, s, pt, pl,
+                   None, pre, 0.3, None if sums is None else next(it))
+    d = [None if a is None else dev(a) for a in (y, dw, sums)]
+    gpu.conv_gemms(d[0], d[1], dev(x), dev(wk), dev(t), k, k, s, pt, pl, None, dev(pre), 0.3, d[2])
+    assert_close(want, [a.copy_to_host() for a in d if a is not None], SUM_RTOL, SUM_ATOL)
+
+
 @pytest.mark.parametrize("n,i,o", [(3, 5, 70), (130, 9, 3)])  # 2 x 1 and 1 x 2 GEMM tiles
 @pytest.mark.parametrize("activation", [None, "leaky", "sigmoid"])
 def test_dense_act(rng, n, i, o, activation):

@@ -361,6 +361,108 @@ def test_conv_gemms(rng, monkeypatch, n, h, w, c, k, s, outputs, pieces):
         np.testing.assert_allclose(value, want[name], rtol=1e-4, atol=1e-4)
 
 
+def batchnorm_rows(rng, c, dtype=F32):
+    """A BatchNorm's mean, invstd, gamma and beta per channel: the kernels' `pre` (4, C)."""
+    return np.stack([rng.standard_normal(c) * 0.3, rng.uniform(0.5, 2, c), rng.uniform(0.5, 1.5, c),
+                     rng.standard_normal(c) * 0.5]).astype(dtype)
+
+
+def cut(monkeypatch, pieces):
+    """The fused kernels' work in one-row bands, as cut by default, all on one thread, or (where the
+    geometry allows) on the 25-product path."""
+    if pieces == "bands":
+        for name in ("PIECE_COLS_BYTES", "MIN_BAND_ROWS"):
+            monkeypatch.setattr(schedule, name, 1)
+    elif pieces == "unsplit":
+        monkeypatch.setattr(threads, "on_each_core", lambda fn, workers: False)
+    elif pieces == "25-products":
+        monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+        monkeypatch.setattr(winograd, "MIN_SMALL_PIXELS", 1)
+
+
+def normalised(a, pre, alpha):
+    """a through the BatchNorm pre and LeakyReLU(alpha), as bn_act_forward writes it (float64 math)."""
+    v = (a - pre[0]) * pre[1] * pre[2] + pre[3]
+    return np.where(v > 0, v, alpha * v)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", [(2, 6, 5, 3, 3, 1), (5, 4, 3, 6, 3, 2), (1, 33, 3, 2, 3, 1),
+                                         (2, 4, 4, 5, 3, 2)])
+@pytest.mark.parametrize("pieces", ["bands", "default", "unsplit", "25-products"])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (F32, None)])
+def test_conv_transpose_act_reads_its_input_through_a_batchnorm(rng, monkeypatch, n, h, w, c, k, s, pieces, dtype,
+                                                                 tol):
+    """pre: x read as leaky((x - mean) * invstd * gamma + beta), a few rows at a time just before
+    their GEMM (or, on the 25-product path, into a buffer first): the reference's y and statistics
+    from the normalised x, in pieces, bands (several normalised blocks a band), on one thread."""
+    monkeypatch.setattr(fused, "PRE_ROWS", 7)
+    cut(monkeypatch, pieces)
+    o = 4
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    pre = batchnorm_rows(rng, c, dtype)
+    w2 = rng.standard_normal((c, k * k * o + 3)).astype(dtype)
+    bias = rng.standard_normal(o).astype(dtype)
+    pt, pl = same_padding(h * s, k, s)[1], same_padding(w * s, k, s)[1]
+    y, want, plain = np.full((3, n, h * s, w * s, o), np.nan, dtype)
+    stats, want_stats = np.full((2, 2, o), np.nan, dtype)
+    args = (w2, bias, k, k, s, pt, pl, "leaky", 0.3, None)
+    cpu.conv_transpose_act(y, x, *args, stats, pre, 0.3)
+    reference.conv_transpose_act(want, x, *args, want_stats, pre, 0.3)
+    reference.conv_transpose_act(plain, normalised(x, pre, dtype(0.3)).astype(dtype), *args)
+    for got, ref in ((y, want), (stats, want_stats), (want, plain)):
+        np.testing.assert_allclose(got, ref, rtol=tol or RTOL, atol=tol or ATOL)
+
+
+@pytest.mark.parametrize("n,h,w,c,k,s", [(2, 6, 5, 3, 3, 1), (1, 33, 3, 2, 3, 1), (2, 8, 8, 3, 3, 2)])
+@pytest.mark.parametrize("outputs", ["both", "dw", "y"])
+@pytest.mark.parametrize("pieces", ["bands", "default", "unsplit", "25-products"])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (F32, None)])
+def test_conv_gemms_read_t_through_a_batchnorm_and_sum_its_gradient(rng, monkeypatch, n, h, w, c, k, s, outputs,
+                                                                     pieces, dtype, tol):
+    """pre: t read through a BatchNorm + LeakyReLU, each piece's rows normalised before its dw
+    product; pre_sums (with y): the BatchNorm's backward sums (bn_act_grad_sums) of y against t,
+    taken piece by piece as y is written; y keeps its meaning (t's gradient before the BatchNorm
+    is applied). The reference's results, and the same bits at every call."""
+    cut(monkeypatch, pieces)
+    ho, pt = same_padding(h, k, s)
+    wo, pl = same_padding(w, k, s)
+    o = 5  # t's and y's channels
+    x = rng.standard_normal((n, h, w, c)).astype(dtype)
+    wk = rng.standard_normal((k * k * c, o)).astype(dtype)
+    t = rng.standard_normal((n, ho, wo, o)).astype(dtype)
+    pre = batchnorm_rows(rng, o, dtype)
+
+    def call(module, t_in, pre_in):
+        y = None if outputs == "dw" else np.full((n, ho, wo, o), np.nan, dtype)
+        dw = None if outputs == "y" else np.full((k * k * c, o), np.nan, dtype)
+        sums = None if y is None or pre_in is None else np.full((2, o), np.nan, dtype)
+        module.conv_gemms(y, dw, x, wk, t_in, k, k, s, pt, pl, None, pre_in, 0.3, sums)
+        return [a for a in (y, dw, sums) if a is not None]
+
+    got, again, want = call(cpu, t, pre), call(cpu, t, pre), call(reference, t, pre)
+    plain = call(reference, normalised(t, pre, dtype(0.3)).astype(dtype), None)
+    if outputs != "dw":  # the sums, as a BatchNorm's backward takes them from its output gradient y
+        s1, s2 = np.empty((2, o), dtype)
+        reference.bn_act_grad_sums(s1, s2, plain[0].reshape(-1, o), t.reshape(-1, o), *pre, 0.3)
+        plain.append(np.stack([s1, s2]))
+    assert len(got) == len(want) == len(plain)
+    for a, b, r, p in zip(got, again, want, plain):
+        assert np.array_equal(a, b)
+        np.testing.assert_allclose(a, r, rtol=tol or RTOL, atol=tol or 1e-4)
+        np.testing.assert_allclose(r, p, rtol=tol or RTOL, atol=tol or 1e-4)
+
+
+def test_conv_gemms_refuse_sums_without_a_batchnorm_or_y(rng):
+    x, t = rng.standard_normal((1, 4, 4, 2)).astype(F32), rng.standard_normal((1, 4, 4, 3)).astype(F32)
+    wk, dw, sums = np.ones((18, 3), F32), np.empty((18, 3), F32), np.empty((2, 3), F32)
+    pre = batchnorm_rows(rng, 3)
+    for module in (cpu, reference):
+        with pytest.raises(ValueError, match="pre_sums needs pre"):
+            module.conv_gemms(np.empty_like(t), dw, x, wk, t, 3, 3, 1, 1, 1, None, None, 1.0, sums)
+        with pytest.raises(ValueError, match="pre_sums needs pre"):
+            module.conv_gemms(None, dw, x, wk, t, 3, 3, 1, 1, 1, None, pre, 1.0, sums)
+
+
 def test_conv_gemms_weight_gradient_is_the_same_at_every_call(rng, monkeypatch):
     """Each core sums its pieces' dw in a fixed order and the cores' sums are added in order: many
     one-row pieces over the cores give bit-identical dw call after call (training stays repeatable)."""

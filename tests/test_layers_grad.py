@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU, ReLU,
-                               Reshape, Sigmoid, UpSampling2D)
+from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Conv2DTranspose, DeferredNorm, Dense, Flatten,
+                               LeakyReLU, ReLU, Reshape, Sigmoid, UpSampling2D)
+from scratchvae.model import Sequential
 from tests.gradcheck import check_layer
 
 F64 = np.float64
@@ -26,24 +27,35 @@ def away_from_zero(rng, shape, gap=1e-2):
     return np.where(np.abs(x) < gap, np.sign(x + 1e-12) * gap * 2, x)
 
 
+def cut_work(monkeypatch, how):
+    """Cut the convolutions' work as `how` says (see the schedule fixture)."""
+    from scratchvae import threads
+    from scratchvae.kernels.cpu import schedule as cuts
+    from scratchvae.kernels.cpu import winograd
+    if how.startswith("25-products"):
+        monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
+        monkeypatch.setattr(winograd, "MIN_SMALL_PIXELS", 1)
+    if how.endswith("bands"):
+        for name in ("PIECE_COLS_BYTES", "LARGE_IMAGE_COLS_BYTES", "MIN_BAND_ROWS"):
+            monkeypatch.setattr(cuts, name, 1)
+    elif how == "one-thread":
+        monkeypatch.setattr(threads, "on_each_core", lambda fn, workers: False)
+    return how
+
+
 @pytest.fixture(params=["pieces", "bands", "one-thread", "25-products", "25-products-bands"])
 def schedule(request, monkeypatch):
     """The convolutions' kernels run piece by piece on the cores: as they are cut by default, cut
     into one-row bands (as the big layers are), and all on one thread (BLAS's threads not settable);
     and with the 25-product path (kernels/cpu/winograd.py) taking every stride-2 3x3 convolution
     between even maps, however few channels, in pieces or in bands of one tile row."""
-    from scratchvae import threads
-    from scratchvae.kernels.cpu import schedule as cuts
-    from scratchvae.kernels.cpu import winograd
-    if request.param.startswith("25-products"):
-        monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-        monkeypatch.setattr(winograd, "MIN_SMALL_PIXELS", 1)
-    if request.param.endswith("bands"):
-        for name in ("PIECE_COLS_BYTES", "LARGE_IMAGE_COLS_BYTES", "MIN_BAND_ROWS"):
-            monkeypatch.setattr(cuts, name, 1)
-    elif request.param == "one-thread":
-        monkeypatch.setattr(threads, "on_each_core", lambda fn, workers: False)
-    return request.param
+    return cut_work(monkeypatch, request.param)
+
+
+@pytest.fixture(params=["pieces", "bands", "one-thread"])
+def stride_1_schedule(request, monkeypatch):
+    """The schedule fixture's cuts that a stride-1 convolution can take (no 25-product path)."""
+    return cut_work(monkeypatch, request.param)
 
 
 @pytest.mark.parametrize("n,h,w,c,o,k,s", CONV_CASES)
@@ -91,6 +103,54 @@ def test_batchnorm_fused_with_leaky_relu(backend, rng, shape, training):
     for key in fused.grads:
         np.testing.assert_allclose(fused.grads[key], plain.grads[key], rtol=1e-10, atol=1e-12)
     check_layer(fused, x, rng, training=training)
+
+
+class Chain(Sequential):
+    """Layers in a row as one layer for check_layer: params and grads under "layer.name" keys."""
+
+    def __init__(self, *layers):
+        super().__init__(list(layers))
+        self.name = "+".join(layer.name for layer in layers)
+        self.params = {f"{layer.name}.{k}": v for layer in layers for k, v in layer.params.items()}
+        self.grads = {f"{layer.name}.{k}": v for layer in layers for k, v in layer.grads.items()}
+
+
+def batchnorm_then_transposed_conv(rng, c, o, k, deferred):
+    """BatchNorm + LeakyReLU, then a stride-1 Conv2DTranspose, as the model builds the seed decoder's
+    last two layers: with the BatchNorm's output deferred (a DeferredNorm shared by the two), or
+    written out (and then overwritten by the convolution's input gradient)."""
+    handoff = DeferredNorm(c, F64) if deferred else None
+    bn = BatchNormLeakyReLU(c, 0.3, dtype=F64, name="bn", deferred=handoff)
+    conv = Conv2DTranspose(c, o, kernel_size=k, strides=1, dtype=F64, rng=rng, name="conv", overwrite_input=True,
+                           deferred=handoff)
+    bn.params["gamma"][...] = np.linspace(0.5, 1.5, c)
+    bn.params["beta"][...] = np.linspace(-0.3, 0.4, c)
+    bn.state["moving_variance"][...] = np.linspace(0.5, 2.0, c)
+    conv.params["bias"][...] = np.linspace(-0.1, 0.1, o)
+    return Chain(bn, conv)
+
+
+@pytest.mark.parametrize("n,h,w,c,o,k", [(2, 5, 4, 3, 2, 3), (1, 6, 6, 4, 3, 3), (3, 3, 5, 2, 1, 1)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_deferred_into_the_transposed_convolution(backend, stride_1_schedule, rng, n, h, w, c, o, k,
+                                                             training):
+    """The decoder's last BatchNorm + LeakyReLU left to the stride-1 Conv2DTranspose after it (the
+    convolution normalises as it reads and takes the BatchNorm's backward sums as it writes its input
+    gradient): its gradients against finite differences, and the same outputs and gradients as the
+    two layers with the BatchNorm's output written out. In inference nothing is deferred."""
+    x = rng.standard_normal((n, h, w, c)) * 2 + 0.3
+    deferred = batchnorm_then_transposed_conv(np.random.default_rng(7), c, o, k, True)
+    written = batchnorm_then_transposed_conv(np.random.default_rng(7), c, o, k, False)
+    y = deferred.forward(x.copy(), training)
+    np.testing.assert_allclose(y, written.forward(x.copy(), training), rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal(y.shape)
+    dx = deferred.backward(g.copy()).copy()
+    np.testing.assert_allclose(dx, written.backward(g.copy()), rtol=1e-10, atol=1e-12)
+    for key in deferred.grads:
+        np.testing.assert_allclose(deferred.grads[key], written.grads[key], rtol=1e-10, atol=1e-12)
+    bn = deferred.layers[0]
+    assert (bn.deferred.of is None) and (bn.deferred.sums_of is None)  # both handed over, nothing left
+    check_layer(deferred, x, rng, training=training)
 
 
 @pytest.mark.parametrize("shape", [(1, 5), (3, 2, 3, 4)])

@@ -271,3 +271,20 @@ def test_training_mode_ignores_the_inference_plan(rng):
     (t0, g0, s0), (t1, g1, s1) = runs
     assert t0 == t1
     assert all(np.array_equal(g0[k], g1[k]) for k in g0) and all(np.array_equal(s0[k], s1[k]) for k in s0)
+
+
+@pytest.mark.parametrize("config", [TINY, VAEConfig(**{**TINY.to_dict(), **RESIZE})])
+def test_only_a_batchnorm_read_by_a_stride_1_transposed_convolution_is_deferred(rng, config):
+    """The decoder's last BatchNorm leaves its training output to conv_t_out, the stride-1
+    transposed convolution after it (DeferredNorm), and holds no output map; no other layer (the
+    stride-2 transposed convolutions, the resize decoder's Conv2Ds, the encoder's) takes part."""
+    deferred = ["bn_2", "conv_t_out"]
+    vae = VAE(config, seed=3)
+    layers = [layer for layer in vae.trunk.layers + list(vae.heads) + vae.decoder.layers
+              if getattr(layer, "deferred", None) is not None]
+    assert [layer.name for layer in layers] == deferred
+    assert all(layer in vae.decoder.layers for layer in layers)
+    x = rng.uniform(0, 1, (3, 8, 8, 3)).astype(np.float32)
+    vae.forward_backward(x, rng.standard_normal((3, config.z_dim)).astype(np.float32))
+    for bn in layers[:1]:
+        assert [slot[0] for slot in bn._buffers._buffers if slot[0] == ("out", "y")] == []

@@ -197,8 +197,8 @@ def col2im(x, cols, kh, kw, stride, pad_top, pad_left):
     return backend().col2im(x, cols, kh, kw, stride, pad_top, pad_left)
 
 
-def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
-    return backend().conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws)
+def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None, pre=None, pre_alpha=1.0, pre_sums=None):
+    return backend().conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws, pre, pre_alpha, pre_sums)
 
 
 def upsample_nearest(y, x):
@@ -216,9 +216,9 @@ def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None
 
 
 def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None,
-                       stats=None):
+                       stats=None, pre=None, pre_alpha=1.0):
     return backend().conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation, alpha, ws,
-                                        stats)
+                                        stats, pre, pre_alpha)
 
 
 def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, relu=False, activation=None, alpha=1.0,

@@ -37,6 +37,9 @@ def _op(family, name, outputs, inputs, math):
 
 BN = "x, mean, invstd, gamma, beta"  # a BatchNorm's input, statistics and parameters, per channel (M, C)
 GEOMETRY = "kh, kw, stride, pad_top, pad_left"  # a 'same' convolution's taps; Ho = ceil(H / stride)
+# A BatchNorm (+ LeakyReLU) applied to an operand as it is read, instead of in a pass of its own:
+# pre (4, C) holds the BatchNorm's mean, invstd, gamma and beta per channel of that operand.
+PRE = "pre (4, C), when given: {0} is read as leaky_pre_alpha(({0} - pre[0]) * pre[1] * pre[2] + pre[3])"
 
 OPS = (
     # arrays: allocation, transfers, whole-array copies (a device-resident step needs them)
@@ -86,9 +89,12 @@ OPS = (
         "cols[(n,p,q), (t,u,c)] = x[n, stride*p + offs_h[t], stride*q + offs_w[u], c], 0 outside x"),
     _op("convolution", "col2im", "x", "cols, " + GEOMETRY,
         "x[n,h,w,c] = sum of cols[(n,p,q), (i,j,c)] over stride*p + i - pad_top = h, stride*q + j - pad_left = w"),
-    _op("convolution", "conv_gemms", "y, dw", "x, w, t, " + GEOMETRY + ", ws=None",
+    _op("convolution", "conv_gemms", "y, dw",
+        "x, w, t, " + GEOMETRY + ", ws=None, pre=None, pre_alpha=1.0, pre_sums=None",
         "cols = im2col(x) (rows (n,p,q), columns (i,j,C)); dw = cols^T @ t, then y = cols @ w (y may be t); "
-        "either output may be None (skipped); ws: an optional Workspace for the patches"),
+        "either output may be None (skipped); ws: an optional Workspace for the patches; " + PRE.format("t")
+        + "; pre_sums (2, C), when given with pre and y: pre_sums[0], pre_sums[1] = bn_act_grad_sums of dy = y "
+        "against x = t (a BatchNorm's backward sums, from its output gradient y; y not t)"),
     _op("convolution", "upsample_nearest", "y", "x",
         "y[n, 2h + a, 2w + b, c] = x[n, h, w, c] for a, b in {0, 1}: nearest-neighbour upsampling by 2"),
     _op("convolution", "upsample_nearest_backward", "dx", "dy",
@@ -97,9 +103,10 @@ OPS = (
     _op("fused", "col2im_act", "x", "cols, " + GEOMETRY + ", bias, activation=None, alpha=1.0",
         "x = act(col2im(cols) + bias[c]); columns of cols past KH*KW*C are padding, ignored"),
     _op("fused", "conv_transpose_act", "y",
-        "x, w2, bias, " + GEOMETRY + ", activation=None, alpha=1.0, ws=None, stats=None",
+        "x, w2, bias, " + GEOMETRY + ", activation=None, alpha=1.0, ws=None, stats=None, pre=None, pre_alpha=1.0",
         "y = act(col2im(x @ w2) + bias), w2 (C, (i, j, O) + padding); ws: an optional Workspace for cols; "
-        "stats (2, O), when given: stats[0], stats[1] = bn_stats of y (per-channel mean, biased variance)"),
+        "stats (2, O), when given: stats[0], stats[1] = bn_stats of y (per-channel mean, biased variance); "
+        + PRE.format("x")),
     _op("fused", "conv_act", "y",
         "x, w, bias, scale, shift, " + GEOMETRY + ", relu=False, activation=None, alpha=1.0, ws=None, stats=None",
         "y = act(r(im2col(x) @ w + bias) * scale + shift), w ((i, j, C), O), r = max(., 0) if relu: "

@@ -119,9 +119,25 @@ def gather_taps(cols, x, ho, wo, stride, offs_h, offs_w):
             out[:, :, :, t, u, :] = block
 
 
-def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
+def _read_normalised(a, pre, pre_alpha):
+    """a as an operand with a BatchNorm (+ LeakyReLU) applied as it is read: a itself when pre is None,
+    else a new array leaky_pre_alpha((a - pre[0]) * pre[1] * pre[2] + pre[3]) (pre: mean, invstd,
+    gamma, beta per channel)."""
+    if pre is None:
+        return a
+    out = np.empty_like(a)
+    bn_act_forward(out, a, pre[0], pre[1], pre[2], pre[3], pre_alpha)
+    return out
+
+
+def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None, pre=None, pre_alpha=1.0, pre_sums=None):
     """cols = im2col(x); dw = cols^T @ t, then y = cols @ w; either output may be None (skipped).
-    ws (a Workspace) is accepted for the common signature and ignored: the reference allocates freely."""
+    pre, when given: t is read normalised (_read_normalised); pre_sums (with pre and y): the
+    BatchNorm's backward sums bn_act_grad_sums(y, t). ws (a Workspace) is accepted for the common
+    signature and ignored: the reference allocates freely."""
+    raw = t
+    if dw is not None:
+        t = _read_normalised(t, pre, pre_alpha)
     n, h, wi, c = x.shape
     ho, wo = -(-h // stride), -(-wi // stride)
     cols = np.empty((n * ho * wo, kh * kw * c), x.dtype)
@@ -130,6 +146,11 @@ def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
         dw[...] = cols.T @ t.reshape(len(cols), -1)
     if y is not None:
         y.reshape(len(cols), -1)[...] = cols @ w
+    if pre_sums is not None:
+        if pre is None or y is None:
+            raise ValueError("conv_gemms: pre_sums needs pre, and y with t's channels")
+        c = raw.shape[-1]
+        bn_act_grad_sums(pre_sums[0], pre_sums[1], y.reshape(-1, c), raw.reshape(-1, c), *pre, pre_alpha)
 
 
 def bn_act_forward(y, x, mean, invstd, gamma, beta, alpha):
@@ -201,10 +222,11 @@ def conv_act(y, x, w, bias, scale, shift, kh, kw, stride, pad_top, pad_left, rel
 
 
 def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None,
-                       stats=None):
+                       stats=None, pre=None, pre_alpha=1.0):
     """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding);
-    stats (2, O), when given: bn_stats of y. ws (a Workspace) is accepted for the common signature
-    and ignored: the reference allocates freely."""
+    stats (2, O), when given: bn_stats of y; pre, when given: x is read normalised (_read_normalised).
+    ws (a Workspace) is accepted for the common signature and ignored: the reference allocates freely."""
+    x = _read_normalised(x, pre, pre_alpha)
     cols = x.reshape(-1, x.shape[3]) @ w2
     col2im_act(y, cols, kh, kw, stride, pad_top, pad_left, bias, activation, alpha)
     if stats is not None:

@@ -35,17 +35,24 @@ def identity_affine(layer, features):
     return ones, zeros
 
 
-def adjoint_conv(layer, y, x, kernel, bias, stride, pt, pl, stats=None):
+def adjoint_conv(layer, y, x, kernel, bias, stride, pt, pl, stats=None, pre=None):
     """y = the adjoint of a 'same' Conv2D applied to x, plus bias (None: none): y (N,H,W,C) from
     x (N,Ho,Wo,O), kernel (KH,KW,C,O). Conv2DTranspose's forward and Conv2D's input gradient: one GEMM
     of x by every tap's weights (rearranged at each call, a small copy), then col2im sums the taps
     that reach each pixel of y and adds the bias, piece by piece on the cores (conv_transpose_act).
-    stats: as conv_transpose_act's (the output's batch mean and variance, or None)."""
+    stats: as conv_transpose_act's (the output's batch mean and variance, or None). pre: (values,
+    alpha) of a DeferredNorm, x read through it (None: x as it is)."""
     kh, kw, c, _ = kernel.shape
     w2, b2 = layer.scratch("w2", (kernel.shape[3], adjoint_width(kh, c))), layer.scratch("b2", (c,))
     ones, zeros = identity_affine(layer, c)
     K.fold_adjoint_weights(w2, b2, kernel, zeros if bias is None else bias, ones, zeros)
-    K.conv_transpose_act(y, x, w2, b2, kh, kw, stride, pt, pl, None, 1.0, ws=layer.workspace, stats=stats)
+    K.conv_transpose_act(y, x, w2, b2, kh, kw, stride, pt, pl, None, 1.0, ws=layer.workspace, stats=stats,
+                         **pre_args(pre))
+
+
+def pre_args(pre):
+    """The kernels' pre and pre_alpha for (values, alpha) of a DeferredNorm, or for None."""
+    return {} if pre is None else dict(pre=pre[0], pre_alpha=pre[1])
 
 
 def _check_common(kernel_size, strides, padding):
@@ -116,15 +123,18 @@ class Conv2D(Layer):
 
 class Conv2DTranspose(Layer):
     """Keras Conv2DTranspose ('same'): the adjoint of Conv2D 'same' on the output size. need_dx and
-    overwrite_input and batch_stats as for Conv2D."""
+    overwrite_input and batch_stats as for Conv2D. deferred: the DeferredNorm of the BatchNorm before
+    it, whose output this layer then reads normalised from that BatchNorm's input (and leaves that
+    input alone in backward: the BatchNorm's backward reads it)."""
 
     kind = "Conv2DTranspose"
 
     def __init__(self, in_channels, filters, kernel_size=3, strides=1, padding="same",
                  dtype=np.float32, rng=None, name=None, need_dx=True, overwrite_input=False, batch_stats=None,
-                 **layer_options):
+                 deferred=None, **layer_options):
         super().__init__(dtype, name, **layer_options)
         self.need_dx, self.overwrite_input, self.batch_stats = need_dx, overwrite_input, batch_stats
+        self.deferred = deferred
         _check_common(kernel_size, strides, padding)
         self.in_channels, self.filters = in_channels, filters
         self.k, self.stride = kernel_size, strides
@@ -140,25 +150,31 @@ class Conv2DTranspose(Layer):
         ho, wo = h * self.stride, w * self.stride
         pt = same_padding(ho, self.k, self.stride)[1]
         pl = same_padding(wo, self.k, self.stride)[1]
-        self.geometry = (x, pt, pl)
+        pre = None if self.deferred is None else self.deferred.take(x)
+        if pre is not None:  # kept until backward, whatever the BatchNorm does meanwhile
+            values = self.scratch("pre", pre[0].shape)
+            K.copy(values, pre[0])
+            pre = (values, pre[1])
+        self.geometry = (x, pt, pl, pre)
         y = self.output("y", (n, ho, wo, self.filters), training)
         stats = None if self.batch_stats is None else self.batch_stats.request(training)
-        adjoint_conv(self, y, x, self.params["kernel"], self.params["bias"], self.stride, pt, pl, stats)
+        adjoint_conv(self, y, x, self.params["kernel"], self.params["bias"], self.stride, pt, pl, stats, pre)
         return y if stats is None else self.batch_stats.measured(y)
 
     def backward(self, dy):
         if self.geometry is None:
             raise RuntimeError(f"{self.name}: backward needs a training-mode forward first")
-        x, pt, pl = self.geometry
+        x, pt, pl, pre = self.geometry
         n, c, k = x.shape[0], self.in_channels, self.k
         self.bias_grad(dy.reshape(-1, self.filters))
         kernel2d = self.params["kernel"].reshape(-1, c)  # (KH*KW*O, C)
         dx = None
         if self.need_dx:
-            dx = x if self.overwrite_input else self.grad_buffer(x.shape, avoid=dy)
+            dx = x if self.overwrite_input and pre is None else self.grad_buffer(x.shape, avoid=dy)
         # patches of dy: dW = patches^T @ x, then dx = patches @ W (each piece's rows of x read
         # before its rows of dx are written, so dx may be x)
+        sums = pre is not None and dx is not None  # the BatchNorm before takes its sums from here
         K.conv_gemms(dx, self.grads["kernel"].reshape(-1, c), dy, kernel2d, x, k, k, self.stride, pt, pl,
-                     ws=self.workspace)
+                     ws=self.workspace, **pre_args(pre), **(dict(pre_sums=self.deferred.sums) if sums else {}))
         self.geometry = None
-        return dx
+        return self.deferred.summed(dx) if sums else dx

@@ -3,8 +3,10 @@
 Training uses the batch mean and biased variance and moves `moving = m*moving + (1-m)*batch`;
 inference uses the moving statistics. Defaults follow Keras: momentum 0.99, epsilon 1e-3.
 BatchNormLeakyReLU is BatchNorm then LeakyReLU in one layer: one pass forward, two backward.
-With a `reducer` (sums an array over the ranks of a data-parallel job, in place) the batch is the
-global one: per-channel sums are reduced before the mean, the variance and the backward's dx.
+With a DeferredNorm, a training forward leaves the normalised output unwritten and the convolution
+after it normalises as it reads. With a `reducer` (sums an array over the ranks of a data-parallel
+job, in place) the batch is the global one: per-channel sums are reduced before the mean, the
+variance and the backward's dx.
 `measure_population` replaces the moving averages by the exact statistics of a pass over data.
 """
 
@@ -41,17 +43,57 @@ class BatchStats:
         return (self.values[0], self.values[1]) if fresh else None
 
 
+class DeferredNorm:
+    """A training BatchNorm's output (with its LeakyReLU) left unwritten: the BatchNorm returns its
+    input, and the convolution that reads it next applies the normalisation to each piece as its
+    GEMM reads it (the kernels' `pre`). A step then writes and reads that map once less and holds
+    one map fewer. The model gives one to a BatchNorm whose output only a stride-1 Conv2DTranspose
+    reads (the seed's last layer: 128 channels of 128x128 in, 3 out), and to that convolution."""
+
+    def __init__(self, features, dtype):
+        self.values = K.empty((4, features), dtype)  # mean, invstd, gamma, beta: the kernels' `pre`
+        self.alpha = 1.0
+        self.of = None  # the BatchNorm input the values describe
+        self.sums = K.empty((2, features), dtype)  # the backward's sums, taken by the convolution
+        self.sums_of = None  # the output gradient they were taken from
+
+    def defer(self, x, mean, invstd, gamma, beta, alpha):
+        """The BatchNorm's part: remember how to normalise x; returns x (the very array)."""
+        for row, v in enumerate((mean, invstd, gamma, beta)):
+            K.copy(self.values[row], v)
+        self.alpha, self.of = alpha, x
+        return x
+
+    def take(self, x):
+        """The convolution's part: (pre, alpha) if x is the very array a BatchNorm deferred (read it
+        normalised), else None (x is what it says); forgotten either way."""
+        deferred, self.of = self.of is x, None
+        return (self.values, self.alpha) if deferred else None
+
+    def summed(self, dy):
+        """The convolution's backward has filled `sums` (the kernels' pre_sums) from dy, the output
+        gradient it hands the BatchNorm: the BatchNorm's backward skips its own pass over dy for them."""
+        self.sums_of = dy
+        return dy
+
+    def take_sums(self, dy):
+        """(s1, s2) if they were taken from dy (the very array), else None; forgotten either way."""
+        fresh, self.sums_of = self.sums_of is dy, None
+        return (self.sums[0], self.sums[1]) if fresh else None
+
+
 class BatchNorm(Layer):
     kind = "BatchNormalization"
 
     alpha = 1.0  # slope for negative outputs: 1 is no activation (BatchNormLeakyReLU sets its own)
 
     def __init__(self, features, momentum=0.99, epsilon=1e-3, dtype=np.float32, rng=None, name=None,
-                 reducer=None, batch_stats=None, **layer_options):
+                 reducer=None, batch_stats=None, deferred=None, **layer_options):
         super().__init__(dtype, name, **layer_options)
         self.features, self.momentum, self.epsilon = features, momentum, epsilon
         self.reducer = reducer  # None: this process's batch is the whole batch
         self.batch_stats = batch_stats  # a BatchStats its producer fills (None: measured here)
+        self.deferred = deferred  # a DeferredNorm: a training forward leaves its output to the next layer
         self.census = None  # (sums, squares, count) while measure_population runs
         self._add_param("gamma", np.ones(features))
         self._add_param("beta", np.zeros(features))
@@ -88,10 +130,12 @@ class BatchNorm(Layer):
             K.copy(var, self.state["moving_variance"])
         invstd = self.scratch("invstd", (self.features,))
         K.bn_invstd(invstd, var, self.epsilon)
+        self.cache = (x2d, mean, invstd, training, count)
+        if training and self.deferred is not None:  # the next layer reads x through this BatchNorm
+            return self.deferred.defer(x, mean, invstd, self.params["gamma"], self.params["beta"], self.alpha)
         y = self.output("y", x.shape, training)
         K.bn_act_forward(y.reshape(-1, self.features), x2d, mean, invstd, self.params["gamma"],
                          self.params["beta"], self.alpha)
-        self.cache = (x2d, mean, invstd, training, count)
         return y
 
     def _global_stats(self, mean, var, x2d):
@@ -121,7 +165,21 @@ class BatchNorm(Layer):
         dy2d = dy.reshape(-1, self.features)
         dx = dy  # in place: the kernels read each dy element before writing dx there
         gamma, beta = self.params["gamma"], self.params["beta"]
-        if training and self.reducer is None:
+        given = None if self.deferred is None or not training else self.deferred.take_sums(dy)
+        if given is not None:  # the convolution after this layer took the sums as it wrote dy
+            s1, s2 = given
+            K.copy(self.grads["beta"], s1)
+            ones, zeros = self.scratch("ones", (self.features,)), self.scratch("zeros", (self.features,))
+            K.fill(ones, 1)
+            K.fill(zeros, 0)
+            # dgamma = s2 * invstd, as an affine map on any backend: (s2 - 0) * invstd * 1 + 0
+            K.bn_forward(self.grads["gamma"].reshape(1, -1), s2.reshape(1, -1), zeros, invstd, ones, zeros)
+            if self.reducer is not None:
+                total = self._reduce(s1, s2).astype(self.dtype)
+                s1, s2 = total[:self.features], total[self.features:]
+            K.bn_act_dx(dx.reshape(-1, self.features), dy2d, x2d, mean, invstd, gamma, beta, self.alpha, s1, s2,
+                        count)
+        elif training and self.reducer is None:
             K.bn_act_backward(dx.reshape(-1, self.features), self.grads["gamma"], self.grads["beta"],
                               dy2d, x2d, mean, invstd, gamma, beta, self.alpha)
         elif training:

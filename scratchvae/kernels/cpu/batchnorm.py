@@ -38,6 +38,71 @@ def bn_act_forward(y, x, mean, invstd, gamma, beta, alpha):
     _affine_leaky(y, x, scale, (beta - mean * scale).astype(x.dtype), t(alpha))
 
 
+# ---------------------------------------------------------------- a BatchNorm applied as an operand is read
+
+def pre_affine(pre, pre_alpha, dtype):
+    """(scale, shift, alpha) for reading an operand through a BatchNorm (+ LeakyReLU): the fused ops'
+    `pre` (rows mean, invstd, gamma, beta), computed as bn_act_forward computes them, so the values
+    read are bit for bit the ones bn_act_forward would have written. None when pre is None."""
+    if pre is None:
+        return None
+    scale = (pre[1] * pre[2]).astype(dtype)
+    return scale, (pre[3] - pre[0] * scale).astype(dtype), np.dtype(dtype).type(pre_alpha)
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def normalise_rows(out, x, scale, shift, alpha):
+    """out[m, c] = leaky(x[m, c] * scale[c] + shift[c]) on the calling thread: one piece of an operand
+    read through a BatchNorm (the arithmetic of _affine_leaky)."""
+    for r in range(x.shape[0]):
+        for ch in range(x.shape[1]):
+            v = x[r, ch] * scale[ch] + shift[ch]
+            out[r, ch] = v if v > 0 else v * alpha
+
+
+@njit(nogil=True, cache=True, fastmath=FASTMATH)
+def add_grad_sums(part, dy, xn, x, mean, alpha):
+    """part[0, c] += sum_m g, part[1, c] += sum_m g * (x[m, c] - mean[c]) in float64, g = dy[m, c] if
+    xn[m, c] > 0 else alpha * dy[m, c]: bn_act_grad_sums over one piece, whose normalised rows xn
+    (leaky(v) > 0 exactly where v > 0) a convolution has just read. Four rows a pass, as _add_moments."""
+    c = dy.shape[1]
+    s1 = np.zeros(c, np.float64)
+    s2 = np.zeros(c, np.float64)
+    r, m = 0, dy.shape[0]
+    while r + 4 <= m:
+        d0, d1, d2, d3 = dy[r], dy[r + 1], dy[r + 2], dy[r + 3]
+        n0, n1, n2, n3 = xn[r], xn[r + 1], xn[r + 2], xn[r + 3]
+        x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
+        for ch in range(c):
+            g0 = np.float64(d0[ch] if n0[ch] > 0 else d0[ch] * alpha)
+            g1 = np.float64(d1[ch] if n1[ch] > 0 else d1[ch] * alpha)
+            g2 = np.float64(d2[ch] if n2[ch] > 0 else d2[ch] * alpha)
+            g3 = np.float64(d3[ch] if n3[ch] > 0 else d3[ch] * alpha)
+            mu = np.float64(mean[ch])
+            s1[ch] += (g0 + g1) + (g2 + g3)
+            s2[ch] += (g0 * (np.float64(x0[ch]) - mu) + g1 * (np.float64(x1[ch]) - mu)) + \
+                (g2 * (np.float64(x2[ch]) - mu) + g3 * (np.float64(x3[ch]) - mu))
+        r += 4
+    for r in range(r, m):
+        for ch in range(c):
+            g = np.float64(dy[r, ch] if xn[r, ch] > 0 else dy[r, ch] * alpha)
+            s1[ch] += g
+            s2[ch] += g * (np.float64(x[r, ch]) - np.float64(mean[ch]))
+    for ch in range(c):
+        part[0, ch] += s1[ch]
+        part[1, ch] += s2[ch]
+
+
+def normalised_copy(buf, x, norm):
+    """x read through norm (pre_affine's triple) into buf, a C-contiguous array of x's shape, by
+    all cores; x itself when norm is None."""
+    if norm is None:
+        return x
+    c = x.shape[-1]
+    _affine_leaky(buf.reshape(-1, c), x.reshape(-1, c), *norm)
+    return buf
+
+
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _bn_act_sums(part1, part2, dy, x, mean, scale, shift, alpha, chunk):
     """Per chunk: sum of g and of g * (x - mean), g = dy masked by the activation's slope."""

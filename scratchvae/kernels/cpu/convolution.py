@@ -12,8 +12,14 @@ from numba import njit, prange
 from scratchvae import threads
 from scratchvae.kernels.cpu import schedule, winograd
 from scratchvae.kernels.cpu.arrays import empty
+from scratchvae.kernels.cpu.batchnorm import (add_grad_sums, bn_act_grad_sums, normalise_rows,
+                                              normalised_copy, pre_affine)
 from scratchvae.kernels.cpu.jit import FASTMATH
 from scratchvae.kernels.workspace import Workspace
+
+# Rows of y that conv_gemms writes at a time when it also takes a BatchNorm's sums from them (pre_sums):
+# 256 KB at 128 channels, read back from L2.
+SUMS_ROWS = 512
 
 # The patch buffers of conv_gemms when the caller passes no workspace.
 WORKSPACE = Workspace(empty)
@@ -131,7 +137,7 @@ def upsample_nearest_backward(dx, dy):
 
 # ---------------------------------------------------------------- the GEMMs of a convolution's patches
 
-def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
+def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None, pre=None, pre_alpha=1.0, pre_sums=None):
     """With cols = im2col(x) ('same', Ho = ceil(H / stride)), rows (n, p, q), columns (i, j, C):
     dw = cols^T @ t (t: N*Ho*Wo rows), then y = cols @ w, each skipped when its output is None.
     Pieces of a few images or bands of output rows (schedule.pieces: bounded by their patches and
@@ -140,53 +146,79 @@ def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
     and runs single-threaded GEMMs on them while they are in cache; each core sums its dw
     products in order and the cores' sums are added in order, so the result does not depend on
     timing. A piece's dw product reads its rows of t before its rows of y are written: y may be t.
-    ws: the Workspace for the per-core buffers (None: this module's WORKSPACE)."""
+    ws: the Workspace for the per-core buffers (None: this module's WORKSPACE). pre, when given: t is
+    read through that BatchNorm (+ LeakyReLU), each piece's rows normalised into a buffer of the
+    core just before its dw product (on the 25-product path, all of t first). pre_sums (2, C), when
+    given with pre and y: bn_act_grad_sums of y against t, each piece's sums taken as it writes its
+    rows of y (float64 per piece, added in the same order at every call)."""
     ws = WORKSPACE if ws is None else ws
+    reads_t = dw is not None or pre_sums is not None
+    norm = pre_affine(pre, pre_alpha, t.dtype) if reads_t else None
     n, h, wi, c = x.shape
     ho, wo = -(-h // stride), -(-wi // stride)
     width = kh * kw * c
     rows = n * ho * wo
     y2 = None if y is None else y.reshape(rows, -1)
-    t2 = None if dw is None else t.reshape(rows, -1)
+    t2 = t.reshape(rows, -1) if reads_t else None
     if (y2 is not None and w.shape != (width, y2.shape[1])) or (dw is not None and dw.shape != (width, t2.shape[1])):
         raise ValueError(f"conv_gemms: w, dw, y or t do not fit x {x.shape} with a {kh}x{kw} stride-{stride} kernel")
+    if pre_sums is not None and (norm is None or y2 is None or y2.shape[1] != t2.shape[1]):
+        raise ValueError("conv_gemms: pre_sums needs pre, and y with t's channels")
     c_small = (t2 if y2 is None else y2).shape[1]
     if winograd.fits((n, ho, wo), x.shape[:3], c_small, c, kh, kw, stride, pad_top, pad_left):
         shape = (n, ho, wo, c_small)
-        winograd.gemms(None if y is None else y.reshape(shape), dw, x, w, None if dw is None else t.reshape(shape), ws)
+        tn = normalised_copy(ws.buffer("pre_operand", t.shape, t.dtype) if norm else None, t, norm)
+        winograd.gemms(None if y is None else y.reshape(shape), dw, x, w, None if dw is None else tn.reshape(shape), ws)
+        if pre_sums is not None:
+            bn_act_grad_sums(pre_sums[0], pre_sums[1], y2, t2, *pre, pre_alpha)
         return
     offs_h = np.arange(kh, dtype=np.int64) - pad_top
     offs_w = np.arange(kw, dtype=np.int64) - pad_left
     cores = schedule.workers()
     out_row_bytes = 0 if y2 is None else wo * y2.shape[1] * y2.dtype.itemsize  # y's rows bound a piece too
     pieces = schedule.pieces(n, ho, wo * width * x.dtype.itemsize, cores, out_row_bytes)
+    parts = None if pre_sums is None else np.zeros((len(pieces), 2, t2.shape[1]))  # pre_sums's, a piece each
+    mean = None if pre_sums is None else pre[0]
 
     def run(k, sums, order):
         started = False
-        for i0, i1, p0, p1 in order:
+        for j in order:
+            i0, i1, p0, p1 = pieces[j]
             r0 = (i0 * ho + p0) * wo
             r1 = r0 + (i1 - i0) * (p1 - p0) * wo
             cols = ws.buffer(("patches", k), (r1 - r0, width), x.dtype)
             _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w)
+            rows = None if t2 is None else t2[r0:r1]
+            if norm is not None:
+                rows = ws.buffer(("conv_gemms_pre", k), rows.shape, rows.dtype)
+                normalise_rows(rows, t2[r0:r1], *norm)
             if dw is not None:
                 if started:
                     product = ws.buffer(("conv_gemms_dw", k), dw.shape, dw.dtype)
-                    np.matmul(cols.T, t2[r0:r1], out=product)
+                    np.matmul(cols.T, rows, out=product)
                     sums += product
                 else:
-                    np.matmul(cols.T, t2[r0:r1], out=sums)
+                    np.matmul(cols.T, rows, out=sums)
                 started = True
-            if y2 is not None:
+            if parts is not None:  # y a block of rows at a time, its sums taken while in L2
+                for s0 in range(0, r1 - r0, SUMS_ROWS):
+                    s1 = min(r1 - r0, s0 + SUMS_ROWS)
+                    np.matmul(cols[s0:s1], w, out=y2[r0 + s0:r0 + s1])
+                    add_grad_sums(parts[j], y2[r0 + s0:r0 + s1], rows[s0:s1], t2[r0 + s0:r0 + s1], mean, norm[2])
+            elif y2 is not None:
                 np.matmul(cols, w, out=y2[r0:r1])
         if dw is not None and not started:
             sums[...] = 0
 
+    split = False
     if cores > 1 and len(pieces) > 1:
         sums = [dw if k == 0 or dw is None else ws.buffer(("conv_gemms_sum", k), dw.shape, dw.dtype)
                 for k in range(cores)]
-        if threads.on_each_core(lambda k: run(k, sums[k], pieces[k::cores]), cores):
+        split = threads.on_each_core(lambda k: run(k, sums[k], range(k, len(pieces), cores)), cores)
+        if split and dw is not None:
             for k in range(1, cores):
-                if dw is not None:
-                    dw += sums[k]
-            return
-    run(0, dw, pieces)  # one core, or BLAS's threads cannot be set: every piece in order
+                dw += sums[k]
+    if not split:
+        run(0, dw, range(len(pieces)))  # one core, or BLAS's threads cannot be set: every piece in order
+    if parts is not None:
+        pre_sums[...] = parts.sum(axis=0)  # the same order at every call

@@ -12,6 +12,7 @@ from numba import njit, prange
 
 from scratchvae.kernels.cpu import schedule, winograd
 from scratchvae.kernels.cpu.arrays import empty
+from scratchvae.kernels.cpu.batchnorm import normalise_rows, normalised_copy, pre_affine
 from scratchvae.kernels.cpu.convolution import _gather_piece
 from scratchvae.kernels.cpu.elementwise import sigmoid_span
 from scratchvae.kernels.cpu.jit import FASTMATH
@@ -22,6 +23,10 @@ from scratchvae.kernels.workspace import Workspace
 
 # The cols buffers when the caller passes no workspace: one per worker, kept at their largest size.
 WORKSPACE = Workspace(empty)
+
+# Rows of an operand read through a BatchNorm (`pre`) that are normalised at a time, then multiplied:
+# 512 KB at 128 channels, so the GEMM reads them from L2.
+PRE_ROWS = 1024
 
 _ACTIVATIONS = {None: 0, "leaky": 1, "sigmoid": 2}
 SIGMOID = _ACTIVATIONS["sigmoid"]
@@ -111,18 +116,35 @@ def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None
     _sigmoid_after(args[5], x)
 
 
+def _normalised_product(out, a, w, norm, buf):
+    """out = read(a) @ w on the calling thread: a's rows as they are (norm None), else PRE_ROWS at a
+    time normalised into buf (norm: batchnorm.pre_affine's triple) and multiplied from there."""
+    if norm is None:
+        np.matmul(a, w, out=out)
+        return
+    for r in range(0, len(a), PRE_ROWS):
+        part = buf[:min(PRE_ROWS, len(a) - r)]
+        normalise_rows(part, a[r:r + len(part)], *norm)
+        np.matmul(part, w, out=out[r:r + len(part)])
+
+
 def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None,
-                       stats=None):
+                       stats=None, pre=None, pre_alpha=1.0):
     """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding).
     The work is cut into pieces (a few images, or bands of output rows when there are few images)
     that the cores take in turn, each running a single-threaded GEMM and col2im pass per piece.
     ws: the Workspace for each worker's cols (None: this module's WORKSPACE). stats (2, O), when
     given: the mean and biased variance of y per channel, each piece's sums taken while it is in
-    cache (what a BatchNorm after this layer would otherwise read the whole map again for)."""
+    cache (what a BatchNorm after this layer would otherwise read the whole map again for).
+    pre, when given: x is read through that BatchNorm (+ LeakyReLU), PRE_ROWS rows at a time just
+    before their GEMM, so the normalised map is never written out (on the 25-product path it is
+    normalised into a buffer of ws first)."""
     ws = WORKSPACE if ws is None else ws
     n, h, w, c = x.shape
     o = y.shape[3]
+    norm = pre_affine(pre, pre_alpha, x.dtype)
     if winograd.fits(x.shape[:3], y.shape[:3], c, o, kh, kw, stride, pad_top, pad_left):
+        x = normalised_copy(ws.buffer("pre_operand", x.shape, x.dtype) if norm else None, x, norm)
         act, alpha = _act_code(activation), y.dtype.type(alpha)
 
         def epilogue(rows):
@@ -138,6 +160,9 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
     parts = None if stats is None else moment_parts(len(tasks), o)
     zero = np.zeros(o)  # the moments' shift
 
+    def pre_rows(k):  # worker k's buffer for the normalised rows
+        return None if norm is None else ws.buffer(("pre_rows", k), (PRE_ROWS, c), x.dtype)
+
     def do(k, t):
         sl, r0, r1 = tasks[t]
         if r1 is None:  # all rows of the images in sl
@@ -146,7 +171,7 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
             rows = src_h[r0:r1][src_h[r0:r1] >= 0]
             p0, p1 = (int(rows.min()), int(rows.max()) + 1) if rows.size else (0, 0)
         cols = ws.buffer(("patches", k), ((sl.stop - sl.start) * (p1 - p0) * w, width), w2.dtype)
-        np.matmul(x[sl, p0:p1].reshape(-1, c), w2, out=cols)
+        _normalised_product(cols, x[sl, p0:p1].reshape(-1, c), w2, norm, pre_rows(k))
         _col2im_act_rows(y[sl], cols, *args, r0, r1, p0)
         _sigmoid_after(args[5], y[sl].reshape(-1, y.shape[2] * o)[r0:r1])
         if parts is not None:
@@ -155,7 +180,7 @@ def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activa
     if not schedule.in_turn(len(tasks), do, cores):
         for sl in schedule.image_steps(n, image_bytes):  # one core, or no say over BLAS's threads
             cols = ws.buffer(("patches", 0), ((sl.stop - sl.start) * h * w, width), w2.dtype)
-            np.matmul(x[sl].reshape(-1, c), w2, out=cols)  # threaded GEMM, then a parallel loop
+            _normalised_product(cols, x[sl].reshape(-1, c), w2, norm, pre_rows(0))  # threaded GEMM
             _col2im_act(y[sl], cols, *args)
             _sigmoid_after(args[5], y[sl])
         if parts is not None:  # the whole map as one slot

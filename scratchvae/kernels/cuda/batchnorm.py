@@ -45,6 +45,17 @@ def _bn_scale_shift(x, mean, invstd, gamma, beta):
     return scale, shift
 
 
+def read_normalised(a, pre, pre_alpha, ws, key):
+    """An operand with a BatchNorm (+ LeakyReLU) applied as it is read (the ops' `pre`: mean,
+    invstd, gamma, beta per channel): a itself when pre is None, else a buffer `key` of ws (None:
+    the backend's SCRATCH) holding leaky_pre_alpha((a - pre[0]) * pre[1] * pre[2] + pre[3])."""
+    if pre is None:
+        return a
+    out = (SCRATCH if ws is None else ws).buffer(key, a.shape, a.dtype)
+    bn_act_forward(out, a, pre[0], pre[1], pre[2], pre[3], pre_alpha)
+    return out
+
+
 def bn_forward(y, x, mean, invstd, gamma, beta):
     """y = (x - mean) * invstd * gamma + beta, as one affine pass."""
     same_size(y, x)

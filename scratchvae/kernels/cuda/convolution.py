@@ -12,6 +12,7 @@ from numba import cuda
 
 from scratchvae.kernels.cuda import launch as launching  # its MAX_BLOCKS, read at call time
 from scratchvae.kernels.cuda.arrays import SCRATCH, is_device_array
+from scratchvae.kernels.cuda.batchnorm import bn_act_grad_sums, read_normalised
 from scratchvae.kernels.cuda.launch import THREADS, launch
 from scratchvae.kernels.cuda.matmul import gemm
 
@@ -152,10 +153,14 @@ def upsample_nearest_backward(dx, dy):
     launch(_upsample_nearest_backward, dx.size, dx, dy)
 
 
-def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
+def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None, pre=None, pre_alpha=1.0, pre_sums=None):
     """cols = im2col(x); dw = cols^T @ t, then y = cols @ w (either output may be None): the patches
     of a few images at a time (within COLS_BYTES) in one buffer from ws (else the backend's SCRATCH),
-    dw accumulated over the chunks."""
+    dw accumulated over the chunks. pre, when given: t normalised into a buffer of ws first;
+    pre_sums (with pre and y): bn_act_grad_sums of y against t, after the GEMMs."""
+    raw = t
+    if dw is not None and pre is not None:
+        t = read_normalised(t, pre, pre_alpha, ws, "conv_gemms_pre")
     n, h, wi, c = x.shape
     ho, wo = -(-h // stride), -(-wi // stride)
     width, per = kh * kw * c, ho * wo
@@ -172,3 +177,9 @@ def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None):
             gemm(dw, cols, t2[i * per:j * per], trans_a=True, accumulate=i > 0)
         if y is not None:
             gemm(y2[i * per:j * per], cols, w)
+    if pre_sums is not None:
+        if pre is None or y is None:
+            raise ValueError("conv_gemms: pre_sums needs pre, and y with t's channels")
+        c = raw.shape[raw.ndim - 1]
+        bn_act_grad_sums(pre_sums[0], pre_sums[1], y2, raw.reshape(n * per, c), pre[0], pre[1], pre[2], pre[3],
+                         pre_alpha)

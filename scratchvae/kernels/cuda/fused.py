@@ -9,6 +9,7 @@ import numpy as np
 from numba import cuda
 
 from scratchvae.kernels.cuda.arrays import SCRATCH
+from scratchvae.kernels.cuda.batchnorm import read_normalised
 from scratchvae.kernels.cuda.convolution import gather_taps
 from scratchvae.kernels.cuda.launch import flat, launch, per_channel
 from scratchvae.kernels.cuda.matmul import gemm
@@ -79,10 +80,12 @@ def col2im_act(x, cols, kh, kw, stride, pad_top, pad_left, bias, activation=None
 
 
 def conv_transpose_act(y, x, w2, bias, kh, kw, stride, pad_top, pad_left, activation=None, alpha=1.0, ws=None,
-                       stats=None):
+                       stats=None, pre=None, pre_alpha=1.0):
     """y = act(col2im(x @ w2) + bias): a transposed convolution, w2 (C, (i, j, O) + padding), as one
     GEMM into a cols buffer, then col2im_act. ws: the Workspace for cols (None: the backend's SCRATCH).
-    stats (2, O), when given: bn_stats of y, as its own reduction over y."""
+    stats (2, O), when given: bn_stats of y, as its own reduction over y. pre, when given: x
+    normalised into a buffer of ws first (read_normalised)."""
+    x = read_normalised(x, pre, pre_alpha, ws, "conv_transpose_act_pre")
     n, h, w, c = x.shape
     if w2.shape[0] != c:
         raise ValueError(f"conv_transpose_act: w2 {tuple(w2.shape)} does not fit x {tuple(x.shape)}")
