@@ -61,23 +61,24 @@ def normalise_rows(out, x, scale, shift, alpha):
 
 
 @njit(nogil=True, cache=True, fastmath=FASTMATH)
-def add_grad_sums(part, dy, xn, x, mean, alpha):
+def add_grad_sums(part, dy, x, scale, shift, mean, alpha):
     """part[0, c] += sum_m g, part[1, c] += sum_m g * (x[m, c] - mean[c]) in float64, g = dy[m, c] if
-    xn[m, c] > 0 else alpha * dy[m, c]: bn_act_grad_sums over one piece, whose normalised rows xn
-    (leaky(v) > 0 exactly where v > 0) a convolution has just read. Four rows a pass, as _add_moments."""
+    x[m, c] * scale[c] + shift[c] > 0 else alpha * dy[m, c]: bn_act_grad_sums over one piece, the
+    slope's mask worked out as normalise_rows works it out. Four rows a pass, as _add_moments (the
+    running sums are loaded and stored once per four rows)."""
     c = dy.shape[1]
     s1 = np.zeros(c, np.float64)
     s2 = np.zeros(c, np.float64)
     r, m = 0, dy.shape[0]
     while r + 4 <= m:
         d0, d1, d2, d3 = dy[r], dy[r + 1], dy[r + 2], dy[r + 3]
-        n0, n1, n2, n3 = xn[r], xn[r + 1], xn[r + 2], xn[r + 3]
         x0, x1, x2, x3 = x[r], x[r + 1], x[r + 2], x[r + 3]
         for ch in range(c):
-            g0 = np.float64(d0[ch] if n0[ch] > 0 else d0[ch] * alpha)
-            g1 = np.float64(d1[ch] if n1[ch] > 0 else d1[ch] * alpha)
-            g2 = np.float64(d2[ch] if n2[ch] > 0 else d2[ch] * alpha)
-            g3 = np.float64(d3[ch] if n3[ch] > 0 else d3[ch] * alpha)
+            sc, sh = scale[ch], shift[ch]
+            g0 = np.float64(d0[ch] if x0[ch] * sc + sh > 0 else d0[ch] * alpha)
+            g1 = np.float64(d1[ch] if x1[ch] * sc + sh > 0 else d1[ch] * alpha)
+            g2 = np.float64(d2[ch] if x2[ch] * sc + sh > 0 else d2[ch] * alpha)
+            g3 = np.float64(d3[ch] if x3[ch] * sc + sh > 0 else d3[ch] * alpha)
             mu = np.float64(mean[ch])
             s1[ch] += (g0 + g1) + (g2 + g3)
             s2[ch] += (g0 * (np.float64(x0[ch]) - mu) + g1 * (np.float64(x1[ch]) - mu)) + \
@@ -85,7 +86,7 @@ def add_grad_sums(part, dy, xn, x, mean, alpha):
         r += 4
     for r in range(r, m):
         for ch in range(c):
-            g = np.float64(dy[r, ch] if xn[r, ch] > 0 else dy[r, ch] * alpha)
+            g = np.float64(dy[r, ch] if x[r, ch] * scale[ch] + shift[ch] > 0 else dy[r, ch] * alpha)
             s1[ch] += g
             s2[ch] += g * (np.float64(x[r, ch]) - np.float64(mean[ch]))
     for ch in range(c):

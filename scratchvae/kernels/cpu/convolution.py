@@ -17,10 +17,6 @@ from scratchvae.kernels.cpu.batchnorm import (add_grad_sums, bn_act_grad_sums, n
 from scratchvae.kernels.cpu.jit import FASTMATH
 from scratchvae.kernels.workspace import Workspace
 
-# Rows of y that conv_gemms writes at a time when it also takes a BatchNorm's sums from them (pre_sums):
-# 256 KB at 128 channels, read back from L2.
-SUMS_ROWS = 512
-
 # The patch buffers of conv_gemms when the caller passes no workspace.
 WORKSPACE = Workspace(empty)
 
@@ -200,13 +196,10 @@ def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None, pre=N
                 else:
                     np.matmul(cols.T, rows, out=sums)
                 started = True
-            if parts is not None:  # y a block of rows at a time, its sums taken while in L2
-                for s0 in range(0, r1 - r0, SUMS_ROWS):
-                    s1 = min(r1 - r0, s0 + SUMS_ROWS)
-                    np.matmul(cols[s0:s1], w, out=y2[r0 + s0:r0 + s1])
-                    add_grad_sums(parts[j], y2[r0 + s0:r0 + s1], rows[s0:s1], t2[r0 + s0:r0 + s1], mean, norm[2])
-            elif y2 is not None:
+            if y2 is not None:
                 np.matmul(cols, w, out=y2[r0:r1])
+                if parts is not None:  # the piece's rows of y and t from cache
+                    add_grad_sums(parts[j], y2[r0:r1], t2[r0:r1], *norm[:2], mean, norm[2])
         if dw is not None and not started:
             sums[...] = 0
 
