@@ -1,7 +1,7 @@
 """BatchNorm on the CPU, optionally fused with LeakyReLU (alpha 1 is plain BatchNorm).
 
 Forward is one affine pass (scale = invstd*gamma, shift = beta - mean*scale). Backward is two passes:
-per-chunk sums of g and g*(x - mean) (g = dy through the activation), then dx = a*g + b*x + off.
+per-chunk float64 sums of g and g*(x - mean) (g = dy through the activation), then dx = a*g + b*x + off.
 The data-parallel split (grad sums, then dx from sums over all ranks) reuses the same two kernels.
 """
 
@@ -105,21 +105,13 @@ def normalised_copy(buf, x, norm):
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _bn_act_sums(part1, part2, dy, x, mean, scale, shift, alpha, chunk):
-    """Per chunk: sum of g and of g * (x - mean), g = dy masked by the activation's slope."""
-    m, c = dy.shape
-    for k in prange(part1.shape[0]):
-        for ch in range(c):
-            part1[k, ch] = 0
-            part2[k, ch] = 0
-        for r in range(k * chunk, min(m, (k + 1) * chunk)):
-            for ch in range(c):
-                xv = x[r, ch]
-                g = dy[r, ch]
-                if xv * scale[ch] + shift[ch] <= 0:
-                    g = g * alpha
-                part1[k, ch] += g
-                part2[k, ch] += g * (xv - mean[ch])
+def _bn_act_sums(parts, dy, x, mean, scale, shift, alpha, chunk):
+    """Per chunk k of `chunk` rows: parts[k] = the sums of g and of g * (x - mean) in float64 (add_grad_sums)."""
+    m = dy.shape[0]
+    for k in prange(parts.shape[0]):
+        r0, r1 = k * chunk, min(m, (k + 1) * chunk)
+        parts[k] = 0
+        add_grad_sums(parts[k], dy[r0:r1], x[r0:r1], scale, shift, mean, alpha)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -140,11 +132,12 @@ def bn_act_grad_sums(s1, s2, dy, x, mean, invstd, gamma, beta, alpha):
     t = x.dtype.type
     scale = (invstd * gamma).astype(x.dtype)
     shift = (beta - mean * scale).astype(x.dtype)
-    part1, chunk = partials(dy)
-    part2 = np.empty_like(part1)
-    _bn_act_sums(part1, part2, dy, x, mean, scale, shift, t(alpha), chunk)
-    s1[...] = part1.sum(axis=0)
-    s2[...] = part2.sum(axis=0)
+    chunks, chunk = partials(dy)
+    parts = np.empty((chunks.shape[0], 2, dy.shape[1]))
+    _bn_act_sums(parts, dy, x, mean, scale, shift, t(alpha), chunk)
+    total = parts.sum(axis=0)
+    s1[...] = total[0]
+    s2[...] = total[1]
 
 
 def bn_act_dx(dx, dy, x, mean, invstd, gamma, beta, alpha, s1, s2, count):
