@@ -8,14 +8,6 @@ import numpy as np
 
 def gemm(out, a, b, trans_a=False, trans_b=False, accumulate=False):
     """out (+)= op(a) @ op(b): one BLAS call, BLAS threads on all cores (never inside prange)."""
-    if trans_a and a.shape[1] < b.shape[1]:
-        # A thin a^T b (e.g. a 3-channel layer's weight gradient): BLAS runs (b^T a)^T twice as fast.
-        r = (b.T if not trans_b else b) @ a
-        if accumulate:
-            out += r.T
-        else:
-            out[...] = r.T
-        return
     a = a.T if trans_a else a
     b = b.T if trans_b else b
     if accumulate:
