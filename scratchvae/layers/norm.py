@@ -46,9 +46,11 @@ class BatchStats:
 class DeferredNorm:
     """A training BatchNorm's output (with its LeakyReLU) left unwritten: the BatchNorm returns its
     input, and the convolution that reads it next applies the normalisation to each piece as its
-    GEMM reads it (the kernels' `pre`). A step then writes and reads that map once less and holds
-    one map fewer. The model gives one to a BatchNorm whose output only a stride-1 Conv2DTranspose
-    reads (the seed's last layer: 128 channels of 128x128 in, 3 out), and to that convolution."""
+    GEMM reads it (the kernels' `pre`). A step then writes and reads that map once less, and the
+    BatchNorm holds no output map (the convolution's input gradient, no longer written over it,
+    takes a gradient slot of that size instead). The model gives one to a BatchNorm whose output
+    only a stride-1 Conv2DTranspose reads (the seed's last layer: 128 channels of 128x128 in, 3
+    out), and to that convolution."""
 
     def __init__(self, features, dtype):
         self.values = K.empty((4, features), dtype)  # mean, invstd, gamma, beta: the kernels' `pre`
