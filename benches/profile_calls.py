@@ -1,7 +1,8 @@
 """Single calls the speed work measures, in one process: each step of a batch-1 decode, the
 encoder's first step at batch 64, the last layer's training forward + backward and the training
-Sigmoid at batch 32, an Adam step on the seed model, and folding a 128x128 transposed-convolution kernel
-against comparing it.
+Sigmoid at batch 32, BatchNorm + LeakyReLU's training backward on the 64x64 and 128x128 maps, the
+decoder Dense's weight gradient, an Adam step on the seed model, and folding a 128x128
+transposed-convolution kernel against comparing it.
 
     python benches/profile_calls.py [--repeats 30] [--threads N] [--keep-blas-override]
 
@@ -78,6 +79,21 @@ def main(argv=None):
     out = np.empty_like(pre)
     ms = median_ms(lambda: K.sigmoid_forward(out, pre), args.repeats)
     print(f"Sigmoid forward, batch 32 (128x128x3): {ms:.2f} ms")
+
+    for size in (64, 128):  # BatchNorm + LeakyReLU's training backward on the seed's larger maps
+        m = 32 * size * size
+        xb, gb = (rng.standard_normal((m, 128)).astype(np.float32) for _ in range(2))
+        mean, invstd = xb.mean(axis=0), (1 / np.sqrt(xb.var(axis=0) + 1e-3)).astype(np.float32)
+        gamma, beta = np.ones(128, np.float32), np.zeros(128, np.float32)
+        dxb, dgamma, dbeta = np.empty_like(xb), np.empty(128, np.float32), np.empty(128, np.float32)
+        ms = median_ms(lambda: K.bn_act_backward(dxb, dgamma, dbeta, gb, xb, mean, invstd, gamma, beta, 0.3),
+                       max(5, args.repeats // 3))
+        print(f"BatchNorm + LeakyReLU backward, batch 32, {size}x{size}x128: {ms:.2f} ms")
+
+    za, dz = rng.standard_normal((32, 200)).astype(np.float32), rng.standard_normal((32, 8192)).astype(np.float32)
+    dk = np.empty((200, 8192), np.float32)
+    ms = median_ms(lambda: K.gemm(dk, za, dz, trans_a=True), args.repeats)
+    print(f"the decoder Dense's weight gradient (200x32 @ 32x8192, gemm trans_a): {ms:.2f} ms")
 
     opt = Adam()
     params, grads = vae.params(), vae.grads()

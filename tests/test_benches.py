@@ -162,9 +162,10 @@ def test_the_call_profile_times_every_call_it_names():
     out = subprocess.run([sys.executable, str(BENCHES / "profile_calls.py"), "--repeats", "1"],
                          capture_output=True, text=True, check=True).stdout
     for line in ("decode, batch 1:", "conv_t_out+sigmoid", "encoder's first step", "last layer",
-                 "Sigmoid forward", "Adam step", "folding a 3x3x128x128 kernel"):
+                 "Sigmoid forward", "backward, batch 32, 64x64x128", "backward, batch 32, 128x128x128",
+                 "Dense's weight gradient", "Adam step", "folding a 3x3x128x128 kernel"):
         assert line in out, line
-    assert len(re.findall(r"\d+\.\d+ ms", out)) >= 10
+    assert len(re.findall(r"\d+\.\d+ ms", out)) >= 13
 
 
 def test_the_winograd_profile_times_both_paths_and_says_where_the_fast_one_is_not_taken():
