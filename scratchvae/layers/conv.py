@@ -173,8 +173,10 @@ class Conv2DTranspose(Layer):
             dx = x if self.overwrite_input and pre is None else self.grad_buffer(x.shape, avoid=dy)
         # patches of dy: dW = patches^T @ x, then dx = patches @ W (each piece's rows of x read
         # before its rows of dx are written, so dx may be x)
-        sums = pre is not None and dx is not None  # the BatchNorm before takes its sums from here
+        read_through = pre_args(pre)
+        if pre is not None and dx is not None:  # the BatchNorm before takes its sums from here
+            read_through["pre_sums"] = self.deferred.sums
         K.conv_gemms(dx, self.grads["kernel"].reshape(-1, c), dy, kernel2d, x, k, k, self.stride, pt, pl,
-                     ws=self.workspace, **pre_args(pre), **(dict(pre_sums=self.deferred.sums) if sums else {}))
+                     ws=self.workspace, **read_through)
         self.geometry = None
-        return self.deferred.summed(dx) if sums else dx
+        return self.deferred.summed(dx) if "pre_sums" in read_through else dx

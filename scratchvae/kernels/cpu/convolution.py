@@ -184,11 +184,11 @@ def conv_gemms(y, dw, x, w, t, kh, kw, stride, pad_top, pad_left, ws=None, pre=N
             r1 = r0 + (i1 - i0) * (p1 - p0) * wo
             cols = ws.buffer(("patches", k), (r1 - r0, width), x.dtype)
             _gather_piece(cols, x, i0, i1, p0, p1, wo, stride, offs_h, offs_w)
-            rows = None if t2 is None else t2[r0:r1]
-            if norm is not None:
-                rows = ws.buffer(("conv_gemms_pre", k), rows.shape, rows.dtype)
-                normalise_rows(rows, t2[r0:r1], *norm)
             if dw is not None:
+                rows = t2[r0:r1]
+                if norm is not None:  # dw is taken against t as the BatchNorm would have written it
+                    rows = ws.buffer(("conv_gemms_pre", k), rows.shape, rows.dtype)
+                    normalise_rows(rows, t2[r0:r1], *norm)
                 if started:
                     product = ws.buffer(("conv_gemms_dw", k), dw.shape, dw.dtype)
                     np.matmul(cols.T, rows, out=product)
