@@ -16,6 +16,7 @@ import time
 import urllib.parse
 import urllib.request
 from contextlib import contextmanager
+from tests.hang import HANG_S
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -42,7 +43,7 @@ def serve(folder):
 
 
 class WebSocket:
-    def __init__(self, url, timeout=60):
+    def __init__(self, url, timeout=HANG_S):
         u = urllib.parse.urlparse(url)
         self.sock = socket.create_connection((u.hostname, u.port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
@@ -104,7 +105,7 @@ class Browser:
     def __init__(self, profile):
         self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        port, deadline = None, time.time() + 60
+        port, deadline = None, time.time() + HANG_S
         while port is None:
             line = self.proc.stderr.readline()
             if not line and (self.proc.poll() is not None or time.time() > deadline):
@@ -114,7 +115,7 @@ class Browser:
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep its pipe drained
         pages = []
         while not pages:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=HANG_S) as r:
                 pages = [t for t in json.load(r) if t["type"] == "page"]
         self.ws, self.next_id = WebSocket(pages[0]["webSocketDebuggerUrl"]), 0
 
@@ -130,7 +131,7 @@ class Browser:
 
     def open(self, url):
         self.call("Page.navigate", url=url)
-        self.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete'", timeout=60)
+        self.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete'", timeout=HANG_S)
 
     def evaluate(self, expression):
         """The JSON value of a JS expression (promises awaited); a thrown error raises here."""
@@ -139,7 +140,7 @@ class Browser:
             raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def wait_for(self, expression, timeout=120):
+    def wait_for(self, expression, timeout=HANG_S):
         deadline = time.time() + timeout
         while time.time() < deadline:
             value = self.evaluate(expression)
@@ -165,7 +166,7 @@ class Browser:
         finally:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=HANG_S)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

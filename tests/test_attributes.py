@@ -27,6 +27,7 @@ import edits  # noqa: E402
 import pictures  # noqa: E402
 import sample as onnx_sample  # noqa: E402
 import to_onnx  # noqa: E402
+from tests.hang import HANG_S
 
 SMALL = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4)
 NAMES = ["Smiling", "Eyeglasses", "Blond_Hair", "Bald"]
@@ -331,7 +332,7 @@ def test_onnx_attribute_rows_need_neither_numba_nor_scratchvae(world, tmp_path):
             "Smiling-Eyeglasses", "--image", world["files"][0], "--strengths", "-1:1:3",
             "--out", str(tmp_path / "a.png")]
     proc = subprocess.run([sys.executable, "-c", ONNX_ONLY.format(export=str(EXPORT), args=args)], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=120)
+                          text=True, cwd=tmp_path, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rc": 0, "bad": []}
     assert Image.open(tmp_path / "a.png").size[1] == 16 + 4

@@ -18,6 +18,7 @@ import pytest
 # NumPy only (no Numba): safe to import before the simulator is switched on in the child.
 from scratchvae.kernels.reference import (bn_act_backward_frozen, bn_invstd, kl_sum, latent_grads,
                                           moving_update, mse_and_grad, reparameterize, sum_squares)
+from tests.hang import HANG_S
 
 SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 # SCRATCHVAE_CUDA_TESTS=gpu runs the same kernel checks on a real GPU (no CI machine has one):
@@ -37,7 +38,7 @@ def test_cuda_kernels_under_simulator():
     # The simulator ships with Numba (and numba-cuda): failing to load it is a failure, not a skip.
     assert probe.returncode == 0, "numba.cuda's simulator cannot load: " + probe.stderr[-2000:]
     child = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"],
-                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+                           env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     assert child.returncode == 0, child.stdout[-8000:] + child.stderr[-2000:]
 
 
@@ -69,7 +70,7 @@ def test_train_on_cuda_fails_cleanly_or_trains(tmp_path):
     tiny = ["--image-size", "8", "--filters", "4", "--blocks", "2", "--z-dim", "2", "--batch-size", "4",
             "--limit", "8", "--epochs", "1", "--bn-batches", "0", "--quiet", "--cache-dir", str(tmp_path / "c")]
     done = subprocess.run([sys.executable, "-m", "scratchvae.train", *tiny, "--device", "cuda",
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=HANG_S)
     if device.check("cuda")[0]:  # a real GPU (or the simulator) is here: then it must train
         assert done.returncode == 0, done.stderr
         assert (tmp_path / "o" / "checkpoint.npz").is_file()

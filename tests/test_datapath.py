@@ -20,6 +20,7 @@ from PIL import Image
 from scratchvae import cache, data, train
 from scratchvae.data import CELEBA_PARTITION
 from scratchvae.prefetch import ImageReader, Prefetcher
+from tests.hang import HANG_S
 
 N = 3000
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +158,7 @@ def test_reading_every_batch_keeps_memory_bounded(tmp_path):
     rows.flush()
     del rows
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(BOUNDED), str(path)], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=HANG_S)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     expected = float(((np.arange(n) % 251).astype(np.float64) / 255).sum() * 64 * 64 * 3)
@@ -283,7 +284,7 @@ def test_a_builder_killed_mid_chunk_continues_from_the_chunks_that_match(few, tm
     root, pixels = few
     proc = subprocess.Popen([sys.executable, "-c", KILLED, str(root), str(tmp_path)], cwd=ROOT)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_S
         while True:
             record = next(tmp_path.glob("*.progress"), None)
             if record is not None and len(record.read_text().splitlines()) >= 3:  # header and two chunks
@@ -291,7 +292,7 @@ def test_a_builder_killed_mid_chunk_continues_from_the_chunks_that_match(few, tm
             assert proc.poll() is None and time.monotonic() < deadline, "the builder never finished two chunks"
             time.sleep(0.005)
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc.wait(timeout=HANG_S)
     finally:
         if proc.poll() is None:
             proc.kill()

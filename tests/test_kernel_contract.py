@@ -18,6 +18,7 @@ import pytest
 
 from scratchvae import kernels
 from scratchvae.kernels import ops
+from tests.hang import HANG_S
 
 ROOT = Path(__file__).resolve().parents[1]
 # Public names a backend may have besides the ops: its name and (cuda) whether it can run here.
@@ -78,7 +79,7 @@ def test_cuda_backend_implements_every_op():
     code = ("import json, tests.test_kernel_contract as t; "
             "print(json.dumps(t.contract_problems('scratchvae.kernels.cuda')))")
     child = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
-                           timeout=600, check=False)
+                           timeout=HANG_S, check=False)
     assert child.returncode == 0, child.stderr[-3000:]
     assert json.loads(child.stdout.strip().splitlines()[-1]) == []
 

@@ -29,6 +29,7 @@ if str(EXPORT) not in sys.path:
 import onnx_graphs  # noqa: E402
 import sample  # noqa: E402
 import to_onnx  # noqa: E402
+from tests.hang import HANG_S
 
 SMALL = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4)
 RESIZE = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4, decoder="resize", recon="sigma")
@@ -338,7 +339,7 @@ def test_export_errors_are_one_line(small, tmp_path, capsys, case):
 
 def test_export_cli_exit_code_in_a_real_process(tmp_path):
     run = subprocess.run([sys.executable, str(EXPORT / "to_onnx.py"), str(tmp_path / "x.npz"), "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "no checkpoint" in run.stderr
 
 
@@ -370,7 +371,7 @@ def test_sample_writes_pngs_without_numba_or_scratchvae(small, tmp_path):
             + ["--out", out["interp"]],
             ["--decoder", dec, "--interpolate", "--steps", "5", "--out", out["random"]]]
     script = SAMPLE_SCRIPT.format(export=str(EXPORT), runs=runs)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"rcs": [0, 0, 0, 0], "bad": []}

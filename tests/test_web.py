@@ -28,6 +28,7 @@ if str(EXPORT) not in sys.path:
 import edits  # noqa: E402
 import sample as onnx_sample  # noqa: E402
 import to_web  # noqa: E402
+from tests.hang import HANG_S
 
 SMALL = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4)
 NAMES = ["Smiling", "Eyeglasses", "Blond_Hair", "Bald"]
@@ -293,7 +294,7 @@ def test_named_attributes_get_the_first_sliders_and_unknown_names_are_refused(wo
 def node(script):
     browser_tools()
     proc = subprocess.run(["node", "--input-type=module"], input=script, capture_output=True, text=True,
-                          timeout=60, cwd=ROOT)
+                          timeout=HANG_S, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
