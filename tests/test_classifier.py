@@ -26,10 +26,10 @@ def test_logistic_loss_stays_finite_for_huge_logits():
     np.testing.assert_allclose(grad, [[0.5, -0.5]])
 
 
-@pytest.mark.parametrize("size,batch", [(8, 3), (7, 1)])
-def test_network_gradients_against_central_differences(rng, size, batch):
+@pytest.mark.parametrize("size,batch,hidden", [(8, 3, None), (7, 1, None), (7, 2, 5)])
+def test_network_gradients_against_central_differences(rng, size, batch, hidden):
     with kernels.using("numpy"):
-        clf = classifier.Classifier(size, ["a", "b"], filters=(2, 3), dtype=np.float64, seed=1)
+        clf = classifier.Classifier(size, ["a", "b"], filters=(2, 3), dtype=np.float64, seed=1, hidden=hidden)
         for p in clf.params().values():
             p[...] = rng.standard_normal(p.shape) * 0.5  # nonzero biases; ReLUs on both sides
         x = rng.uniform(0, 1, (batch, size, size, 3))
@@ -68,6 +68,29 @@ def test_save_and_load_give_the_same_probabilities(tmp_path, rng):
     back, meta = classifier.Classifier.load(tmp_path / "clf.npz")
     assert back.attributes == ["a", "b", "c"] and meta["trained_on"] == "test"
     np.testing.assert_array_equal(back.probabilities(x), clf.probabilities(x))
+
+
+def test_a_hidden_layer_gives_features_and_keeps_the_plain_network_as_it_was(tmp_path, rng):
+    plain = classifier.Classifier(8, ["a", "b"], filters=(2, 2), seed=3)
+    assert [layer.name for layer in plain.layers] == ["conv_1", "conv_2", "flatten", "logits"]
+    clf = classifier.Classifier(8, ["a", "b"], filters=(2, 2), seed=3, hidden=6)
+    assert [layer.name for layer in clf.layers] == ["conv_1", "conv_2", "flatten", "hidden", "hidden_relu", "logits"]
+    for name in ("conv_1.kernel", "conv_2.kernel"):  # the same draws before the head
+        np.testing.assert_array_equal(clf.params()[name], plain.params()[name])
+    for p in clf.params().values():
+        p[...] = rng.standard_normal(p.shape) * 0.5
+    x = rng.uniform(0, 1, (5, 8, 8, 3)).astype(np.float32)
+    f = clf.features(x, batch_size=2)
+    assert f.shape == (5, 6) and f.min() >= 0 and (f == 0).any() and (f > 0).any()
+    p = clf.params()
+    expected = f @ p["logits.kernel"] + p["logits.bias"]
+    np.testing.assert_allclose(clf.logits(x), expected, rtol=1e-5, atol=1e-5)
+    clf.save(tmp_path / "clf.npz")
+    back, meta = classifier.Classifier.load(tmp_path / "clf.npz")
+    assert back.hidden == 6 and meta["hidden"] == 6
+    np.testing.assert_array_equal(back.features(x), f)
+    with pytest.raises(ValueError, match="no hidden layer"):
+        plain.features(x)
 
 
 def test_accuracy_summary_counts_by_hand():

@@ -1,8 +1,9 @@
-"""A small attribute classifier built from the project's own layers, to measure attribute edits.
+"""A small attribute classifier built from the project's own layers, to measure attribute edits
+and, with a hidden layer, to give the face feature space of scratchvae.face_features.
 
-Three stride-2 ReLU convolutions, then one Dense layer giving a logit per attribute, trained with
-the logistic loss (its gradient written out below) and Adam. NHWC float images in [0, 1]; labels
-0/1. An evaluation tool beside the VAE, not part of it.
+Three stride-2 ReLU convolutions, optionally a hidden Dense + ReLU (the features), then one Dense
+layer giving a logit per attribute, trained with the logistic loss (its gradient written out below)
+and Adam. NHWC float images in [0, 1]; labels 0/1. An evaluation tool beside the VAE, not part of it.
 """
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 from scratchvae import checkpoint
 from scratchvae import kernels as K
 from scratchvae.kernels.workspace import Workspace
-from scratchvae.layers import Conv2D, Dense, Flatten
+from scratchvae.layers import Conv2D, Dense, Flatten, ReLU
 from scratchvae.optim import Adam
 
 FORMAT = "scratchvae-attribute-classifier"
@@ -31,19 +32,27 @@ def sigmoid(a):
 
 
 class Classifier:
-    """Conv2D(3x3, stride 2, ReLU) x len(filters) -> Flatten -> Dense(outputs): one logit per attribute."""
+    """Conv2D(3x3, stride 2, ReLU) x len(filters) -> Flatten [-> Dense(hidden) -> ReLU] -> Dense(outputs):
+    one logit per attribute. With `hidden`, the ReLU's output is the network's feature vector."""
 
-    def __init__(self, image_size, attributes, filters=(32, 64, 128), channels=3, dtype=np.float32, seed=0):
+    def __init__(self, image_size, attributes, filters=(32, 64, 128), channels=3, dtype=np.float32, seed=0,
+                 hidden=None):
         self.image_size, self.attributes, self.filters = int(image_size), list(attributes), tuple(filters)
         self.channels, self.dtype = int(channels), np.dtype(dtype)
+        self.hidden = None if hidden is None else int(hidden)
         rng, ws = np.random.default_rng(seed), Workspace()
         layers, c, size = [], self.channels, self.image_size
         for i, f in enumerate(self.filters):
             layers.append(Conv2D(c, f, 3, 2, activation="relu", dtype=dtype, rng=rng, name=f"conv_{i + 1}",
                                  need_dx=i > 0, workspace=ws))
             c, size = f, -(-size // 2)
-        layers += [Flatten(dtype=dtype, name="flatten"),
-                   Dense(size * size * c, len(self.attributes), dtype=dtype, rng=rng, name="logits", workspace=ws)]
+        width = size * size * c
+        layers.append(Flatten(dtype=dtype, name="flatten"))
+        if self.hidden is not None:
+            layers += [Dense(width, self.hidden, dtype=dtype, rng=rng, name="hidden", workspace=ws),
+                       ReLU(dtype=dtype, name="hidden_relu", workspace=ws)]
+            width = self.hidden
+        layers.append(Dense(width, len(self.attributes), dtype=dtype, rng=rng, name="logits", workspace=ws))
         self.layers = layers
 
     def params(self):
@@ -52,12 +61,22 @@ class Classifier:
     def grads(self):
         return {f"{layer.name}.{k}": v for layer in self.layers for k, v in layer.grads.items()}
 
-    def logits(self, x, training=False):
-        """(N, attributes) logits of images x (N, S, S, C)."""
+    def _forward(self, x, training, layers):
         h = K.from_host(np.ascontiguousarray(x, dtype=self.dtype))
-        for layer in self.layers:
+        for layer in layers:
             h = layer.forward(h, training)
         return np.array(K.to_host(h))
+
+    def logits(self, x, training=False):
+        """(N, attributes) logits of images x (N, S, S, C)."""
+        return self._forward(x, training, self.layers)
+
+    def features(self, x, batch_size=128):
+        """(N, hidden) float32 feature vectors (the hidden ReLU's output), in inference mode and batches."""
+        if self.hidden is None:
+            raise ValueError("this classifier has no hidden layer, so no feature vector")
+        trunk = self.layers[:-1]
+        return np.concatenate([self._forward(x[i:i + batch_size], False, trunk) for i in range(0, len(x), batch_size)])
 
     def loss_and_grads(self, x, y):
         """One training-mode pass: the logistic loss of the batch, gradients left in grads()."""
@@ -75,24 +94,27 @@ class Classifier:
     def save(self, path, meta=None):
         arrays = {f"param/{k}": K.to_host(v) for k, v in self.params().items()}
         checkpoint.save(path, arrays, {"kind": FORMAT, "image_size": self.image_size, "attributes": self.attributes,
-                                       "filters": list(self.filters), "channels": self.channels, **(meta or {})})
+                                       "filters": list(self.filters), "channels": self.channels, "hidden": self.hidden,
+                                       **(meta or {})})
 
     @classmethod
     def load(cls, path):
         arrays, meta = checkpoint.load(path)
         if meta.get("kind") != FORMAT:
             raise checkpoint.CheckpointError(f"{path} is not an attribute classifier")
-        clf = cls(meta["image_size"], meta["attributes"], tuple(meta["filters"]), meta["channels"])
+        clf = cls(meta["image_size"], meta["attributes"], tuple(meta["filters"]), meta["channels"],
+                  hidden=meta.get("hidden"))
         found = checkpoint.expect(arrays, clf.params(), "param/", path)
         for name, live in clf.params().items():
             live[...] = found[name]
         return clf, meta
 
 
-def train(clf, read, idx, y, epochs, batch_size=64, lr=1e-3, seed=0, flip=True, log=None):
+def train(clf, read, idx, y, epochs, batch_size=64, lr=1e-3, seed=0, flip=True, log=None, step=None):
     """Adam on the logistic loss over images read(sorted indices) with labels y[i] (0/1, one row per
     entry of idx), shuffled per epoch from `seed`; flip mirrors a random half of each batch (faces
-    keep their attributes when mirrored). log(epoch, mean loss) after each epoch."""
+    keep their attributes when mirrored). log(epoch, mean loss) after each epoch; step(images) after
+    each batch (a progress bar's update)."""
     opt, rng = Adam(lr=lr), np.random.default_rng(seed)
     y = np.asarray(y, clf.dtype)
     for epoch in range(epochs):
@@ -106,6 +128,8 @@ def train(clf, read, idx, y, epochs, batch_size=64, lr=1e-3, seed=0, flip=True, 
             total += clf.loss_and_grads(x, y[pick])
             opt.step(clf.params(), clf.grads())
             steps += 1
+            if step is not None:
+                step(len(pick))
         if log is not None:
             log(epoch + 1, total / max(steps, 1))
 
