@@ -151,18 +151,76 @@ def test_built_in_synthetic_data_gives_its_held_out_split(tmp_path):
     assert record["z_mean"]["mse"] == pytest.approx(direct_terms(vae, x, seed=0)["z_mean"]["mse"], rel=1e-4)
 
 
-def test_features_give_frechet_distance_and_kid_of_real_against_samples(run):
+def test_features_give_frechet_distance_and_kid_of_samples_reconstructions_and_the_floor(run, capsys):
     model = tiny_feature_model(run["root"] / "features.onnx", layout="NHWC")
-    code, record = run["evaluate"]("--data", run["faces"], "--features", model)
+    code, record = run["evaluate"]("--data", run["faces"], "--features", model, "--n-samples", 40)
     assert code == 0
     f = record["features"]
     x = held_out_images(run["faces"], run["root"] / "cache")
-    z = np.random.default_rng([0, measure.SAMPLE_STREAM]).standard_normal((10, 4), dtype=np.float32)
+    z = np.random.default_rng([0, measure.SAMPLE_STREAM]).standard_normal((40, 4), dtype=np.float32)
     real, fake = expected_features(x), expected_features(np.asarray(run["vae"].decode(z)))
-    assert f["dims"] == 4 and f["layout"] == "NHWC"
-    assert f["frechet_distance"] == pytest.approx(distances.frechet_distance_of_features(real, fake), rel=1e-4)
-    assert f["kid"] == pytest.approx(distances.mmd2_unbiased(real, fake), rel=1e-4, abs=1e-6)
-    assert f["kid_subsets"] == 1 and f["kid_subset_size"] == 10
+    recon = expected_features(np.asarray(run["vae"].decode(run["vae"].encode(x)[0])))
+    assert f["dims"] == 4 and f["layout"] == "NHWC" and f["reference"] == {"images": 10, "what": "held-out photographs"}
+    assert record["samples"]["count"] == 40 and record["samples"]["codes"] == "z ~ N(0, I)"
+    s, r = f["samples"], f["reconstructions"]
+    assert s["count"] == 40 and r["count"] == 10
+    assert s["frechet_distance"] == pytest.approx(distances.frechet_distance_of_features(real, fake), rel=1e-4)
+    assert s["kid"] == pytest.approx(distances.kid(real, fake)[0], rel=1e-4, abs=1e-6)
+    assert s["kid_subsets"] == distances.KID_SUBSETS and s["kid_subset_size"] == 10
+    assert r["frechet_distance"] == pytest.approx(distances.frechet_distance_of_features(real, recon), rel=1e-4)
+    assert r["kid"] == pytest.approx(distances.mmd2_unbiased(real, recon), rel=1e-4, abs=1e-6)
+    assert r["kid_subsets"] == 1 and r["kid_subset_size"] == 10
+    # The floor: training photographs from one seeded shuffle of the run's training split, as many as
+    # the samples (capped by the 30 there are) and as many as the held-out images.
+    found = data.load_images(run["faces"], 16, crop="center", cache_dir=run["root"] / "cache", progress=False)
+    train, _ = data.split_indices(len(found), RUN["val_fraction"], RUN["batch_size"], RUN["seed"], found.partition)
+    order = np.random.default_rng([0, measure.FLOOR_STREAM]).permutation(train)
+    photos = expected_features(found.images[order].astype(np.float32) / 255)
+    floor = f["floor"]
+    assert floor["at_sample_count"]["count"] == 30 and floor["at_reference_count"]["count"] == 10
+    for key, count in (("at_sample_count", 30), ("at_reference_count", 10)):
+        assert floor[key]["frechet_distance"] == pytest.approx(
+            distances.frechet_distance_of_features(real, photos[:count]), rel=1e-4)
+    assert floor["at_reference_count"]["kid"] == pytest.approx(distances.mmd2_unbiased(real, photos[:10]), rel=1e-4,
+                                                               abs=1e-6)
+    assert f["sample_seeds"] is None
+    out = capsys.readouterr().out
+    assert "reconstructions (z = mu)" in out and "floor: training photographs" in out
+    assert "the reference is the 10 held-out photographs, all there are" in out
+
+
+def test_sample_seeds_give_each_seeds_distances_with_median_and_range(run):
+    model = tiny_feature_model(run["root"] / "features.onnx", layout="NHWC")
+    code, record = run["evaluate"]("--data", run["faces"], "--features", model, "--n-samples", 12,
+                                   "--sample-seeds", "0,4,7", "--seed", 4, "--report", run["root"] / "seeds")
+    assert code == 0
+    md = (run["root"] / "seeds" / "report.md").read_text()
+    assert "| floor: training photographs | 12 |" in md and "samples over seeds 0,4,7" in md
+    seeds = record["features"]["sample_seeds"]
+    x = held_out_images(run["faces"], run["root"] / "cache")
+    real = expected_features(x)
+    expected = []
+    for seed in (0, 4, 7):
+        z = np.random.default_rng([seed, measure.SAMPLE_STREAM]).standard_normal((12, 4), dtype=np.float32)
+        expected.append(distances.frechet_distance_of_features(real, expected_features(np.asarray(run["vae"].decode(z)))))
+    assert seeds["seeds"] == [0, 4, 7]
+    assert seeds["frechet_distance"] == pytest.approx(expected, rel=1e-4)
+    assert seeds["frechet_distance"][1] == record["features"]["samples"]["frechet_distance"]  # --seed 4's samples
+    assert seeds["frechet_distance_spread"]["median"] == pytest.approx(np.median(expected), rel=1e-4)
+    assert seeds["frechet_distance_spread"]["range"] == pytest.approx([min(expected), max(expected)], rel=1e-4)
+    assert seeds["kid_spread"]["median"] == np.median(seeds["kid"])
+    assert len(set(expected)) == 3
+
+
+def test_another_folder_has_no_floor(run, capsys):
+    other = make_images(run["root"] / "floorless", 6, size=(16, 16), seed=4)
+    model = tiny_feature_model(run["root"] / "features.onnx", layout="NHWC")
+    code, record = run["evaluate"]("--data", other, "--features", model)
+    assert code == 0
+    f = record["features"]
+    assert f["floor"] is None and f["reference"] == {"images": 6, "what": "evaluated images"}
+    assert f["samples"]["count"] == evaluate.FEATURE_SAMPLES == record["samples"]["count"]
+    assert "no floor" in capsys.readouterr().out
 
 
 def test_report_folder_holds_markdown_and_pictures(run, capsys):
@@ -198,6 +256,7 @@ def test_bad_inputs_exit_2_with_one_line(run, tmp_path, capsys):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07not onnx")
     no_input = tiny_feature_model(tmp_path / "no_input.onnx", size=(3, 3))
+    feats = tiny_feature_model(tmp_path / "feats.onnx", layout="NHWC")
     other = make_images(tmp_path / "other", 4, size=(16, 16))
     bare = tmp_path / "bare.npz"
     VAE(CFG).save(bare)  # no training record: there is no own data to fall back on
@@ -214,7 +273,12 @@ def test_bad_inputs_exit_2_with_one_line(run, tmp_path, capsys):
              ([ckpt, "--data", str(other), "--split", "held-out"], "not the data this checkpoint was trained on"),
              ([ckpt, "--data", str(run["faces"]), "--limit", "30"], "--split all"),
              ([ckpt, "--data", str(tmp_path / "nowhere")], "no such file or folder"),
-             ([ckpt, "--data", str(run["faces"]), "--batch-size", "0"], "--batch-size")]
+             ([ckpt, "--data", str(run["faces"]), "--batch-size", "0"], "--batch-size"),
+             ([ckpt, "--sample-seeds", "0,1"], "add --features"),
+             ([ckpt, "--features", str(feats), "--sample-seeds", "0,x"], "--sample-seeds"),
+             ([ckpt, "--features", str(feats), "--sample-seeds", "1,1"], "different seeds"),
+             ([ckpt, "--temperature", "0"], "--temperature"),
+             ([ckpt, "--features", str(feats), "--n-samples", "1"], "--n-samples")]
     for argv, message in cases:
         assert evaluate.main([*argv, "--quiet", "--threads", "1", "--cache-dir", str(root / "cache")]) == 2, argv
         assert message in _one_line_error(capsys), argv

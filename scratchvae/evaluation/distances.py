@@ -85,3 +85,17 @@ def kid(x, y, subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE, seed=0):
     values = [mmd2_unbiased(x[rng.choice(len(x), size, replace=False)], y[rng.choice(len(y), size, replace=False)])
               for _ in range(subsets)]
     return float(np.mean(values)), float(np.std(values))
+
+
+def compare(reference, other, seed=0):
+    """Both distances of feature set `other` from `reference`, with the counts they were taken at."""
+    mean, std = kid(reference, other, seed=seed)
+    size = min(KID_SUBSET_SIZE, len(reference), len(other))
+    return {"count": len(other), "frechet_distance": frechet_distance_of_features(reference, other),
+            "kid": mean, "kid_std": std, "kid_subset_size": size,
+            "kid_subsets": 1 if size == len(reference) == len(other) else KID_SUBSETS}
+
+
+def spread(values):
+    """The median and [lowest, highest] of a few numbers (one distance over several sample seeds)."""
+    return {"median": float(np.median(values)), "range": [float(np.min(values)), float(np.max(values))]}

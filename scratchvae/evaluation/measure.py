@@ -1,7 +1,7 @@
 """The evaluation passes over a model in inference mode, batch by batch: the chosen images encoded
-and decoded twice (z sampled with seeded eps as in training, and z = mu), then as many samples of
-z ~ N(0, I). Loss terms come from scratchvae.losses; per-image measures are summed as they go, and
-a few images and latent codes are kept for the pictures.
+and decoded twice (z sampled with seeded eps as in training, and z = mu), then samples decoded from
+codes z (by default z ~ N(0, I)). Loss terms come from scratchvae.losses; per-image measures are
+summed as they go, and a few images and latent codes are kept for the pictures.
 """
 
 import numpy as np
@@ -9,7 +9,8 @@ import numpy as np
 from scratchvae import losses
 from scratchvae.evaluation import pixels
 
-EPS_STREAM, SAMPLE_STREAM = 1, 2  # default_rng([seed, stream]): eps and the samples' z never share draws
+# default_rng([seed, stream]): eps, the samples' z and the floor's training photographs never share draws
+EPS_STREAM, SAMPLE_STREAM, FLOOR_STREAM = 1, 2, 3
 SHOWN_RECONSTRUCTIONS, SHOWN_SAMPLES, LATENT_DIMS = 8, 64, 8
 MODES = ("z_sampled", "z_mean")
 
@@ -45,7 +46,8 @@ def reconstructions(vae, read, n, batch_size, seed, features=None, bar=_no_bar):
     Returns {"z_sampled": terms, "z_mean": terms} (terms: total, reconstruction, kl, mse, psnr, ssim),
     "real": per-image blur, checkerboard and grid means of the originals, "shown": the first images and
     their reconstructions, "latents": z_mean of the first LATENT_DIMS dimensions (n, k), and
-    "features": the feature vectors of the originals (or None).
+    "features" and "features_z_mean": the feature vectors of the originals and of their
+    reconstructions from z = mu (or None).
     """
     rng = np.random.default_rng([seed, EPS_STREAM])
     with_ssim = vae.config.image_size >= pixels.SSIM_WINDOW
@@ -53,7 +55,7 @@ def reconstructions(vae, read, n, batch_size, seed, features=None, bar=_no_bar):
     sums = {"kl": 0.0, "blur": 0.0, "checkerboard": 0.0, "grid": 0.0,
             **{f"{m}_{k}": 0.0 for m in MODES for k in ("sq", "ssim")}}
     shown = {"original": [], "z_mean": [], "z_sampled": []}
-    latents, feats = [], []
+    latents, feats, feats_rec = [], [], []
     progress = bar(total=n, desc="reconstructing", unit="img")
     for start, stop in _batches(n, batch_size):
         x = read(start, stop)
@@ -69,6 +71,8 @@ def reconstructions(vae, read, n, batch_size, seed, features=None, bar=_no_bar):
                 sums[f"{mode}_ssim"] += float(pixels.ssim(x, x_hat).sum())
             if start < SHOWN_RECONSTRUCTIONS:
                 shown[mode].append(x_hat[:SHOWN_RECONSTRUCTIONS - start])
+            if features is not None and mode == "z_mean":
+                feats_rec.append(features(x_hat))
         if start < SHOWN_RECONSTRUCTIONS:
             shown["original"].append(x[:SHOWN_RECONSTRUCTIONS - start])
         sums["blur"] += float(pixels.laplacian_variance(x).sum())
@@ -89,20 +93,27 @@ def reconstructions(vae, read, n, batch_size, seed, features=None, bar=_no_bar):
     result["shown"] = {k: np.concatenate(v) for k, v in shown.items()}
     result["latents"] = np.concatenate(latents)
     result["features"] = np.concatenate(feats) if features is not None else None
+    result["features_z_mean"] = np.concatenate(feats_rec) if features is not None else None
     return result
 
 
-def samples(vae, n, batch_size, seed, features=None, bar=_no_bar):
-    """Measures of n decoded samples of z ~ N(0, I) from default_rng([seed, SAMPLE_STREAM]): mean
-    blur, checkerboard and grid per image, the first SHOWN_SAMPLES images, and their features (or None)."""
-    rng = np.random.default_rng([seed, SAMPLE_STREAM])
+def normal_codes(n, z_dim, seed, temperature=1.0):
+    """n codes z ~ N(0, T^2 I), float32 (n, z_dim), from default_rng([seed, SAMPLE_STREAM]). Drawn at
+    once or batch by batch, the Generator gives the same values."""
+    z = np.random.default_rng([seed, SAMPLE_STREAM]).standard_normal((n, z_dim), dtype=np.float32)
+    return z if temperature == 1.0 else z * np.float32(temperature)
+
+
+def samples(vae, z, batch_size, features=None, bar=_no_bar):
+    """Measures of the samples decoded from codes z (n, z_dim): mean blur, checkerboard and grid per
+    image, the first SHOWN_SAMPLES images, and their features (or None)."""
+    n = len(z)
     period = grid_period(vae.config)
     blur = checker = grid = 0.0
     shown, feats = [], []
     progress = bar(total=n, desc="sampling", unit="img")
     for start, stop in _batches(n, batch_size):
-        z = rng.standard_normal((stop - start, vae.config.z_dim), dtype=np.float32)
-        x = np.asarray(vae.decode(z, training=False))
+        x = np.asarray(vae.decode(np.ascontiguousarray(z[start:stop], dtype=np.float32), training=False))
         blur += float(pixels.laplacian_variance(x).sum())
         checker += float(pixels.nyquist_share(x).sum())
         grid += _grid_sum(x, period)

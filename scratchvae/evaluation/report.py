@@ -55,32 +55,71 @@ def table_rows(record):
         gen.append(["upsampling grid (peak / neighbour power)", _fmt("{:.3f}", s["grid"]["samples"]),
                     _fmt("{:.3f}", s["grid"]["real"]), _fmt("{:.3f}", s["grid"]["ratio"])])
     return ((["reconstruction", "z sampled", "z = mu"], rec),
-            (["samples of z ~ N(0, I)", "samples", "real", "ratio"], gen))
+            ([f"{s.get('count', '')} samples of {s.get('codes', 'z ~ N(0, I)')}".strip(), "samples", "real", "ratio"],
+             gen))
+
+
+def _distance_cells(d):
+    kid = f"{d['kid']:.6f}" if d["kid_subsets"] == 1 else f"{d['kid']:.6f} ± {d['kid_std']:.6f}"
+    return [str(d["count"]), f"{d['frechet_distance']:.4f}", kid]
+
+
+def feature_rows(record):
+    """(header, rows) of the feature distances, or None without --features."""
+    f = record.get("features")
+    if not f:
+        return None
+    ref = f["reference"]
+    rows = [[f"samples of {record['samples'].get('codes', 'z ~ N(0, I)')}"] + _distance_cells(f["samples"]),
+            ["reconstructions (z = mu)"] + _distance_cells(f["reconstructions"])]
+    for key in ("at_sample_count", "at_reference_count") if f["floor"] else ():
+        row = ["floor: training photographs"] + _distance_cells(f["floor"][key])
+        if row not in rows:  # the same set when there are as many samples as reference images
+            rows.append(row)
+    return [f"against {ref['images']} {ref['what']}", "images", "Fréchet distance", "KID"], rows
 
 
 def feature_lines(record):
+    """The lines under the feature table: the network, the seeds' spread, what the counts mean."""
     f = record.get("features")
     if not f:
         return []
     size = "any size" if f["input_size"] is None else "{}x{} bicubic".format(*f["input_size"])
-    name = os.path.basename(f["model"])
-    return [f"Fréchet distance ({name}: {f['layout']}, {size}; {f['dims']} features): {f['frechet_distance']:.4f}",
-            f"KID: {f['kid']:.6f} (every image in one subset of {f['kid_subset_size']})" if f["kid_subsets"] == 1 else
-            f"KID: {f['kid']:.6f} ± {f['kid_std']:.6f} ({f['kid_subsets']} subsets of {f['kid_subset_size']})"]
+    lines = [f"feature network {os.path.basename(f['model'])}: {f['layout']}, {size}; {f['dims']} features. "
+             f"Its distances compare only models measured with the same file."]
+    seeds = f.get("sample_seeds")
+    if seeds:
+        fd, kid = seeds["frechet_distance_spread"], seeds["kid_spread"]
+        lines.append(f"samples over seeds {','.join(map(str, seeds['seeds']))}: Fréchet distance median "
+                     f"{fd['median']:.4f} (range {fd['range'][0]:.4f} to {fd['range'][1]:.4f}); KID median "
+                     f"{kid['median']:.6f} (range {kid['range'][0]:.6f} to {kid['range'][1]:.6f})")
+    ref, n = f["reference"]["images"], f["samples"]["count"]
+    if ref < n:
+        lines.append(f"the reference is the {ref} {f['reference']['what']}, all there are: the Fréchet distance is "
+                     f"biased upward at such counts, so compare it with the floor and between models at equal counts")
+    if f["floor"] is None:
+        lines.append("no floor: it needs the run's own training photographs (evaluate its own --data, held-out split)")
+    return lines
 
 
 def console_table(record):
     lines = [f"{record['images']} {record['split']} images of {record['data']} at "
              f"{record['image_size']}x{record['image_size']}, seed {record['seed']}"]
-    for header, rows in table_rows(record):
-        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-        lines.append("")
-        lines.append("  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header)))
-        lines.append("-" * (sum(widths) + 2 * (len(widths) - 1)))
-        for r in rows:
-            lines.append("  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
-    extra = feature_lines(record)
-    return "\n".join(lines + ([""] + extra if extra else []))
+    for table in [*table_rows(record), feature_rows(record)]:
+        lines += _text_table(table)
+    notes = feature_lines(record)
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def _text_table(table):
+    if table is None:
+        return []
+    header, rows = table
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    out = ["", "  ".join(h.ljust(widths[0]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header)),
+           "-" * (sum(widths) + 2 * (len(widths) - 1))]
+    return out + ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+                  for r in rows]
 
 
 def write_json(path, record):
@@ -110,8 +149,10 @@ def write_report(folder, record, rec, gen, command):
     md = [f"# Evaluation of {record['checkpoint']}", "", f"`{command}`", "",
           f"{record['images']} {record['split']} images of {record['data']} at "
           f"{record['image_size']}x{record['image_size']} ({objective(record)}, seed {record['seed']}); "
-          f"as many samples of z ~ N(0, I). Definitions: docs/EVALUATE.md.", ""]
-    for header, rows in table_rows(record):
+          f"{record['samples'].get('count', record['images'])} samples of "
+          f"{record['samples'].get('codes', 'z ~ N(0, I)')}. Definitions: docs/EVALUATE.md.", ""]
+    tables = list(table_rows(record)) + ([feature_rows(record)] if feature_rows(record) else [])
+    for header, rows in tables:
         md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         md += ["| " + " | ".join(r) + " |" for r in rows]
         md.append("")
