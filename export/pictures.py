@@ -86,31 +86,45 @@ def to_uint8(images):
 
 
 def tile(images, cols):
-    """(K, S, S, C) floats in [0, 1] -> one uint8 grid, `cols` wide, PAD pixels of white between tiles."""
-    k, s, _, c = images.shape
+    """(K, S, S, C) floats in [0, 1] -> one RGB uint8 grid, `cols` wide, PAD pixels of white between tiles
+    (scratchvae.images.grid's layout; a gray model's tiles are repeated into RGB as there)."""
+    k, s = images.shape[:2]
     rows = math.ceil(k / cols)
-    grid = np.full((rows * (s + PAD) + PAD, cols * (s + PAD) + PAD, c), 255, dtype=np.uint8)
+    grid = np.full((rows * (s + PAD) + PAD, cols * (s + PAD) + PAD, 3), 255, dtype=np.uint8)
     for i, im in enumerate(to_uint8(images)):
         r, q = divmod(i, cols)
         grid[PAD + r * (s + PAD):(r + 1) * (s + PAD), PAD + q * (s + PAD):(q + 1) * (s + PAD)] = im
-    return grid[..., 0] if c == 1 else grid
+    return grid
 
 
-def labelled_rows(rows, labels):
-    """One row of tiles per (K, S, S, C) array, its label at the left: scratchvae.images.save_rows' layout."""
+def labelled_rows(rows, labels=None, columns=None, axis=None):
+    """One row of tiles per (K, S, S, C) array, its label at the left, and `columns` (K captions) on a
+    line under the rows with `axis` at its left: scratchvae.images.labelled_rows' layout, line for line."""
     xs = [to_uint8(r) for r in rows]
     xs = [np.repeat(x, 3, axis=3) if x.shape[-1] == 1 else x for x in xs]
     k, h, w, _ = xs[0].shape
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max(int(probe.textlength(str(t), font=font)) for t in labels) + 2 * PAD
-    canvas = Image.new("RGB", (label_w + k * (w + PAD) + PAD, len(xs) * (h + PAD) + PAD), (255, 255, 255))
+    left = [str(t) for t in labels or []] + ([str(axis)] if columns is not None and axis else [])
+    label_w = max(int(probe.textlength(t, font=font)) for t in left) + 2 * PAD if left else 0
+    col_w = max([w] + [math.ceil(probe.textlength(str(c), font=font)) + 2 * PAD for c in columns or []])
+    line_h = 0 if columns is None else font.getbbox("Ag-+0.")[3] + 2 * PAD
+    body_h = len(xs) * (h + PAD) + PAD
+    canvas = Image.new("RGB", (label_w + k * (col_w + PAD) + PAD, body_h + line_h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for r, x in enumerate(xs):
         top = PAD + r * (h + PAD)
         for j in range(k):
-            canvas.paste(Image.fromarray(x[j]), (label_w + PAD + j * (w + PAD), top))
-        draw.text((PAD, top + h // 2), str(labels[r]), fill=(0, 0, 0), font=font, anchor="lm")
+            canvas.paste(Image.fromarray(x[j]), (label_w + PAD + j * (col_w + PAD) + (col_w - w) // 2, top))
+        if labels is not None:
+            draw.text((PAD, top + h // 2), str(labels[r]), fill=(0, 0, 0), font=font, anchor="lm")
+    if columns is not None:
+        middle = body_h + line_h // 2
+        for j, caption in enumerate(columns):
+            draw.text((label_w + PAD + j * (col_w + PAD) + col_w // 2, middle), str(caption), fill=(0, 0, 0),
+                      font=font, anchor="mm")
+        if axis:
+            draw.text((PAD, middle), str(axis), fill=(96, 96, 96), font=font, anchor="lm")
     return np.asarray(canvas)
 
 

@@ -39,8 +39,17 @@ def grid(images, ncols: int | None = None, pad: int = 2) -> np.ndarray:
     return canvas
 
 
-def save_rows(path, rows, labels=None, pad: int = 2) -> None:
-    """One row per array in rows (each (K, H, W, 3), same K, H, W), with an optional label at the left."""
+def save_rows(path, rows, labels=None, pad: int = 2, columns=None, axis=None) -> None:
+    """One row per array in rows (each (K, H, W, 3), same K, H, W), with an optional label at the left
+    and optional column captions under the rows (labelled_rows)."""
+    _save(Image.fromarray(labelled_rows(rows, labels, columns, axis, pad)), path)
+
+
+def labelled_rows(rows, labels=None, columns=None, axis=None, pad: int = 2) -> np.ndarray:
+    """The rows as one uint8 (height, width, 3) picture: each row's label at its left; `columns`, K
+    captions (a strength, a step), on a line under the rows, centred under their tiles, with `axis`
+    (what the captions count) at the line's left. A column is widened to fit its caption.
+    export/pictures.py lays rows out the same way; a test holds the two equal."""
     if not len(rows):
         raise ValueError("save_rows needs at least one row of images")
     xs = [_to_uint8(r) for r in rows]
@@ -49,18 +58,36 @@ def save_rows(path, rows, labels=None, pad: int = 2) -> None:
     if labels is not None and len(labels) != len(xs):
         raise ValueError(f"save_rows got {len(labels)} labels for {len(xs)} rows")
     k, h, w, _ = xs[0].shape
+    if columns is not None and len(columns) != k:
+        raise ValueError(f"save_rows got {len(columns)} column captions for {k} columns")
     font = ImageFont.load_default()
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = 0 if labels is None else max(int(probe.textlength(str(t), font=font)) for t in labels) + 2 * pad
-    canvas = Image.new("RGB", (label_w + k * (w + pad) + pad, len(xs) * (h + pad) + pad), BACKGROUND)
+    left = [str(t) for t in labels or []] + ([str(axis)] if columns is not None and axis else [])
+    label_w = max(int(probe.textlength(t, font=font)) for t in left) + 2 * pad if left else 0
+    col_w = max([w] + [math.ceil(probe.textlength(str(c), font=font)) + 2 * pad for c in columns or []])
+    line_h = 0 if columns is None else font.getbbox("Ag-+0.")[3] + 2 * pad
+    body_h = len(xs) * (h + pad) + pad
+    canvas = Image.new("RGB", (label_w + k * (col_w + pad) + pad, body_h + line_h), BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for r, x in enumerate(xs):
         top = pad + r * (h + pad)
         for j in range(k):
-            canvas.paste(Image.fromarray(x[j]), (label_w + pad + j * (w + pad), top))
+            canvas.paste(Image.fromarray(x[j]), (label_w + pad + j * (col_w + pad) + (col_w - w) // 2, top))
         if labels is not None:
             draw.text((pad, top + h // 2), str(labels[r]), fill=(0, 0, 0), font=font, anchor="lm")
-    _save(canvas, path)
+    if columns is not None:
+        middle = body_h + line_h // 2
+        for j, caption in enumerate(columns):
+            draw.text((label_w + pad + j * (col_w + pad) + col_w // 2, middle), str(caption), fill=(0, 0, 0),
+                      font=font, anchor="mm")
+        if axis:
+            draw.text((pad, middle), str(axis), fill=(96, 96, 96), font=font, anchor="lm")
+    return np.asarray(canvas)
+
+
+def save_png(path, pixels) -> None:
+    """A uint8 (H, W, 3) picture written as a PNG, atomically."""
+    _save(Image.fromarray(np.asarray(pixels, np.uint8)), path)
 
 
 def plot_curves(path, series: dict[str, list[float]], title: str = "", xlabel: str = "epoch",

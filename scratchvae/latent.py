@@ -12,9 +12,6 @@ import numpy as np
 
 from scratchvae.errors import UserError
 
-EXPRESSION = re.compile(r"([+-]?)([^+\-\s]+)")
-
-
 GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment
 MASK64 = (1 << 64) - 1
 
@@ -95,22 +92,42 @@ def slerp(a, b, t):
     return ((np.sin((1 - t) * omega) * a64 + np.sin(t * omega) * b64) / np.sin(omega)).astype(np.float32)
 
 
+def name_key(name):
+    """How a name is matched: case, spaces and underscores do not count (`Blond Hair` is `Blond_Hair`)."""
+    return re.sub(r"[\s_]+", "_", name.strip()).lower()
+
+
 def parse_expression(text, known, skipped=()):
-    """[(sign, name), ...] from `Smiling+Blond_Hair-Eyeglasses`; one clear line for a bad term."""
-    text = text.strip()
-    terms = EXPRESSION.findall(text)
-    if not terms or "".join(s + n for s, n in terms) != text.replace(" ", ""):
-        raise UserError(f"--attribute {text!r}: write names joined by + or -, e.g. Smiling+Blond_Hair-Eyeglasses")
+    """[(sign, name), ...] from `Smiling+Blond_Hair-Eyeglasses`, with each name as `known` spells it;
+    a name is matched as name_key says, so the page's `Blond Hair` works. One clear line for a bad
+    term: a name is never cut at a space or dropped."""
+    parts = re.split(r"([+-])", text.strip())  # name, sign, name, ...; a leading sign leaves "" first
+    if parts[0].strip() == "" and len(parts) > 1:
+        parts = parts[1:]
+    else:
+        parts = ["+"] + parts
+    keys = {name_key(n): n for n in known}
+    skipped_keys = {name_key(n): n for n in skipped}
     out = []
-    for sign, name in terms:
-        if name not in known:
-            if name in skipped:
-                raise UserError(f"--attribute {name}: skipped when the vectors were made (too few images on one "
-                                f"side); remake them with more images or a lower --min-count")
-            near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.0)
-            raise UserError(f"--attribute {name}: no such attribute in the vectors file; nearest: {', '.join(near)}")
-        out.append((-1.0 if sign == "-" else 1.0, name))
+    for sign, name in zip(parts[0::2], parts[1::2]):
+        if not name.strip():
+            raise UserError(f"--attribute {text!r}: write names joined by + or -, e.g. Smiling+Blond_Hair-Eyeglasses")
+        key = name_key(name)
+        if key not in keys:
+            if key in skipped_keys:
+                raise UserError(f"--attribute {name.strip()}: {skipped_keys[key]} was skipped when the vectors were "
+                                f"made (too few images on one side); remake them with more images or a lower "
+                                f"--min-count")
+            near = difflib.get_close_matches(key, list(keys), n=3, cutoff=0.0)
+            raise UserError(f"--attribute {name.strip()}: no such attribute in the vectors file; nearest: "
+                            f"{', '.join(keys[k] for k in near)}")
+        out.append((-1.0 if sign == "-" else 1.0, keys[key]))
     return out
+
+
+def expression_text(terms):
+    """`Smiling+Blond_Hair-Eyeglasses` from parse_expression's terms: the names as the vectors spell them."""
+    return "".join(("-" if sign < 0 else "+" if i else "") + name for i, (sign, name) in enumerate(terms))
 
 
 def combine(terms, names, vectors):

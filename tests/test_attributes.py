@@ -32,6 +32,8 @@ from tests.hang import HANG_S
 SMALL = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4)
 NAMES = ["Smiling", "Eyeglasses", "Blond_Hair", "Bald"]
 N_IMAGES = 40
+# The line of column captions (strengths, t) under a strip: its height over one row of 4-pixel tiles.
+CAPTION_H = pictures.labelled_rows([np.zeros((1, 4, 4, 3))], columns=["0"]).shape[0] - (4 + 2 * 2)
 
 
 def tiny_vae(seed):
@@ -198,7 +200,7 @@ def test_python_and_onnx_attribute_pictures_are_the_same(world, tmp_path):
                                 + ["--out", str(ox)]) == 0
         a, b = np.asarray(Image.open(py)).astype(int), np.asarray(Image.open(ox)).astype(int)
         rows = 2 * (2 if faces[0] == "--image" else 3)
-        assert a.shape == b.shape and a.shape[0] == rows * (SMALL.image_size + 2) + 2
+        assert a.shape == b.shape and a.shape[0] == rows * (SMALL.image_size + 2) + 2 + CAPTION_H
         assert np.max(np.abs(a - b)) <= 1  # float pixels agree to 1e-4; a value may round the other way
 
 
@@ -229,7 +231,7 @@ def test_python_and_onnx_morphs_are_the_same(world, tmp_path):
     assert onnx_sample.main(["--decoder", world["dec"], "--encoder", world["enc"], "--morph", *ends,
                              "--steps", "5", "--out", str(ox)]) == 0
     a, b = np.asarray(Image.open(py)).astype(int), np.asarray(Image.open(ox)).astype(int)
-    assert a.shape == b.shape and a.shape[0] == 2 * 18 + 2 and np.max(np.abs(a - b)) <= 1
+    assert a.shape == b.shape and a.shape[0] == 2 * 18 + 2 + CAPTION_H and np.max(np.abs(a - b)) <= 1
 
 
 def test_labelled_rows_lay_out_as_save_rows(tmp_path, rng):
@@ -335,4 +337,4 @@ def test_onnx_attribute_rows_need_neither_numba_nor_scratchvae(world, tmp_path):
                           text=True, cwd=tmp_path, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"rc": 0, "bad": []}
-    assert Image.open(tmp_path / "a.png").size[1] == 16 + 4
+    assert Image.open(tmp_path / "a.png").size[1] == 16 + 4 + CAPTION_H

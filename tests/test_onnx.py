@@ -27,6 +27,7 @@ EXPORT = Path(__file__).resolve().parents[1] / "export"
 if str(EXPORT) not in sys.path:
     sys.path.insert(0, str(EXPORT))
 import onnx_graphs  # noqa: E402
+import pictures  # noqa: E402
 import sample  # noqa: E402
 import to_onnx  # noqa: E402
 from tests.hang import HANG_S
@@ -377,8 +378,16 @@ def test_sample_writes_pngs_without_numba_or_scratchvae(small, tmp_path):
     assert result == {"rcs": [0, 0, 0, 0], "bad": []}
     s = SMALL.image_size
     sizes = {k: Image.open(v).size for k, v in out.items()}
-    assert sizes == {"samples": grid_size(3, 4, s), "recon": grid_size(2, 3, s),
-                     "interp": grid_size(1, 6, s), "random": grid_size(1, 5, s)}
+
+    def labelled(rows, cols, **words):  # the size of the labelled layout (rows of cols tiles)
+        laid = pictures.labelled_rows([np.zeros((cols, s, s, 3), np.float32)] * rows, **words)
+        return laid.shape[1], laid.shape[0]
+
+    t = {"columns": ["input", "0", "0.33", "0.67", "1", "input"], "axis": "t"}
+    assert sizes == {"samples": grid_size(3, 4, s), "recon": labelled(2, 3, labels=["input", "reconstructed"]),
+                     "interp": labelled(1, 6, labels=["linear"], **t),
+                     "random": labelled(1, 5, labels=["linear"], columns=["0", "0.25", "0.5", "0.75", "1"], axis="t")}
+    assert sizes["interp"][1] > grid_size(1, 6, s)[1]  # a line of captions under the walk
     # The grid's first face is our own decoder's output for the same seeded draw.
     z = latent.draw_z(4, 10, SMALL.z_dim)
     face = np.asarray(Image.open(out["samples"]))[2:2 + s, 2:2 + s].astype(np.float32)

@@ -107,14 +107,15 @@ def test_sample_command_writes_grid_reconstructions_and_walk(tmp_path):
     assert run(tmp_path, "--limit", "64", "--epochs", "1") == 0
     face = tmp_path / "face.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(face)
-    out = tmp_path / "s.png"
-    assert sample.main([str(tmp_path / "checkpoint.npz"), "-n", "6", "--out", str(out),
+    out = tmp_path / "s"  # three pictures: --out is their folder
+    assert sample.main([str(tmp_path / "checkpoint.npz"), "--grid", "-n", "6", "--out", str(out),
                         "--reconstruct", str(face), str(face), "--interpolate", "--steps", "5"]) == 0
-    with Image.open(out) as grid, Image.open(tmp_path / "s_interpolation.png") as walk, \
-            Image.open(tmp_path / "s_reconstructions.png") as rec:
+    with Image.open(out / "grid-n6-seed0.png") as grid, Image.open(out / "walk-seed0.png") as walk, \
+            Image.open(out / "reconstructions-face-face.png") as rec:
         assert grid.width >= 3 * 16 and walk.width >= 5 * 16 and rec.height >= 2 * 16
-    assert sample.main([str(tmp_path / "checkpoint.npz"), "--out", str(out), "--reconstruct",
+    assert sample.main([str(tmp_path / "checkpoint.npz"), "--out", str(tmp_path / "m.png"), "--reconstruct",
                         str(tmp_path / "missing.jpg")]) == 2
+    assert not (tmp_path / "m.png").exists()
 
 
 # ------------------------------------------------------------------ the settings record

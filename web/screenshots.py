@@ -17,6 +17,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests import browser  # noqa: E402  (the stdlib DevTools client the browser test uses)
 
+DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())  # the opening paragraph, whole
 RESULTS = "JSON.parse(document.getElementById('test-results').textContent || '{}')"
 
 
@@ -61,10 +62,10 @@ def side_by_side(paths, target, gap=8):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python web/screenshots.py", description=DESCRIPTION)
     p.add_argument("site", help="a folder written by export/to_web.py")
     p.add_argument("--out", required=True, help="folder for the PNGs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the seed of the sample grid shown (default 0)")
     p.add_argument("--face", type=int, default=5, help="the face to select and edit (default 5)")
     args = p.parse_args(argv)
     out = Path(args.out)

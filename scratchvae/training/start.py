@@ -15,6 +15,7 @@ def prepare(args, comm, held):
     """{"out", "s" (a Settings record), "epochs", "progress" (None for a fresh run), "adam_t"}; the
     lock on --out goes into held["lock"], a resumed model and optimizer into held["vae"], held["opt"]
     (built with the data-parallel hooks in held["hooks"])."""
+    check_data(args.data)  # before an output folder is chosen or named: a typo leaves nothing behind
     out = args.out if args.out is not None else outdir.default_out(args.resume)
     ckpt_path = os.path.join(out, outdir.CHECKPOINT)
     if args.resume and not os.path.isfile(ckpt_path):
@@ -51,7 +52,12 @@ def check(s, args, comm):
     if s.batch_size % comm.size:
         raise UserError(f"--batch-size {s.batch_size} does not split evenly over {comm.size} ranks: "
                         f"use a multiple of {comm.size}")
-    if s.data is not None and not os.path.exists(s.data):
-        raise UserError(f"{s.data}: no such file or folder; pass --data a folder of images, a .zip of images, "
-                        f"or CelebA's folder")
+    check_data(s.data)
     return epochs
+
+
+def check_data(data):
+    """Refuse a --data that does not exist, in one line."""
+    if data is not None and not os.path.exists(data):
+        raise UserError(f"{data}: no such file or folder; pass --data a folder of images, a .zip of images, "
+                        f"or CelebA's folder")
