@@ -1,8 +1,9 @@
 """python -m scratchvae.attributes: attribute vectors of a checkpoint from CelebA's labels.
 
-Encodes the labelled images in inference mode (z = z_mean), takes per attribute the difference of
-the mean code with and without it, writes them with the checkpoint's identity (scratchvae/vectors.py)
-and prints the attributes ranked by how far their direction moves a face relative to the codes' spread.
+Encodes the labelled images in inference mode (z = z_mean), takes per attribute the change of the
+code from without it to with it by --method (mean, joint or matched: scratchvae/vectors.py), writes
+them with the checkpoint's identity and the method, and prints the attributes ranked by how far their
+direction moves a face relative to the codes' spread.
 """
 
 import argparse
@@ -21,8 +22,8 @@ SPLIT_CHOICES = ("train", "held-out", "all")
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m scratchvae.attributes",
-                                description="Attribute vectors (mean code with an attribute minus without) "
-                                            "from CelebA's list_attr_celeba.txt.")
+                                description="Attribute vectors (the change of the code from faces without an "
+                                            "attribute to faces with it) from CelebA's list_attr_celeba.txt.")
     p.add_argument("checkpoint", help="a checkpoint.npz written by python -m scratchvae.train")
     p.add_argument("--data", help="the labelled images: a folder, a .zip or CelebA's layout (default: the "
                                   "source the checkpoint was trained on)")
@@ -34,6 +35,15 @@ def build_parser():
                    help="train: the run's training images (default on its own data); held-out: its held-out "
                         "images; all: every image (default on other data)")
     p.add_argument("--limit", type=int, help="encode at most the first N images of the split")
+    p.add_argument("--method", default="mean", metavar="|".join(vectors.METHODS),
+                   help="mean: mean code with the attribute minus without (default); joint: one ridge regression "
+                        "of the codes on all labels, each direction with the other labels held fixed; matched: "
+                        "mean differences inside strata of the labels most correlated with the attribute")
+    p.add_argument("--ridge", type=float, default=vectors.DEFAULT_RIDGE,
+                   help=f"joint: the ridge on the label coefficients, labels coded +-1 (default {vectors.DEFAULT_RIDGE:g})")
+    p.add_argument("--controls", metavar="all|N|NAMES",
+                   help="the labels joint and matched hold fixed: all (joint's default), the N most correlated with "
+                        "each attribute (matched's default 2), or a comma list such as Male,Young")
     p.add_argument("--min-count", type=int, default=vectors.DEFAULT_MIN_COUNT,
                    help=f"skip an attribute with fewer images on either side (default {vectors.DEFAULT_MIN_COUNT})")
     p.add_argument("--crop", choices=list(source.data.CROPS),
@@ -51,32 +61,58 @@ def load_model(path):
     return vae, meta, vectors.checkpoint_identity(arrays)
 
 
-def encode_all(vae, reader, idx, batch_size, quiet=True):
-    """z_mean of the images reader.read(idx) in inference mode, (len(idx), z_dim) float32."""
-    from tqdm import tqdm
-    out = np.empty((len(idx), vae.config.z_dim), np.float32)
-    bar = tqdm(total=len(idx), desc="encoding", unit="img", disable=quiet, leave=False, dynamic_ncols=True)
-    for start in range(0, len(idx), batch_size):
-        stop = min(len(idx), start + batch_size)
-        out[start:stop] = np.asarray(vae.encode(reader.read(idx[start:stop]))[0])
-        bar.update(stop - start)
-    bar.close()
-    return out
+def parse_controls(text, method):
+    """--controls as directions() takes it: None (the method's default), "all", a count or a list of names."""
+    if text is None:
+        return None
+    if method == "mean":
+        raise UserError("--controls: the mean method holds no labels fixed; use it with --method joint or matched")
+    text = text.strip()
+    controls = "all" if text == "all" else int(text) if text.isdigit() else [n for n in text.split(",") if n]
+    if controls == "all" and method == "matched":
+        raise UserError(f"--controls all: matched makes a stratum per combination of labels; name at most "
+                        f"{vectors.MAX_MATCHED} (e.g. Male,Young) or a count")
+    if controls != "all" and (not controls or method == "matched" and
+                              (controls if isinstance(controls, int) else len(controls)) > vectors.MAX_MATCHED):
+        raise UserError(f"--controls {text[:60]!r}: give all, a count from 1 (matched: to {vectors.MAX_MATCHED}) or "
+                        f"label names such as Male,Young")
+    return controls
+
+
+def describe(v):
+    """One line naming the method and what it held fixed."""
+    held = v.controls[0] if v.controls and len(set(v.controls)) == 1 else None
+    what = ("every other label" if held == "all" else held.replace(",", ", ") if held
+            else "the labels of the last column")
+    if v.method == "joint":
+        return f"method joint: each direction with {what} held fixed (ridge {v.ridge:g})"
+    if v.method == "matched":
+        return f"method matched: mean differences within strata of {what}, weighted by n+ n- / (n+ + n-)"
+    return "method mean: mean code with the attribute minus mean code without it"
 
 
 def table(v):
-    """The ranked table: attributes by length of their direction over the codes' spread along it."""
+    """The ranked table: attributes by length of their direction over the codes' spread along it, the
+    images each estimate rests on and, where they differ by attribute, the labels held fixed."""
     ratio, length = v.ratio(), np.linalg.norm(v.vectors.astype(np.float64), axis=1)
-    lines = [f"{'rank':>4}  {'attribute':<20} {'with':>6} {'without':>7} {'|v|':>7} {'spread':>7} {'|v|/spread':>10}"]
+    more = v.method != "mean" and len(set(v.controls)) > 1  # a list per attribute; one shared list is in describe()
+    lines = [f"{'rank':>4}  {'attribute':<20} {'with':>6} {'without':>7} {'|v|':>7} {'spread':>7} {'|v|/spread':>10}"
+             f" {'rests on':>8}" + ("  held fixed" if more else "")]
     for rank, i in enumerate(v.ranking(), 1):
         lines.append(f"{rank:>4}  {v.names[i]:<20} {int(v.n_pos[i]):>6} {int(v.n_neg[i]):>7} {length[i]:>7.3f} "
-                     f"{v.spread[i]:>7.3f} {ratio[i]:>10.2f}")
+                     f"{v.spread[i]:>7.3f} {ratio[i]:>10.2f} {int(v.n_used[i]):>8}"
+                     + (f"  {v.controls[i]}" if more else ""))
     return "\n".join(lines)
 
 
 def run(args):
+    if args.method not in vectors.METHODS:
+        raise UserError(f"--method {args.method[:40]!r}: use {', '.join(vectors.METHODS)}")
     if args.batch_size < 1 or args.min_count < 1:
         raise UserError("--batch-size and --min-count must be at least 1")
+    if not (np.isfinite(args.ridge) and args.ridge > 0):
+        raise UserError(f"--ridge {args.ridge}: give a positive number")
+    controls = parse_controls(args.controls, args.method)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "vectors.npz")
     if os.path.exists(out) and not args.force:
         raise UserError(f"{out} exists: pass --force to replace it, or choose another --out")
@@ -93,9 +129,13 @@ def run(args):
         raise UserError("the built-in synthetic faces have no labels: pass --data a labelled CelebA folder")
     found = labels.read(labels.find(chosen.source, args.attributes))
     values = labels.for_images(found, [chosen.names[i] for i in chosen.idx])
+    unknown = [n for n in (controls if isinstance(controls, list) else []) if n not in found.attributes]
+    if unknown:
+        raise UserError(f"--controls {unknown[0]}: {found.path} has no such label")
     reader = ImageReader(chosen.pixels)
-    z = encode_all(vae, reader, chosen.idx, args.batch_size, args.quiet)
-    result = vectors.directions(z, values, found.attributes, identity, args.min_count)
+    z = vectors.encode_all(vae, reader, chosen.idx, args.batch_size, args.quiet)
+    result = vectors.directions(z, values, found.attributes, identity, args.min_count, args.method, args.ridge,
+                                controls)
     if not result.names:
         raise UserError(f"every attribute has fewer than {args.min_count} of the {len(z)} images on one side: "
                         f"use more images or a lower --min-count")
@@ -104,9 +144,11 @@ def run(args):
     except OSError as e:
         raise UserError(f"cannot write {out} ({e.strerror or e}): choose a writable --out") from None
     print(f"{len(z)} images ({chosen.split} split of {chosen.source}), labels from {found.path}")
+    print(describe(result))
     print(table(result))
     if result.skipped:
-        print(f"skipped (fewer than {args.min_count} images on one side): {', '.join(result.skipped)}")
+        why = " or no stratum with both" if args.method == "matched" else ""
+        print(f"skipped (fewer than {args.min_count} images on one side{why}): {', '.join(result.skipped)}")
     print(f"wrote {out} ({len(result.names)} attributes, checkpoint identity {identity[:12]}…)")
     return 0
 
