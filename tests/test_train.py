@@ -155,6 +155,29 @@ def test_settings_from_the_command_line_and_from_a_checkpoint():
     assert settings.epochs(None, fresh) == settings.SYNTHETIC_EPOCHS
 
 
+def test_the_built_in_data_has_its_own_recipe_and_data_keeps_the_seeds():
+    from scratchvae.training import settings
+    from scratchvae.training.cli import build_parser
+
+    def resolved(*argv):
+        return settings.resolve(build_parser().parse_args(list(argv)))
+    built_in = resolved()
+    assert (built_in.image_size, built_in.recon, built_in.batch_size) == (64, "sigma", 16)
+    seeds = resolved("--data", "faces")
+    assert (seeds.image_size, seeds.recon, seeds.batch_size, seeds.beta) == (128, "mse", 64, 2000.0)
+    assert resolved("--beta", "500").recon == "mse"  # --beta asks for the seed's objective
+    assert resolved("--recon", "mse").recon == "mse" and resolved("--image-size", "128").image_size == 128
+
+
+def test_precise_batchnorm_statistics_measure_at_most_a_quarter_of_the_training_images():
+    from scratchvae.training import batchnorm
+    assert batchnorm.default_batches(16, 1277) == 20  # 319 images of the built-in data's 1,277
+    assert batchnorm.default_batches(32, 7600) == 60  # 1,900 images: a quarter of the CelebA sample
+    assert batchnorm.default_batches(64, 202599) == 32  # about 2,000 images of all of CelebA
+    assert batchnorm.default_batches(64, 10) == 1
+    assert batchnorm.default_batches(32) == 63
+
+
 @pytest.mark.parametrize("key,value", [("lr", "fast"), ("seed", True), ("limit", 2.5), ("data", 3),
                                        ("image_size", None), ("beta", [1])])
 def test_a_damaged_stored_setting_is_refused(key, value):

@@ -15,7 +15,8 @@ from scratchvae.errors import TrainingDiverged, UserError
 from scratchvae.interrupt import sigterm_as_interrupt
 from scratchvae.training import loop
 from scratchvae.training.outdir import DEFAULT_OUT
-from scratchvae.training.settings import CROPS, DATA_EPOCHS, SYNTHETIC_BATCH, SYNTHETIC_EPOCHS, Settings
+from scratchvae.training.settings import (CROPS, DATA_EPOCHS, SYNTHETIC_BATCH, SYNTHETIC_EPOCHS,
+                                          SYNTHETIC_IMAGE_SIZE, SYNTHETIC_RECON, Settings)
 
 D = Settings()  # the defaults the help text states
 
@@ -27,7 +28,7 @@ def build_parser():
                                   "(default: a built-in set of synthetic faces, no download)")
     p.add_argument("--limit", type=int, help="use only the first N images in sorted order (the seed used 2563)")
     p.add_argument("--image-size", type=int, help=f"square model input size, divisible by 2^blocks "
-                                                  f"(default {D.image_size})")
+                                                  f"(default {D.image_size}, {SYNTHETIC_IMAGE_SIZE} on the built-in data)")
     p.add_argument("--crop", choices=list(CROPS),
                    help="center: centre-crop to a square then resize (default); squash: resize ignoring aspect")
     p.add_argument("--epochs", type=int, help=f"total epochs to reach (default {DATA_EPOCHS}, "
@@ -41,9 +42,10 @@ def build_parser():
                    help="how the decoder doubles the image size: transpose (stride-2 Conv2DTranspose, the seed's, "
                         "default) or resize (nearest UpSampling2D then a 3x3 Conv2D: no checkerboard)")
     p.add_argument("--recon", choices=list(RECONS),
-                   help="reconstruction term: mse (beta * MSE + KL, the seed's, default) or sigma (the sigma-VAE: "
-                        "Gaussian likelihood with its variance at the batch MSE, D/2 log(2 pi MSE) + D/2 + KL, no "
-                        "beta; total and reconstruction are then reported in nats per image)")
+                   help=f"reconstruction term: mse (beta * MSE + KL, the seed's; the default with --data or --beta) "
+                        f"or sigma (the sigma-VAE: Gaussian likelihood with its variance at the batch MSE, "
+                        f"D/2 log(2 pi MSE) + D/2 + KL, no beta; total and reconstruction are then reported in nats "
+                        f"per image; {SYNTHETIC_RECON} is the default on the built-in data)")
     p.add_argument("--kl-warmup", type=int, metavar="EPOCHS",
                    help="raise the KL weight linearly from 0 to 1 over the first EPOCHS epochs, step by step "
                         "(default 0: weight 1 throughout); the reported terms stay unweighted")
@@ -55,8 +57,8 @@ def build_parser():
                                                       f"file (default {D.val_fraction:g}, at least one batch)")
     p.add_argument("--bn-batches", type=int,
                    help="after each epoch, measure every BatchNorm's exact mean and variance over this many "
-                        "training batches and use them for inference (default: about 2,000 images; 0 keeps "
-                        "Keras' moving averages only)")
+                        "training batches and use them for inference (default: about 2,000 images, at most a quarter "
+                        "of the training images; 0 keeps Keras' moving averages only)")
     p.add_argument("--out", help=f"output folder (default {DEFAULT_OUT}, or {DEFAULT_OUT}-2, -3, ... when it "
                                  f"already holds a run)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")

@@ -115,7 +115,8 @@ def build(args, comm, plan, held, sync):
     ranks = f" on each of {comm.size} ranks" if comm.size > 1 else ""
     job.say(f"training: {len(train_idx)} images, {len(val_idx)} held out, {job.steps} steps per epoch, "
             f"batch {s.batch_size}, {n_threads} threads{ranks}; outputs in {out}")
-    note = batchnorm.unsettled_warning(s.precise_bn_batches(), job.steps * job.epochs, vae.config.bn_momentum)
+    note = batchnorm.unsettled_warning(s.precise_bn_batches(len(train_idx)), job.steps * job.epochs,
+                                       vae.config.bn_momentum)
     if note:
         job.say(note)
     return job
@@ -228,7 +229,8 @@ def end_epoch(job, epoch, sums, seen, elapsed):
     # Exact BatchNorm statistics (after every epoch, the last one included), so that held-out
     # evaluation, the pictures, the checkpoint and everything made from it use them.
     batchnorm.measure(job.vae, job.reader, job.train_idx, job.s.seed, epoch, job.s.batch_size,
-                      job.s.precise_bn_batches(), job.mine, progress=not job.quiet and job.comm.is_root)
+                      job.s.precise_bn_batches(len(job.train_idx)), job.mine,
+                      progress=not job.quiet and job.comm.is_root)
     val = evaluation.held_out(job.vae, job.reader, job.val_idx, job.s, epoch, job.comm)
     p.history.append(evaluation.metrics_row(epoch + 1, p.step, train, val, seen, elapsed, kl_weight))
     p.epoch, p.step_in_epoch, p.partial = epoch + 1, 0, None
