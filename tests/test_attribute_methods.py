@@ -161,7 +161,9 @@ def world(tmp_path_factory):
     faces = tmp / "faces"
     labelled_faces(faces, 48, FACE_NAMES, seed=3)
     ckpt = tmp / "checkpoint.npz"
-    VAE(SMALL, seed=0).save(ckpt)
+    # as training records it, so that edit_rates can rebuild the held-out split (12 of the 48 faces)
+    run = {"data": str(faces), "limit": None, "crop": "center", "batch_size": 8, "seed": 0, "val_fraction": 0.25}
+    VAE(SMALL, seed=0).save(ckpt, meta={"train": run, "images": 48})
     return {"tmp": tmp, "faces": str(faces), "ckpt": str(ckpt), "cache": str(tmp / "cache")}
 
 
@@ -236,6 +238,7 @@ def test_summary_reads_the_asked_share_and_the_side_effects():
     assert plus["asked"] == {"before": 0.25, "after": 0.75}
     assert plus["side_effects"] == {"Male": -0.25, "hat": 0.5}
     assert plus["largest"] == {"attribute": "hat", "change": 0.5} and plus["watched"] == -0.25
+    assert plus["mean_abs"] == pytest.approx(0.375)
     assert plus["flipped"] == {"Male": 0.75, "hat": 0.5}
     assert minus["asked"] == {"before": 0.0, "after": 0.5}  # asked: called negative
     assert minus["largest"]["change"] == 0.0 and minus["watched"] == 0.0
@@ -244,10 +247,10 @@ def test_summary_reads_the_asked_share_and_the_side_effects():
     table = edit_rates.markdown({"mean": [plus, minus], "joint": [plus, minus]}, accuracy, ["top", "Male", "hat"],
                                 "stand-in", 2.0, 6)
     rows = [line for line in table.splitlines() if line.startswith("| top ") and "→" in line]
-    assert rows == ["| top +2v | 4 | mean | 0.25 → **0.75** | hat +0.50 | -0.25 |",
-                    "| top +2v | 4 | joint | 0.25 → **0.75** | hat +0.50 | -0.25 |",
-                    "| top −2v | 2 | mean | 0.00 → **0.50** | Male +0.00 | +0.00 |",
-                    "| top −2v | 2 | joint | 0.00 → **0.50** | Male +0.00 | +0.00 |"]
+    assert rows == ["| top +2v | 4 | mean | 0.25 → **0.75** | hat +0.50 | -0.25 | 0.375 |",
+                    "| top +2v | 4 | joint | 0.25 → **0.75** | hat +0.50 | -0.25 | 0.375 |",
+                    "| top −2v | 2 | mean | 0.00 → **0.50** | Male +0.00 | +0.00 | 0.000 |",
+                    "| top −2v | 2 | joint | 0.00 → **0.50** | Male +0.00 | +0.00 | 0.000 |"]
 
 
 class _Decoder:
@@ -369,3 +372,41 @@ def test_file_labels_name_the_method_and_a_short_list_of_controls():
     assert edit_rates.file_labels(["m.npz", "j.npz", "jmy.npz", "x.npz"], files) == \
         ["mean", "joint", "joint (Male,Young)", "matched"]
     assert edit_rates.file_labels(["a/one.npz", "b/two.npz"], [files[0], files[0]]) == ["mean: one", "mean: two"]
+
+
+def test_edit_rates_cli_measures_every_file_on_the_same_faces_and_draws_them(world, tmp_path, capsys):
+    files = [tmp_path / "mean.npz", tmp_path / "joint.npz"]
+    assert make(world, files[0], "--split", "train") == 0
+    assert make(world, files[1], "--split", "train", "--method", "joint") == 0
+    common = [world["ckpt"], "--vectors", *map(str, files), "--names", "Smiling,Eyeglasses,Male",
+              "--cache-dir", world["cache"], "--quiet"]
+    out_json, out_md = tmp_path / "rates.json", tmp_path / "rates.md"
+    assert edit_rates.main(common + ["--epochs", "1", "--batch-size", "8", "--json", str(out_json),
+                                     "--table", str(out_md)]) == 0
+    record = json.loads(out_json.read_text())
+    assert record["held_out"] == 12 and list(record["methods"]) == ["mean", "joint"]
+    for tag in ("mean", "joint"):
+        rows = record["summary"][tag]
+        assert [(r["attribute"], r["group"]) for r in rows if r["faces"]] == \
+            [(r["attribute"], r["group"]) for r in record["summary"]["mean"] if r["faces"]]
+        for name in ("Smiling", "Eyeglasses", "Male"):
+            assert sum(r["faces"] for r in rows if r["attribute"] == name) == 12
+    table = out_md.read_text()
+    assert table in capsys.readouterr().out and "| Smiling +2v |" in table
+    assert table.count("| mean |") == table.count("| joint |") == len(record["summary"]["mean"])
+    picture = tmp_path / "side.png"
+    assert edit_rates.main(common + ["--edit", "Smiling", "--faces", "2", "--strengths", "-2:2:5",
+                                     "--picture", str(picture)]) == 0
+    assert Image.open(picture).size[1] == 2 * 2 * (16 + 2) + 2
+    assert edit_rates.main(common + ["--picture", str(picture)]) == 2
+    assert "--force" in one_line(capsys)
+
+
+def test_edit_rates_cli_refuses_vectors_of_another_model(world, tmp_path, capsys):
+    other = tmp_path / "other.npz"
+    v = vectors.directions(np.zeros((4, SMALL.z_dim)), np.array([[1], [1], [-1], [-1]]), ["Smiling"], "0" * 64,
+                           min_count=1, method="joint")
+    vectors.save(other, v)
+    assert edit_rates.main([world["ckpt"], "--vectors", str(other), "--names", "Smiling",
+                            "--cache-dir", world["cache"], "--quiet"]) == 2
+    assert "another checkpoint" in one_line(capsys)

@@ -175,7 +175,8 @@ def edit_rates(vae, clf, p_real, z, y, vec, edit, strength, batch_size, before=N
 def summarise(rates, watched=WATCHED):
     """Per edit of edit_rates' output: the share of faces in the asked state (called positive after +s v,
     negative after -s v) before and after, and the side effects: for every other classified attribute the
-    change in the share called positive (after - before), the largest in size, and the watched one's."""
+    change in the share called positive (after - before), the largest in size, their mean size, and the
+    watched one's."""
     rows = []
     for key, r in rates.items():
         name, group = key.rsplit(" ", 1)
@@ -187,6 +188,7 @@ def summarise(rates, watched=WATCHED):
         rows.append({"attribute": name, "group": group, "edit": r["edit"], "faces": r["faces"], "asked": asked,
                      "side_effects": side, "flipped": {k: f for k, f in r["flipped"].items() if k != name},
                      "largest": None if largest is None else {"attribute": largest, "change": side[largest]},
+                     "mean_abs": float(np.mean(np.abs(list(side.values())))) if side else None,
                      "watched": side.get(watched)})
     return rows
 
@@ -201,8 +203,8 @@ def markdown(summaries, accuracy, names, how, strength, held_out, watched=WATCHE
         s = accuracy[j]
         rates = [f"{s[k]:.2f}" if s[k] is not None else "–" for k in ("true_positive_rate", "true_negative_rate")]
         lines.append(f"| {name} | {s['accuracy']:.3f} | {s['baseline']:.3f} | {rates[0]} | {rates[1]} |")
-    lines += ["", f"| edit | faces | method | as asked: before → after | largest side effect | {watched} |",
-              "| --- | ---: | --- | --- | --- | ---: |"]
+    lines += ["", f"| edit | faces | method | as asked: before → after | largest side effect | {watched} | "
+                  f"mean size of the {len(names) - 1} others |", "| --- | ---: | --- | --- | --- | ---: | ---: |"]
     order = {}
     for label, rows in summaries.items():
         for r in rows:
@@ -212,8 +214,9 @@ def markdown(summaries, accuracy, names, how, strength, held_out, watched=WATCHE
             sign = "+" if group == "without" else "−"
             big = "–" if r["largest"] is None else f"{r['largest']['attribute']} {r['largest']['change']:+.2f}"
             male = "–" if r["watched"] is None else f"{r['watched']:+.2f}"
+            size = "–" if r["mean_abs"] is None else f"{r['mean_abs']:.3f}"
             lines.append(f"| {name} {sign}{strength:g}v | {r['faces']} | {label} | {r['asked']['before']:.2f} → "
-                         f"**{r['asked']['after']:.2f}** | {big} | {male} |")
+                         f"**{r['asked']['after']:.2f}** | {big} | {male} | {size} |")
     return "\n".join(lines) + "\n"
 
 
