@@ -203,8 +203,9 @@ def markdown(summaries, accuracy, names, how, strength, held_out, watched=WATCHE
         s = accuracy[j]
         rates = [f"{s[k]:.2f}" if s[k] is not None else "–" for k in ("true_positive_rate", "true_negative_rate")]
         lines.append(f"| {name} | {s['accuracy']:.3f} | {s['baseline']:.3f} | {rates[0]} | {rates[1]} |")
-    lines += ["", f"| edit | faces | method | as asked: before → after | largest side effect | {watched} | "
-                  f"mean size of the {len(names) - 1} others |", "| --- | ---: | --- | --- | --- | ---: | ---: |"]
+    header = (f"| edit | faces | method | as asked: before → after | largest side effect | {watched} | "
+              f"mean size of the {len(names) - 1} others |")
+    lines += ["", header, "| --- | ---: | --- | --- | --- | ---: | ---: |"]
     order = {}
     for label, rows in summaries.items():
         for r in rows:
