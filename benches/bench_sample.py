@@ -213,7 +213,7 @@ def main(argv=None):
     p.add_argument("--z-dim", type=int, default=200)
     p.add_argument("--batches", type=int, nargs="+", default=[64, 1], help="decoder batch sizes")
     p.add_argument("--encode-batch", type=int, default=64, help="encoder batch size (0: no encoder timing)")
-    p.add_argument("--rounds", "--repeats", type=int, default=7, help="interleaved rounds (the targets need 5+)")
+    p.add_argument("--rounds", "--repeats", type=int, default=7, help="interleaved rounds (5 or more for a steady median)")
     p.add_argument("--images", type=int, default=64, help="images per timed block (batch 1: that many calls)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per workload when a child starts")
     p.add_argument("--settle", type=float, default=0.25, help="seconds of pause before each timed block")

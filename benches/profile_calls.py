@@ -7,8 +7,8 @@ transposed-convolution kernel against comparing it.
     python benches/profile_calls.py [--repeats 30] [--threads N] [--keep-blas-override]
 
 Medians of `repeats` calls after warm-up calls. Run it from another tree with that tree's code
-(PYTHONPATH=TREE python benches/profile_calls.py) to compare commits; it uses only what every tree
-since the fifth session has. Like the benches' children it runs without an OpenBLAS kernel
+(PYTHONPATH=TREE python benches/profile_calls.py) to compare commits; it uses only the package's
+own entry points (the VAE and its decoder plan, the kernels, the layers, Adam). Like the benches' children it runs without an OpenBLAS kernel
 override it was launched with, unless --keep-blas-override. Absolute times move with the machine.
 """
 

@@ -8,7 +8,7 @@ forward with its batch statistics (conv_transpose_act, as Conv2DTranspose's trai
 it), its backward (conv_gemms: the weight and input gradients, the input gradient written over the
 input) and the Conv2D's forward with ReLU and statistics (conv_act). Medians and ranges of the
 rounds' times, the ratio, and the largest difference between the two paths' outputs relative to
-their largest value. "Off" is the patches' path (im2col and col2im), as before the 25-product one;
+their largest value. "Off" is the patches' path (im2col and col2im), which the smaller blocks take;
 sizes the path does not take (fits() says no) print one column. Run it from another tree (or with
 PYTHONPATH=TREE) to time that tree's kernels; it drops the launch's OpenBLAS kernel override
 unless --keep-blas-override, as the other benches do.
@@ -32,7 +32,7 @@ from scratchvae.kernels.cpu.arrays import empty  # noqa: E402
 
 try:
     from scratchvae.kernels.cpu import winograd  # noqa: E402
-except ImportError:  # a tree from before the 25-product path: the patches' path only
+except ImportError:  # a tree without the 25-product path: the patches' path only
     winograd = None
 
 
