@@ -14,4 +14,4 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # 41-42 with 2^12 to 2^20 cycles.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "16")
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
