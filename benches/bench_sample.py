@@ -53,14 +53,14 @@ class Ort:
         options.intra_op_num_threads = threads  # the calling thread counts as one of them
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.sessions = {op: ort.InferenceSession(os.path.join(work, GRAPHS[op]), options,
-                                                  providers=["CPUExecutionProvider"]) for op in ("decode", "encode")}
+        self.runners = {op: ort.InferenceSession(os.path.join(work, GRAPHS[op]), options,
+                                                 providers=["CPUExecutionProvider"]) for op in ("decode", "encode")}
         self.describe = f"onnxruntime {ort.__version__}: intra_op_num_threads {threads}, inter_op 1"
 
     def __call__(self, op, data):
         if op == "decode":
-            return self.sessions[op].run(["image"], {"z": data})
-        return self.sessions[op].run(["z_mean", "z_log_var"], {"image": data})
+            return self.runners[op].run(["image"], {"z": data})
+        return self.runners[op].run(["z_mean", "z_log_var"], {"image": data})
 
 
 def serve(args):
