@@ -113,11 +113,13 @@ class Classifier:
 def train(clf, read, idx, y, epochs, batch_size=64, lr=1e-3, seed=0, flip=True, log=None, step=None):
     """Adam on the logistic loss over images read(sorted indices) with labels y[i] (0/1, one row per
     entry of idx), shuffled per epoch from `seed`; flip mirrors a random half of each batch (faces
-    keep their attributes when mirrored). log(epoch, mean loss) after each epoch; step(images) after
-    each batch (a progress bar's update)."""
-    opt, rng = Adam(lr=lr), np.random.default_rng(seed)
+    keep their attributes when mirrored). lr: a number, or lr(epoch) -> the rate for that epoch (from 0).
+    log(epoch, mean loss) after each epoch; step(images) after each batch (a progress bar's update)."""
+    rate = lr if callable(lr) else (lambda epoch: lr)
+    opt, rng = Adam(lr=rate(0)), np.random.default_rng(seed)
     y = np.asarray(y, clf.dtype)
     for epoch in range(epochs):
+        opt.lr = rate(epoch)
         order, total, steps = rng.permutation(len(idx)), 0.0, 0
         for start in range(0, len(order) - batch_size + 1, batch_size):
             pick = np.sort(order[start:start + batch_size])
