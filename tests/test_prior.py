@@ -1,0 +1,204 @@
+"""The fitted latent prior's mathematics: EM against mixtures with known parameters, and the
+documented draw against a scalar reference."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from scratchvae import latent, mixture
+from scratchvae.errors import UserError
+
+
+def mixture_data(rng, means, covs, weights, n):
+    """n codes from a Gaussian mixture, and each code's component."""
+    k = rng.choice(len(weights), n, p=weights)
+    factors = np.linalg.cholesky(np.asarray(covs))
+    return means[k] + np.einsum("nij,nj->ni", factors[k], rng.standard_normal((n, means.shape[1]))), k
+
+
+def matched(fit_means, true_means):
+    """The order of the fitted components that puts each nearest its true one (all permutations)."""
+    best = min(itertools.permutations(range(len(true_means))),
+               key=lambda p: np.sum((fit_means[list(p)] - true_means) ** 2))
+    return list(best)
+
+
+def covariances(mix):
+    return np.einsum("kij,klj->kil", mix.cholesky, mix.cholesky)
+
+
+# ------------------------------------------------------------------ EM
+
+def test_em_recovers_a_two_dimensional_mixture():
+    rng = np.random.default_rng(0)
+    means = np.array([[0.0, 0.0], [6.0, 5.0], [-5.0, 4.0]])
+    covs = [[[1.0, 0.6], [0.6, 1.0]], [[0.5, 0.0], [0.0, 2.0]], [[0.3, -0.1], [-0.1, 0.3]]]
+    weights = np.array([0.5, 0.3, 0.2])
+    x, _ = mixture_data(rng, means, covs, weights, 6000)
+    mix = mixture.fit(x, 3, seed=1)
+    order = matched(mix.means, means)
+    assert mix.stopped == "converged at tol" and mix.iterations == len(mix.history) - 1
+    assert mix.weights.dtype == mix.means.dtype == mix.cholesky.dtype == np.float64
+    assert np.abs(mix.weights[order] - weights).max() < 0.02
+    assert np.abs(mix.means[order] - means).max() < 0.1
+    assert np.abs(covariances(mix)[order] - np.array(covs)).max() < 0.12
+    assert np.array_equal(np.tril(mix.cholesky), mix.cholesky)
+    assert mix.loglik == pytest.approx(np.mean(mixture.log_likelihood(mix, x)), abs=1e-12)
+
+
+def test_em_recovers_a_fifty_dimensional_mixture():
+    rng = np.random.default_rng(1)
+    d, k = 50, 4
+    means = rng.standard_normal((k, d)) * 1.5
+    scales = rng.uniform(0.5, 1.5, (k, d))
+    weights = np.array([0.4, 0.3, 0.2, 0.1])
+    x, _ = mixture_data(rng, means, [np.diag(s ** 2) for s in scales], weights, 8000)
+    mix = mixture.fit(x, k, seed=2)
+    order = matched(mix.means, means)
+    assert np.abs(mix.weights[order] - weights).max() < 0.01
+    assert np.abs(mix.means[order] - means).max() < 0.25
+    assert np.abs(np.sqrt(np.diagonal(covariances(mix)[order], axis1=1, axis2=2)) - scales).max() < 0.25
+
+
+def test_the_log_likelihood_never_decreases():
+    """Overlapping components, run far past the usual tolerance. Each M-step adds the covariance
+    floor to the exact maximiser, so a step may lose a hair: at most 1e-9 per code, five orders
+    below the default tol."""
+    rng = np.random.default_rng(2)
+    for trial in range(6):
+        d, k = int(rng.integers(1, 6)), int(rng.integers(2, 6))
+        x, _ = mixture_data(rng, rng.standard_normal((k, d)) * 2, [np.eye(d) + 0.3 * np.ones((d, d))] * k,
+                            np.full(k, 1 / k), 800)
+        for covariance in mixture.COVARIANCES:
+            mix = mixture.fit(x, k + 1, covariance, seed=trial, restarts=1, tol=1e-13, max_iter=300)
+            steps = np.diff(mix.history)
+            assert len(steps) > 10 and steps.min() > -1e-9, (trial, covariance, steps.min())
+            assert mix.history[-1] - mix.history[0] > 0.01
+
+
+def test_full_and_diagonal_fits_agree_on_a_diagonal_mixture():
+    rng = np.random.default_rng(3)
+    means = np.array([[0.0, 0.0, 0.0], [5.0, -4.0, 3.0]])
+    covs = [np.diag([1.0, 0.5, 2.0]), np.diag([0.3, 1.0, 0.7])]
+    x, _ = mixture_data(rng, means, covs, [0.6, 0.4], 8000)
+    full, diag = mixture.fit(x, 2, "full", seed=0), mixture.fit(x, 2, "diag", seed=0)
+    order = matched(diag.means, full.means)
+    assert diag.covariance == "diag" and np.count_nonzero(np.tril(diag.cholesky, -1)) == 0
+    assert np.abs(diag.means[order] - full.means).max() < 1e-2
+    assert np.abs(diag.weights[order] - full.weights).max() < 1e-3
+    assert np.abs(covariances(diag)[order] - covariances(full)).max() < 0.05
+    assert 0 <= full.loglik - diag.loglik < 2e-3  # the full fit has the diagonal one's freedom and more
+
+
+def test_a_component_of_equal_codes_stays_finite():
+    rng = np.random.default_rng(4)
+    blob = rng.standard_normal((300, 3))
+    same = np.tile([[6.0, -2.0, 1.0]], (60, 1))
+    x = np.concatenate([blob, same])
+    for covariance in mixture.COVARIANCES:
+        mix = mixture.fit(x, 3, covariance, seed=0)
+        ll = mixture.log_likelihood(mix, x)
+        assert np.all(np.isfinite(ll)) and np.isfinite(mix.loglik) and np.all(np.isfinite(mix.history))
+        spike = np.argmin(np.linalg.norm(mix.means - same[0], axis=1))
+        assert np.allclose(mix.means[spike], same[0]) and mix.weights[spike] == pytest.approx(60 / 360, abs=1e-6)
+        assert np.all(np.diagonal(mix.cholesky, axis1=1, axis2=2) > 0)
+    everyone = mixture.fit(np.ones((50, 2)), 2, seed=0)  # no spread at all: the floor is `floor` itself
+    assert np.all(np.isfinite(mixture.log_likelihood(everyone, np.ones((5, 2)))))
+
+
+def test_an_empty_component_is_removed():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((100, 2))
+    resp = np.zeros((100, 3))
+    resp[:50, 0], resp[50:, 2] = 1.0, 1.0  # the middle component holds nothing
+    mix, dropped = mixture._m_step(x, resp, "full", 1e-6)
+    assert dropped == 1 and mix.components == 2 and np.allclose(mix.weights, [0.5, 0.5])
+    assert np.allclose(mix.means, [x[:50].mean(0), x[50:].mean(0)])
+
+
+def test_auto_picks_the_true_count_on_well_separated_codes():
+    rng = np.random.default_rng(6)
+    means = rng.standard_normal((5, 4)) * 8
+    x, _ = mixture_data(rng, means, [np.eye(4)] * 5, np.full(5, 0.2), 1500)
+    sel = mixture.select(x, seed=0)
+    assert [row[0] for row in sel.table] == list(mixture.CANDIDATES)
+    assert sel.chosen == 5 and sel.mixture.components == 5
+    assert sel.heldout == max(row[2] for row in sel.table)
+    assert sel.mixture.loglik == pytest.approx(np.mean(mixture.log_likelihood(sel.mixture, x)), abs=1e-12)
+
+
+def test_bad_fit_requests_are_one_line():
+    x = np.zeros((5, 2))
+    for call, words in ((lambda: mixture.fit(x, 6), "--components 6"), (lambda: mixture.fit(x, 2, "tied"), "full"),
+                        (lambda: mixture.fit(x[:, :1] * np.nan, 1), "non-finite")):
+        with pytest.raises(UserError, match=words) as e:
+            call()
+        assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ the draw
+
+def reference_draw(weights, means, factors, seed, n, temperature):
+    """The docstring of mixture.draw in scalar Python arithmetic (IEEE doubles, as JavaScript's)."""
+    k, d = means.shape
+    e = latent.standard_normals(seed, n * d).tolist()
+    x = latent.splitmix64((seed ^ mixture.PRIOR_SALT) & latent.MASK64, n).tolist()
+    running, cum = 0.0, []
+    for w in weights.tolist():
+        running += w
+        cum.append(running)
+    rows = []
+    for i in range(n):
+        u = (x[i] >> 11) / 2 ** 53
+        c = next((j for j in range(k) if cum[j] / cum[-1] > u), k - 1)
+        acc = [0.0] * d
+        for j in range(d):
+            for r in range(d):
+                acc[r] += float(factors[c, r, j]) * e[i * d + j]
+        rows.append([float(means[c, r]) + temperature * acc[r] for r in range(d)])
+    return np.array(rows, np.float64).astype(np.float32)
+
+
+def random_prior(rng, k, d):
+    a = rng.standard_normal((k, d, d))
+    factors = np.linalg.cholesky(a @ a.transpose(0, 2, 1) + np.eye(d))
+    return rng.dirichlet(np.ones(k)), rng.standard_normal((k, d)) * 3, factors
+
+
+def test_the_draw_is_the_documented_one():
+    rng = np.random.default_rng(7)
+    weights, means, factors = random_prior(rng, 3, 5)
+    for seed, temperature in ((0, 1.0), (12345, 0.7), (-3, 1.3), (2 ** 70 + 5, 1.0)):
+        z = mixture.draw(weights, means, factors, seed, 40, temperature)
+        assert z.dtype == np.float32 and z.shape == (40, 5)
+        assert np.array_equal(z, reference_draw(weights, means, factors, seed, 40, temperature))
+
+
+def test_a_row_depends_only_on_the_seed_and_its_index():
+    rng = np.random.default_rng(8)
+    weights, means, factors = random_prior(rng, 4, 6)
+    many = mixture.draw(weights, means, factors, 9, 300)
+    for k in (1, 7, 64):
+        assert np.array_equal(mixture.draw(weights, means, factors, 9, k), many[:k])
+    assert not np.array_equal(mixture.draw(weights, means, factors, 10, 300), many)
+
+
+def test_one_standard_component_is_draw_z():
+    for d, seed, t in ((4, 0, 1.0), (7, 99, 0.5), (200, 3, 1.0)):
+        z = mixture.draw(np.ones(1), np.zeros((1, d)), np.eye(d)[None], seed, 33, t)
+        assert np.array_equal(z, latent.draw_z(seed, 33, d, t))
+
+
+def test_components_are_drawn_in_proportion_to_their_weights():
+    weights = np.array([0.2, 0.5, 0.3])
+    means = np.array([[-100.0], [0.0], [100.0]])
+    z = mixture.draw(weights * 7, means, np.full((3, 1, 1), 0.01), 1, 30000)  # weights need not sum to 1
+    share = np.bincount(np.digitize(z[:, 0], [-50, 50]), minlength=3) / len(z)
+    assert np.abs(share - weights).max() < 0.01
+
+
+def test_the_draw_refuses_a_temperature_that_is_not_positive():
+    for t in (0.0, -1.0, float("nan")):
+        with pytest.raises(UserError, match="--temperature"):
+            mixture.draw(np.ones(1), np.zeros((1, 2)), np.eye(2)[None], 0, 4, t)
