@@ -1,13 +1,15 @@
-"""The fitted latent prior's mathematics: EM against mixtures with known parameters, and the
-documented draw against a scalar reference."""
+"""The fitted latent prior: EM against mixtures with known parameters, the documented draw against a
+scalar reference, the prior file and its identity checks, and python -m scratchvae.prior end to end
+on a tiny checkpoint."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from scratchvae import latent, mixture
+from scratchvae import data, latent, mixture, prior, vectors
 from scratchvae.errors import UserError
+from tests.test_evaluate import RUN, make_checkpoint, make_images
 
 
 def mixture_data(rng, means, covs, weights, n):
@@ -202,3 +204,127 @@ def test_the_draw_refuses_a_temperature_that_is_not_positive():
     for t in (0.0, -1.0, float("nan")):
         with pytest.raises(UserError, match="--temperature"):
             mixture.draw(np.ones(1), np.zeros((1, 2)), np.eye(2)[None], 0, 4, t)
+
+
+# ------------------------------------------------------------------ the file
+
+def some_prior(z_dim=3, identity="a" * 64):
+    rng = np.random.default_rng(9)
+    weights, means, factors = random_prior(rng, 2, z_dim)
+    return prior.Prior(weights, means, factors, "full", -3.5, -3.9, -4.2, 123, identity, 17, "converged at tol")
+
+
+def test_the_file_round_trips_and_plain_numpy_reads_it(tmp_path):
+    p = some_prior()
+    prior.save(tmp_path / "prior.npz", p)
+    back = prior.load(tmp_path / "prior.npz", identity="a" * 64, z_dim=3)
+    for name in ("weights", "means", "cholesky"):
+        assert np.array_equal(getattr(back, name), getattr(p, name))
+    assert (back.covariance, back.loglik_heldout, back.images, back.identity, back.stopped) == \
+           ("full", -3.9, 123, "a" * 64, "converged at tol")
+    with np.load(tmp_path / "prior.npz", allow_pickle=False) as f:
+        assert str(f["format"]) == "scratchvae-latent-prior" and int(f["z_dim"]) == 3
+        assert str(f["checkpoint_sha256"]) == "a" * 64 and f["cholesky"].shape == (2, 3, 3)
+        assert all(f[k].dtype != object for k in f.files)
+
+
+def one_line_error(call, *words):
+    with pytest.raises(UserError) as e:
+        call()
+    message = str(e.value)
+    assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_a_prior_of_another_model_or_a_bad_file_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "prior.npz"
+    prior.save(path, some_prior())
+    one_line_error(lambda: prior.load(path, identity="b" * 64), "another checkpoint", "python -m scratchvae.prior")
+    one_line_error(lambda: prior.load(path, z_dim=4), "3-dimensional", "z has 4", "python -m scratchvae.prior")
+    one_line_error(lambda: prior.load(tmp_path / "none.npz"), "no prior file")
+    (tmp_path / "garbled.npz").write_bytes(path.read_bytes()[:200])
+    one_line_error(lambda: prior.load(tmp_path / "garbled.npz"), "not a readable prior file")
+    np.savez(tmp_path / "other.npz", format=np.array("scratchvae-attribute-vectors"), version=np.array(1))
+    one_line_error(lambda: prior.load(tmp_path / "other.npz"), "not a scratchvae latent-prior file")
+    bad = some_prior()
+    bad.cholesky = bad.cholesky.transpose(0, 2, 1).copy()  # upper-triangular
+    prior.save(tmp_path / "upper.npz", bad)
+    one_line_error(lambda: prior.load(tmp_path / "upper.npz"), "damaged prior file", "lower-triangular")
+
+
+# ------------------------------------------------------------------ the command
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """40 images and a checkpoint 'trained' on them (tests/test_evaluate.py's), the codes of its
+    training split encoded directly, and a helper that runs the command."""
+    root = tmp_path_factory.mktemp("prior")
+    faces = make_images(root / "faces", 40)
+    vae = make_checkpoint(root / "checkpoint.npz", str(faces), 40)
+    found = data.load_images(faces, 16, crop="center", cache_dir=root / "cache", progress=False)
+    train_idx, _ = data.split_indices(len(found), RUN["val_fraction"], RUN["batch_size"], RUN["seed"], found.partition)
+    codes = np.asarray(vae.encode(found.images[train_idx].astype(np.float32) / 255)[0])
+
+    def command(*args):
+        return prior.main([str(root / "checkpoint.npz"), "--cache-dir", str(root / "cache"), "--threads", "1",
+                           "--quiet", *map(str, args)])
+    return {"root": root, "vae": vae, "codes": codes, "command": command}
+
+
+def test_the_command_fits_the_runs_training_codes(run_folder, capsys):
+    out = run_folder["root"] / "fit" / "prior.npz"
+    assert run_folder["command"]("--out", out, "--components", 3) == 0
+    p = prior.load(out, identity=vectors.model_identity(run_folder["vae"]), z_dim=4)
+    codes = run_folder["codes"]
+    assert p.components == 3 and p.images == prior.fitted_count(len(codes)) == 27
+    assert p.loglik_standard == pytest.approx(prior.standard_loglik(codes), rel=1e-6)
+    # the same fit as mixture.fit on the run's own seed's 90% of those codes
+    fit_idx, held_idx = mixture.held_out_split(len(codes), RUN["seed"])
+    direct = mixture.fit(codes[fit_idx], 3, seed=RUN["seed"])
+    assert np.allclose(p.means, direct.means, atol=1e-5) and np.allclose(p.weights, direct.weights, atol=1e-6)
+    assert p.loglik_heldout == pytest.approx(np.mean(mixture.log_likelihood(direct, codes[held_idx])), abs=1e-3)
+    printed = capsys.readouterr().out
+    assert "30 images (train split of" in printed and "converged at tol" in printed and "under N(0, I)" in printed
+
+
+def test_the_command_with_auto_prints_the_table_it_chose_from(run_folder, capsys):
+    out = run_folder["root"] / "auto.npz"
+    assert run_folder["command"]("--out", out, "--components", "auto", "--covariance", "diag") == 0
+    printed = capsys.readouterr().out
+    p = prior.load(out)
+    assert p.covariance == "diag" and p.images == 30 and "<- chosen" in printed
+    for k in (1, 2, 5, 10, 20):
+        assert f"\n{k:>4} " in printed
+
+
+def test_an_existing_prior_is_kept_without_force(run_folder, capsys):
+    out = run_folder["root"] / "kept.npz"
+    assert run_folder["command"]("--out", out, "--components", 2) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert run_folder["command"]("--out", out, "--components", 1) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--force" in err
+    assert out.read_bytes() == before
+    assert run_folder["command"]("--out", out, "--components", 1, "--force") == 0
+    assert prior.load(out).components == 1
+
+
+@pytest.mark.parametrize("args,words", [
+    (("--components", 28), "only 27 of the 30 codes"),
+    (("--components", "many"), "whole number of components or auto"),
+    (("--limit", 0), "at least 1"),
+    (("--data", "missing-folder"), "no such"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(run_folder, capsys, args, words):
+    out = run_folder["root"] / "bad" / "prior.npz"
+    code = run_folder["command"]("--out", out, *args)
+    err = "".join(line for line in capsys.readouterr().err.splitlines(True) if not line.startswith("note:"))
+    assert code == 2 and err.count("\n") == 1 and words in err, err
+    assert not out.exists()
+
+
+def test_a_file_in_the_way_of_the_out_folder_is_refused_before_encoding(run_folder, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setattr(prior, "encode", lambda *a, **k: pytest.fail("encoded before checking --out"))
+    assert run_folder["command"]("--out", tmp_path / "file" / "prior.npz") == 2
+    assert "cannot write" in capsys.readouterr().err
