@@ -21,7 +21,7 @@ from scratchvae.evaluation import classifier, classifier_onnx
 from scratchvae.prefetch import ImageReader
 
 HIDDEN, FILTERS = 256, (32, 64, 128, 256)
-DECAY_AT, DECAY = 2 / 3, 0.1  # the last third of the epochs at a tenth of the learning rate
+DECAY = 0.1  # the last third of the epochs (epochs // 3 of them) at a tenth of the learning rate
 PARITY_IMAGES = 16  # held-out images run through both the package and onnxruntime after export
 
 
@@ -137,7 +137,7 @@ def run(args):
             bar.write(f"epoch {epoch}/{args.epochs}: logistic loss {loss:.4f}, held-out mean accuracy {acc:.4f} "
                       f"({seconds:.0f} s)", file=sys.stderr)
     def rate(epoch):
-        return args.lr * (DECAY if epoch >= round(DECAY_AT * args.epochs) else 1.0)
+        return args.lr * (DECAY if epoch >= args.epochs - args.epochs // 3 else 1.0)
     classifier.train(clf, reader.read, train_idx, y[train_idx], args.epochs, args.batch_size, rate, args.seed,
                      log=log, step=bar.update)
     bar.close()
@@ -152,7 +152,7 @@ def run(args):
               "features": HIDDEN, "filters": list(FILTERS), "data": os.path.basename(os.path.normpath(args.data)),
               "split": {"train": len(train_idx), "held_out": len(val_idx), "seed": args.seed,
                         "val_fraction": args.val_fraction, "batch_size": args.batch_size, "limit": args.limit},
-              "epochs": args.epochs, "lr": args.lr, "training_seconds": round(seconds, 1),
+              "epochs": args.epochs, "lr": args.lr, "training_seconds": seconds,
               "onnx_max_abs_difference": diff, "history": history, "held_out": result}
     atomic.write_bytes(json_path(args.out), (json.dumps(record, indent=1) + "\n").encode())
     print(f"held-out accuracy over {len(attributes)} attributes: mean {result['mean_accuracy']:.4f} "
