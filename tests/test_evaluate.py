@@ -375,3 +375,44 @@ def test_a_sigma_vae_with_the_resize_decoder_reports_its_total_in_nats(tmp_path,
     assert terms["mse"] == pytest.approx(mse, rel=1e-4)
     assert terms["reconstruction"] == pytest.approx(16 * 16 * 3 / 2 * (np.log(2 * np.pi * mse) + 1), rel=1e-4)
     assert terms["total"] == pytest.approx(terms["reconstruction"] + terms["kl"], rel=1e-12)
+
+
+def _two_bump_prior(vae, path, identity=None):
+    """A prior file for `vae`: two components at -2 and +2 on z[0], narrow, weights 0.3 / 0.7."""
+    from scratchvae import prior, vectors
+    d = vae.config.z_dim
+    means = np.zeros((2, d))
+    means[:, 0] = [-2.0, 2.0]
+    fitted = prior.Prior(np.array([0.3, 0.7]), means, np.repeat(np.eye(d)[None] * 0.2, 2, axis=0), "full",
+                         0.0, 0.0, 0.0, 10, identity or vectors.model_identity(vae))
+    prior.save(path, fitted)
+    return fitted
+
+
+def test_prior_draws_the_samples_from_the_fitted_mixture(run, capsys):
+    from scratchvae import mixture
+    fitted = _two_bump_prior(run["vae"], run["root"] / "prior.npz")
+    model = tiny_feature_model(run["root"] / "features.onnx", layout="NHWC")
+    code, record = run["evaluate"]("--data", run["faces"], "--features", model, "--n-samples", 30,
+                                   "--prior", run["root"] / "prior.npz", "--temperature", 0.5, "--seed", 3)
+    assert code == 0
+    s = record["samples"]
+    assert s["codes"] == "z ~ the prior prior.npz at temperature 0.5" and s["temperature"] == 0.5 and s["count"] == 30
+    z = mixture.draw(fitted.weights, fitted.means, fitted.cholesky, 3, 30, 0.5)
+    fake = np.asarray(run["vae"].decode(z))
+    assert s["blur"]["samples"] == pytest.approx(pixels.laplacian_variance(fake).mean(), rel=1e-5)
+    real = expected_features(held_out_images(run["faces"], run["root"] / "cache"))
+    assert record["features"]["samples"]["frechet_distance"] == pytest.approx(
+        distances.frechet_distance_of_features(real, expected_features(fake)), rel=1e-4)
+    assert "30 samples of z ~ the prior prior.npz at temperature 0.5" in capsys.readouterr().out
+    _, plain = run["evaluate"]("--data", run["faces"], "--features", model, "--n-samples", 30, "--seed", 3,
+                               name="plain.json")
+    assert plain["samples"]["codes"] == "z ~ N(0, I)"
+    assert plain["samples"]["blur"]["samples"] != s["blur"]["samples"]
+
+
+def test_a_prior_of_another_checkpoint_is_refused_in_one_line(run, tmp_path, capsys):
+    _two_bump_prior(run["vae"], tmp_path / "other.npz", identity="0" * 64)
+    code = evaluate.main([str(run["root"] / "checkpoint.npz"), "--prior", str(tmp_path / "other.npz"), "--quiet",
+                          "--threads", "1", "--cache-dir", str(run["root"] / "cache")])
+    assert code == 2 and "another checkpoint" in _one_line_error(capsys)
