@@ -1,7 +1,8 @@
-"""Latent arithmetic and the attribute-vectors file for export/sample.py, with NumPy alone.
+"""Latent arithmetic, the attribute-vectors file and the fitted prior for export/sample.py, with NumPy alone.
 
-A copy of scratchvae.latent and of scratchvae.vectors' reader (this side must not import scratchvae
-or Numba); tests/test_attributes.py holds the two sides equal on the same inputs.
+A copy of scratchvae.latent, of scratchvae.vectors' and scratchvae.prior's readers and of
+scratchvae.mixture.draw (this side must not import scratchvae or Numba); tests/test_attributes.py and
+tests/test_prior_samplers.py hold the two sides equal on the same inputs.
 """
 
 import difflib
@@ -14,21 +15,28 @@ import numpy as np
 FORMAT, VERSION = "scratchvae-attribute-vectors", 1
 IDENTITY_KEY = "checkpoint_sha256"  # ONNX metadata prop carrying the checkpoint's identity, when exported with it
 GOLDEN, MASK64 = 0x9E3779B97F4A7C15, (1 << 64) - 1  # SplitMix64's increment; 64-bit wrap
+PRIOR_FORMAT, PRIOR_VERSION = "scratchvae-latent-prior", 1
+PRIOR_SALT = 0xD1B54A32D192ED03  # the prior draw's component choice: SplitMix64 from seed ^ PRIOR_SALT
 
 
 class EditError(Exception):
     """A user's mistake; the message is the one line printed."""
 
 
+def splitmix64(seed, count):
+    """Outputs 1..count of SplitMix64 started at seed mod 2**64, as uint64 (scratchvae.latent.splitmix64)."""
+    with np.errstate(over="ignore"):
+        x = np.uint64(seed & MASK64) + np.arange(1, count + 1, dtype=np.uint64) * np.uint64(GOLDEN)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
 def standard_normals(seed, count):
     """SplitMix64 from seed mod 2**64 -> 53-bit uniforms u1 in (0, 1], u2 in [0, 1) -> Box-Muller pairs
     r cos(t), r sin(t) with r = sqrt(-2 log u1), t = 2 pi u2 (float64): scratchvae.latent's stream."""
     pairs = (count + 1) // 2
-    with np.errstate(over="ignore"):
-        x = np.uint64(seed & MASK64) + np.arange(1, 2 * pairs + 1, dtype=np.uint64) * np.uint64(GOLDEN)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
+    x = splitmix64(seed, 2 * pairs)
     u1 = ((x[0::2] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0 ** -53
     u2 = (x[1::2] >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
     out = np.empty(2 * pairs, np.float64)
@@ -44,6 +52,29 @@ def draw_z(seed, n, z_dim, temperature=1.0):
     if not temperature > 0:
         raise EditError(f"--temperature {temperature}: use a positive number (1 is the prior)")
     return (temperature * standard_normals(seed, n * z_dim).reshape(n, z_dim)).astype(np.float32)
+
+
+def draw_prior(weights, means, cholesky, seed, n, temperature=1.0):
+    """(n, d) float32 from a fitted prior, step for step as scratchvae.mixture.draw documents it: normals
+    e = standard_normals(seed, n * d) by rows; row i's component k_i = min(searchsorted(c / c[-1], u_i,
+    side="right"), K - 1), c = cumsum(weights), u_i = (splitmix64(seed ^ PRIOR_SALT)[i] >> 11) / 2**53;
+    z_i = means[k_i] + temperature * sum_j L[:, j] * e_i[j] (L = cholesky[k_i], j in order, float64)."""
+    if not temperature > 0:
+        raise EditError(f"--temperature {temperature}: use a positive number (1 is the fitted prior)")
+    w, mu, factor = (np.asarray(a, np.float64) for a in (weights, means, cholesky))
+    k, d = mu.shape
+    e = standard_normals(seed, n * d).reshape(n, d)
+    u = (splitmix64((seed ^ PRIOR_SALT) & MASK64, n) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    cum = np.cumsum(w)
+    comp = np.minimum(np.searchsorted(cum / cum[-1], u, side="right"), k - 1)
+    z = np.empty((n, d), np.float64)
+    for c in np.unique(comp):
+        rows = comp == c
+        acc = np.zeros((int(rows.sum()), d), np.float64)
+        for j in range(d):  # acc += L[:, j] * e[j], j in index order, as the page's loop adds them
+            acc += factor[c][:, j][None, :] * e[rows, j][:, None]
+        z[rows] = mu[c] + temperature * acc
+    return z.astype(np.float32)
 
 
 def parse_strengths(text):
@@ -167,3 +198,37 @@ def load_vectors(path, z_dim, identity=None):
         raise EditError(f"{path} was made for another checkpoint (identity {file_identity[:12]}…, the ONNX "
                         f"models' {identity[:12]}…): use the vectors made for this model")
     return names, vec, skipped
+
+
+def load_prior(path, z_dim, identity=None):
+    """(weights (K,), means (K, z_dim), cholesky (K, z_dim, z_dim)) float64 from a prior file of python -m
+    scratchvae.prior, read with allow_pickle=False and checked as scratchvae.prior.load checks it; refused
+    when its z size differs, or when `identity` (the decoder's metadata) is not the file's checkpoint_sha256."""
+    redo = "fit it again with python -m scratchvae.prior"
+    if not os.path.isfile(path):
+        raise EditError(f"no prior file at {path}: fit one with python -m scratchvae.prior CHECKPOINT")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            raw = {k: f[k] for k in f.files}
+        if str(raw["format"]) != PRIOR_FORMAT or int(raw["version"]) != PRIOR_VERSION:
+            raise KeyError("format")
+        w, mu, factor = (raw[k].astype(np.float64) for k in ("weights", "means", "cholesky"))
+        file_identity, stored_dim = str(raw["checkpoint_sha256"]), int(raw["z_dim"])
+    except Exception as e:  # noqa: BLE001 - zipfile and the .npy parser raise many kinds on damage
+        raise EditError(f"{path} is not a readable scratchvae latent-prior file ({type(e).__name__}); {redo}") \
+            from None
+    k = len(w) if w.ndim == 1 else -1
+    if k < 1 or mu.ndim != 2 or mu.shape[0] != k or factor.shape != (k, mu.shape[1], mu.shape[1]) \
+            or stored_dim != mu.shape[1]:
+        raise EditError(f"{path} is a damaged prior file (shapes {w.shape}, {mu.shape}, {factor.shape}); {redo}")
+    if not all(np.all(np.isfinite(a)) for a in (w, mu, factor)) or np.any(w < 0) or not w.sum() > 0 \
+            or np.any(np.triu(factor, 1)) or np.any(np.diagonal(factor, axis1=1, axis2=2) <= 0):
+        raise EditError(f"{path} is a damaged prior file (non-finite values, negative weights or factors that are "
+                        f"not lower-triangular with a positive diagonal); {redo}")
+    if mu.shape[1] != z_dim:
+        raise EditError(f"{path} holds a prior of {mu.shape[1]}-dimensional codes but the decoder's z has {z_dim}: "
+                        f"use the prior fitted for this model")
+    if identity is not None and identity != file_identity:
+        raise EditError(f"{path} was made for another checkpoint (identity {file_identity[:12]}…, the ONNX "
+                        f"models' {identity[:12]}…): use the prior fitted for this model")
+    return w, mu, factor

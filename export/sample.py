@@ -3,15 +3,15 @@ between faces, attribute edits with the vectors of python -m scratchvae.attribut
 
 Imports only onnxruntime, numpy, Pillow and the standard library (never Numba or scratchvae), so it
 runs wherever the .onnx files are copied. Images are NHWC float32 in [0, 1], as the models expect.
-Random faces are drawn from --seed as python -m scratchvae.sample draws them (z ~ N(0, I)), so the
-same seed gives the same faces.
+Random faces are drawn from --seed as python -m scratchvae.sample draws them (z ~ N(0, I), or the
+fitted prior of --prior), so the same seed gives the same faces.
 
 Output convention (python -m scratchvae.sample follows it too, and the same command writes the same
 files): each mode makes one picture, named after what it shows: grid (the default), reconstructions
 (--reconstruct), walk (--interpolate), edits (--vectors with --attribute) and morph (--morph); modes
 may be combined, and --grid adds the grid to others. Pictures go beside the decoder; --out names the
 file when one picture is made, and the folder (created when needed) when several are or when it ends
-in /. An existing picture is replaced only with --force. Every input (photographs, vectors,
+in /. An existing picture is replaced only with --force. Every input (photographs, vectors, prior,
 the two graphs and their pairing, the output folder) is checked before anything is written, so a
 failed run leaves no file behind.
 """
@@ -31,8 +31,8 @@ import pictures
 RECON_COLS = 8  # reconstructions per row pair (inputs above, reconstructions below)
 KINDS = ("grid", "reconstructions", "walk", "edits", "morph")  # the order pictures are made and listed in
 
-DESCRIPTION = ("Draw faces from the ONNX graphs that export/to_onnx.py writes: a grid of new faces, "
-               "reconstructions of photographs, walks between two faces, attribute edits and morphs, each as "
+DESCRIPTION = ("Draw faces from the ONNX graphs that export/to_onnx.py writes: a grid of new faces,\n"
+               "reconstructions of photographs, walks between two faces, attribute edits and morphs, each as\n"
                "one PNG, with onnxruntime alone.")
 CONVENTION = """\
 pictures (one per mode; modes may be combined):
@@ -50,7 +50,8 @@ folder (created when needed) when it makes several, or when it ends in /. An exi
 replaced only with --force. Every input is checked before anything is written: a failed run leaves
 no file behind, and the corrected command runs as if it were the first.
 
-random faces: z ~ N(0, I) times --temperature, drawn from --seed (face i is row i of the draw)."""
+random faces: z ~ N(0, I) times --temperature, drawn from --seed (face i is row i of the draw), or
+from the fitted prior with --prior prior.npz (--temperature scales each component's spread)."""
 
 
 class SampleError(Exception):
@@ -72,6 +73,9 @@ def build_parser():
                         "Box-Muller (scratchvae.latent.draw_z; the web page draws the same) (default 0)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="scale of the prior's spread for random faces (default 1)")
+    p.add_argument("--prior", metavar="PRIOR.npz",
+                   help="draw random faces from this prior, fitted to the checkpoint's codes by python -m "
+                        "scratchvae.prior, instead of N(0, I)")
     p.add_argument("--out", help="the PNG to write when one picture is made, else the folder for them "
                                  "(default: named after what each shows, beside the decoder)")
     p.add_argument("--force", action="store_true", help="replace pictures that already exist")
@@ -166,6 +170,11 @@ def wanted(args):
     return [kind for kind in KINDS if asked[kind]]
 
 
+def draws_random_faces(args, kinds):
+    """True when the command decodes random faces: the grid, edits of -n faces, a walk between two of them."""
+    return "grid" in kinds or ("edits" in kinds and not args.image) or ("walk" in kinds and not args.interpolate)
+
+
 def check_args(args):
     """Option mistakes, before any file is read; the pictures to make."""
     kinds = wanted(args)
@@ -181,6 +190,9 @@ def check_args(args):
                           f"(it makes the {' and '.join(kinds)}): add --grid for a grid as well")
     if args.interpolate is not None and len(args.interpolate) not in (0, 2):
         raise SampleError(f"--interpolate takes two images or none, got {len(args.interpolate)}")
+    if args.prior and not draws_random_faces(args, kinds):
+        raise SampleError("--prior is for random faces (the grid, -n faces to edit, a walk between random faces), "
+                          "and this command draws none")
     if not args.temperature > 0 or not math.isfinite(args.temperature):
         raise SampleError(f"--temperature {args.temperature}: use a positive number (1 is the prior)")
     if (args.reconstruct or args.interpolate or args.morph or args.image) and not args.encoder:
@@ -201,7 +213,8 @@ def describe(paths):
 
 def picture_names(args, kinds, expressions):
     """{kind: file name}, each saying what the picture shows, as python -m scratchvae.sample names them."""
-    random_part = f"seed{args.seed}" + (f"-t{args.temperature:g}" if args.temperature != 1 else "")
+    random_part = (f"seed{args.seed}" + ("-prior" if args.prior else "")
+                   + (f"-t{args.temperature:g}" if args.temperature != 1 else ""))
     names = {"grid": f"grid-n{args.n or 64}-{random_part}.png",
              "reconstructions": f"reconstructions-{describe(args.reconstruct or [])}.png",
              "walk": f"walk-{describe(args.interpolate or []) or random_part}.png",
@@ -289,8 +302,12 @@ def reconstruction_rows(x, y):
 
 
 def random_faces(args, stamp, z_dim):
-    """draw(n): the first n random codes of --seed."""
-    return lambda n: edits.draw_z(args.seed, n, z_dim, args.temperature)
+    """draw(n): the first n random codes of --seed, from N(0, I) or from --prior, whose checkpoint_sha256
+    must be the graphs' (checked here, before anything is drawn or written)."""
+    if not args.prior:
+        return lambda n: edits.draw_z(args.seed, n, z_dim, args.temperature)
+    w, mu, factor = edits.load_prior(args.prior, z_dim, stamp)
+    return lambda n: edits.draw_prior(w, mu, factor, args.seed, n, args.temperature)
 
 
 def run(args):

@@ -1,12 +1,14 @@
-"""Write a static site that runs the VAE in the visitor's browser (page, models, vectors, runtime).
+"""Write a static site that runs the VAE in the visitor's browser (page, models, vectors, prior, runtime).
 
 The page (web/index.html, app.js, style.css), encoder.onnx and decoder.onnx as export/to_onnx.py
-builds them, model.json, the attribute vectors as vectors.json, and onnxruntime-web's WebAssembly
-runtime copied from web/node_modules.
+builds them, model.json, the attribute vectors as vectors.json, the fitted prior as prior.json (the
+page's seed grid then draws from it, as python -m scratchvae.sample --prior does), and onnxruntime-web's
+WebAssembly runtime copied from web/node_modules.
 
     npm ci --prefix web        # once: the pinned onnxruntime-web
     python export/to_web.py runs/x/checkpoint.npz --vectors runs/x/vectors.npz --out site/
     python export/to_web.py ... --attribute Smiling --attribute Eyeglasses    # these sliders first
+    python export/to_web.py ... --prior runs/x/prior.npz    # faces from the fitted prior
     python -m http.server -d site 8000
 """
 
@@ -17,9 +19,10 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 
 import to_onnx
-from scratchvae import latent
+from scratchvae import latent, prior
 from scratchvae import vectors as attribute_vectors
 from scratchvae.atomic import write_bytes
 from scratchvae.errors import UserError
@@ -36,8 +39,8 @@ SITE_FORMAT, SITE_VERSION = "scratchvae-web", 1
 DEFAULT_SLIDERS = 8
 
 
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser():
+    p = argparse.ArgumentParser(prog="python export/to_web.py", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="checkpoint.npz written by training")
     p.add_argument("--vectors", metavar="VECTORS.npz",
                    help="attribute vectors from python -m scratchvae.attributes for this checkpoint "
@@ -49,7 +52,14 @@ def parse_args(argv):
     p.add_argument("--attribute", action="append", default=[], metavar="NAME",
                    help="give this attribute a slider, ahead of the longest directions (repeat for more; "
                         "--sliders still caps the count, raised to the names given)")
-    return p.parse_args(argv)
+    p.add_argument("--prior", metavar="PRIOR.npz",
+                   help="a prior fitted to this checkpoint's codes by python -m scratchvae.prior: the page draws its "
+                        "faces from it, as python -m scratchvae.sample --prior does (default: N(0, I))")
+    return p
+
+
+def parse_args(argv):
+    return build_parser().parse_args(argv)
 
 
 def runtime_files(dist=None):
@@ -87,6 +97,17 @@ def vectors_document(v, identity, cfg, sliders, chosen=()):
             "ratio": [round(float(ratio[i]), 4) for i in order], "skipped": list(v.skipped)}
 
 
+def prior_document(p, identity):
+    """The prior as JSON-ready data: float64 values written exactly (Python's shortest round-trip form,
+    which JSON.parse reads back to the same double), each factor as its lower triangle by rows
+    (L[0][0], L[1][0], L[1][1], L[2][0], ...): the page's draw multiplies in the same order."""
+    rows, cols = np.tril_indices(p.z_dim)
+    return {"format": "scratchvae-web-prior", "version": SITE_VERSION, "identity": identity, "z_dim": int(p.z_dim),
+            "components": int(p.components), "weights": [float(w) for w in p.weights],
+            "means": [[float(x) for x in m] for m in p.means],
+            "cholesky": [[float(x) for x in factor[rows, cols]] for factor in p.cholesky]}
+
+
 def build(args, dist=None):
     """Check everything, then write the site; the paths written."""
     if args.sliders < 0:
@@ -104,20 +125,24 @@ def build(args, dist=None):
             vec_doc = vectors_document(v, identity, cfg, args.sliders, args.attribute)
         except UserError as e:
             raise to_onnx.ExportError(str(e)) from None
+    prior_doc = None
+    if args.prior:
+        try:  # refuse another checkpoint's prior before anything is written
+            prior_doc = prior_document(prior.load(args.prior, identity=identity, z_dim=cfg.z_dim), identity)
+        except UserError as e:
+            raise to_onnx.ExportError(str(e)) from None
     to_onnx.prepare_folder(args.out)
     out = Path(args.out)
     written = to_onnx.write_graphs(models, str(out))
     model_doc = {"format": SITE_FORMAT, "version": SITE_VERSION, "identity": identity, "z_dim": int(cfg.z_dim),
                  "image_size": int(cfg.image_size), "channels": int(cfg.channels),
-                 "vectors": "vectors.json" if vec_doc else None,
+                 "vectors": "vectors.json" if vec_doc else None, "prior": "prior.json" if prior_doc else None,
                  "runtime": {target: source.name for source, target in runtime.items()}}
-    docs = {"model.json": model_doc}
-    if vec_doc:
-        docs["vectors.json"] = vec_doc
-    else:
-        stale = out / "vectors.json"
-        if stale.exists():  # a site rebuilt without vectors must not keep another run's sliders
-            stale.unlink()
+    docs = {"model.json": model_doc, "vectors.json": vec_doc, "prior.json": prior_doc}
+    for name in [name for name, doc in docs.items() if doc is None]:
+        del docs[name]
+        if (out / name).exists():  # a site rebuilt without vectors or prior must not keep another run's
+            (out / name).unlink()
     try:
         for name, doc in docs.items():
             write_bytes(out / name, (json.dumps(doc, separators=(",", ":")) + "\n").encode())
@@ -145,7 +170,8 @@ def main(argv=None):
         return 2
     size = sum(os.path.getsize(p) for p in written) / 1e6
     print(f"wrote {len(written)} files ({size:.1f} MB) to {args.out}"
-          + ("" if args.vectors else " (no --vectors: the page has no attribute sliders)"))
+          + ("" if args.vectors else " (no --vectors: the page has no attribute sliders)")
+          + (" (faces from the fitted prior)" if args.prior else ""))
     print(f"serve it with: python -m http.server -d {args.out} 8000   (then open http://127.0.0.1:8000/)")
     return 0
 

@@ -1,7 +1,8 @@
 """python -m scratchvae.sample: new faces, reconstructions, latent walks, attribute edits and morphs.
 
 Uses the model's inference mode (BatchNorm moving statistics). Random faces come from --seed through
-scratchvae.latent.draw_z (z ~ N(0, I)); export/sample.py and the web page draw the same, so the three
+scratchvae.latent.draw_z (z ~ N(0, I)), or from a prior fitted to the checkpoint's codes (--prior
+prior.npz, scratchvae.mixture.draw); export/sample.py and the web page draw the same, so the three
 samplers give the same faces.
 
 Output convention (export/sample.py follows it too, and the same command writes the same files):
@@ -29,8 +30,8 @@ DECODE_BATCH = 64
 RECON_COLS = 8  # reconstructions per row pair (inputs above, reconstructions below)
 KINDS = ("grid", "reconstructions", "walk", "edits", "morph")  # the order pictures are made and listed in
 
-DESCRIPTION = ("Draw faces from a scratchvae checkpoint: a grid of new faces, reconstructions of photographs, "
-               "walks between two faces, attribute edits and morphs, each as one PNG.")
+DESCRIPTION = ("Draw faces from a scratchvae checkpoint: a grid of new faces, reconstructions of\n"
+               "photographs, walks between two faces, attribute edits and morphs, each as one PNG.")
 CONVENTION = """\
 pictures (one per mode; modes may be combined):
   grid             -n new faces from --seed (made when no other mode is given, or with --grid)
@@ -47,7 +48,8 @@ folder (created when needed) when it makes several, or when it ends in /. An exi
 replaced only with --force. Every input is checked before anything is written: a failed run leaves
 no file behind, and the corrected command runs as if it were the first.
 
-random faces: z ~ N(0, I) times --temperature, drawn from --seed (face i is row i of the draw)."""
+random faces: z ~ N(0, I) times --temperature, drawn from --seed (face i is row i of the draw), or
+from the fitted prior with --prior prior.npz (--temperature scales each component's spread)."""
 
 
 def build_parser():
@@ -63,6 +65,9 @@ def build_parser():
                         "Box-Muller (scratchvae.latent.draw_z; the web page draws the same) (default 0)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="scale of the prior's spread for random faces (default 1)")
+    p.add_argument("--prior", metavar="PRIOR.npz",
+                   help="draw random faces from this prior, fitted to the checkpoint's codes by python -m "
+                        "scratchvae.prior, instead of N(0, I)")
     p.add_argument("--out", help="the PNG to write when one picture is made, else the folder for them "
                                  "(default: named after what each shows, beside the checkpoint)")
     p.add_argument("--force", action="store_true", help="replace pictures that already exist")
@@ -122,6 +127,11 @@ def wanted(args):
     return [kind for kind in KINDS if asked[kind]]
 
 
+def draws_random_faces(args, kinds):
+    """True when the command decodes random faces: the grid, edits of -n faces, a walk between two of them."""
+    return "grid" in kinds or ("edits" in kinds and not args.image) or ("walk" in kinds and not args.interpolate)
+
+
 def check_modes(args):
     """Option mistakes, before any file is read."""
     kinds = wanted(args)
@@ -137,6 +147,9 @@ def check_modes(args):
                         f"(it makes the {' and '.join(kinds)}): add --grid for a grid as well")
     if args.interpolate is not None and len(args.interpolate) not in (0, 2):
         raise UserError(f"--interpolate takes two images or none, got {len(args.interpolate)}")
+    if args.prior and not draws_random_faces(args, kinds):
+        raise UserError("--prior is for random faces (the grid, -n faces to edit, a walk between random faces), "
+                        "and this command draws none")
     if not args.temperature > 0 or not math.isfinite(args.temperature):
         raise UserError(f"--temperature {args.temperature}: use a positive number (1 is the prior)")
     return kinds
@@ -154,7 +167,8 @@ def describe(paths):
 
 def picture_names(args, kinds, expressions):
     """{kind: file name}, each saying what the picture shows; export/sample.py names them the same."""
-    random_part = f"seed{args.seed}" + (f"-t{args.temperature:g}" if args.temperature != 1 else "")
+    random_part = (f"seed{args.seed}" + ("-prior" if args.prior else "")
+                   + (f"-t{args.temperature:g}" if args.temperature != 1 else ""))
     names = {"grid": f"grid-n{args.n or 64}-{random_part}.png",
              "reconstructions": f"reconstructions-{describe(args.reconstruct or [])}.png",
              "walk": f"walk-{describe(args.interpolate or []) or random_part}.png",
@@ -285,8 +299,13 @@ def load_model(path):
 
 
 def random_faces(args, identity, z_dim):
-    """draw(n): the first n random codes of --seed."""
-    return lambda n: latent.draw_z(args.seed, n, z_dim, args.temperature)
+    """draw(n): the first n random codes of --seed, from N(0, I) or from --prior (checked here, before
+    anything is drawn or written)."""
+    if not args.prior:
+        return lambda n: latent.draw_z(args.seed, n, z_dim, args.temperature)
+    from scratchvae import mixture, prior
+    fitted = prior.load(args.prior, identity=identity, z_dim=z_dim)
+    return lambda n: mixture.draw(fitted.weights, fitted.means, fitted.cholesky, args.seed, n, args.temperature)
 
 
 def run(args):

@@ -68,7 +68,8 @@ def pixels(path):
 
 def both(model, args):
     """The same command for each sampler: (module, argv) pairs."""
-    return [(py_sample, [model["ckpt"]] + args), (onnx_sample, ["--decoder", model["dec"], "--encoder", model["enc"]] + args)]
+    return [(py_sample, [model["ckpt"]] + args),
+            (onnx_sample, ["--decoder", model["dec"], "--encoder", model["enc"]] + args)]
 
 
 def files_under(*folders):
@@ -202,7 +203,7 @@ def fill_case(args, model, out):
 
 
 # The package's sampler reads one checkpoint: the graphs' cases are the ONNX sampler's alone.
-@pytest.mark.parametrize("sampler,case", [("python", c) for c in BAD] + [("onnx", c) for c in list(BAD) + list(ONNX_BAD)])
+@pytest.mark.parametrize("sampler,case", [("python", c) for c in BAD] + [("onnx", c) for c in [*BAD, *ONNX_BAD]])
 def test_bad_input_leaves_no_file_and_the_corrected_command_runs(model, tmp_path, capsys, sampler, case):
     bad, good = (BAD.get(case) or ONNX_BAD[case])
     out = tmp_path / "out"
@@ -384,5 +385,4 @@ def test_help_texts_are_whole_sentences_and_state_the_output_convention():
         assert "--out names the file when one picture is made, and the folder (created when needed) when several " \
                "are" in " ".join(doc.split())
     assert screenshots.DESCRIPTION.endswith(".") and "morph strip" in screenshots.DESCRIPTION
-    to_web_parser_help = to_web.__doc__.split("\n\n")[0]
-    assert to_web_parser_help.rstrip().endswith(".")
+    assert to_web.build_parser().description.endswith("(page, models, vectors, prior, runtime).")

@@ -1,6 +1,7 @@
 """The page export/to_web.py writes, in headless Chromium: it reports ready, a seed's faces equal
-export/sample.py's, a slider changes exactly the selected face, a photo is prepared as scratchvae
-prepares images, bad input shows a message; the JS draw and resize equal Python's under Node."""
+export/sample.py's (from N(0, I) and from a fitted prior), a slider changes exactly the selected face, a
+photo is prepared as scratchvae prepares images, bad input shows a message; the JS draw and resize equal
+Python's under Node."""
 
 import functools
 import json
@@ -15,11 +16,13 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from scratchvae import attributes, imagefile, latent, vectors
+from scratchvae import attributes, imagefile, latent, mixture, prior, vectors
+from scratchvae import sample as py_sample
 from scratchvae.model import VAE, VAEConfig
 
 from tests import browser
 from tests.labelled import labelled_faces
+from tests.priors import write_prior
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = ROOT / "export"
@@ -289,6 +292,62 @@ def test_named_attributes_get_the_first_sliders_and_unknown_names_are_refused(wo
                         "--attribute", "Smilng"]) == 2
     err = capsys.readouterr().err
     assert "Smilng" in err and "nearest" in err and err.count("\n") == 1 and not (tmp_path / "b").exists()
+
+
+def test_a_site_with_the_prior_draws_export_samples_prior_faces(world, tmp_path, tmp_path_factory, capsys):
+    """to_web --prior: the page's grid is drawPrior's faces, the ones export/sample.py --prior and the
+    package draw; its morph strip walks between two of them. Another checkpoint's prior is refused."""
+    path = tmp_path / "prior.npz"
+    write_prior(path, vectors.model_identity(world["vae"]), SMALL.z_dim, components=3, seed=2)
+    site = tmp_path / "site"
+    assert to_web.main([world["ckpt"], "--vectors", world["vectors"], "--prior", str(path), "--out", str(site)]) == 0
+    doc = json.loads((site / "prior.json").read_text())
+    fitted = prior.load(str(path))
+    np.testing.assert_array_equal(doc["weights"], fitted.weights)  # float64 values, exact in JSON
+    np.testing.assert_array_equal(doc["cholesky"][1], fitted.cholesky[1][np.tril_indices(SMALL.z_dim)])
+    out = tmp_path / "grid.png"
+    assert onnx_sample.main(["--decoder", str(site / "decoder.onnx"), "-n", str(GRID), "--seed", "11",
+                             "--temperature", "0.85", "--prior", str(path), "--out", str(out)]) == 0
+    py = tmp_path / "py.png"
+    assert py_sample.main([world["ckpt"], "-n", str(GRID), "--seed", "11", "--temperature", "0.85",
+                           "--prior", str(path), "--out", str(py)]) == 0
+    grid, s = np.asarray(Image.open(out)).astype(int), SMALL.image_size
+    assert np.max(np.abs(grid - np.asarray(Image.open(py)).astype(int))) <= 1
+    z = mixture.draw(fitted.weights, fitted.means, fitted.cholesky, 11, GRID, 0.85)
+    b = browser.Browser(tmp_path_factory.mktemp("profile"))
+    try:
+        with browser.serve(site) as url:
+            b.open(url + "?test=1")
+            r = wait_ready(b)
+            assert r["prior"] == 3 and r["message"] is None
+            assert b.evaluate("!document.getElementById('prior-note').hidden")
+            b.evaluate("document.getElementById('temperature').value = '0.85'")
+            show_seed(b, 11)
+            shown = tiles(b)[:GRID]
+            for i in range(GRID):
+                r_, c = divmod(i, 4)
+                tile = grid[2 + r_ * (s + 2):2 + r_ * (s + 2) + s, 2 + c * (s + 2):2 + c * (s + 2) + s]
+                assert np.max(np.abs(tile - shown[i].astype(int))) <= 1, i
+            want = decode_python(world, z)
+            diff = np.max(np.abs(shown / 255.0 - want))
+            print(f"\nprior faces: max |page pixel - decoded package draw| = {diff * 255:.3f}/255")
+            assert diff <= 1 / 255
+            plain = decode_python(world, latent.draw_z(11, GRID, SMALL.z_dim, 0.85))
+            assert np.max(np.abs(shown / 255.0 - plain)) > 4 / 255  # the prior's faces, not N(0, I)'s
+            strip = b.evaluate("(() => { const c = document.getElementById('morph-strip'); return Array.from("
+                               "c.getContext('2d').getImageData(0, 0, c.width, c.height).data); })()")
+            strip = np.array(strip, np.uint8).reshape(s, 8 * s, 4)[..., :3].reshape(s, 8, s, 3).transpose(1, 0, 2, 3)
+            walk = decode_python(world, latent.slerp(z[0], z[1], np.linspace(0, 1, 8)))
+            assert np.max(np.abs(strip / 255.0 - walk)) <= 1 / 255
+    finally:
+        b.close()
+    other = tmp_path / "other.npz"
+    write_prior(other, vectors.model_identity(tiny_vae(1)), SMALL.z_dim)
+    capsys.readouterr()
+    assert to_web.main([world["ckpt"], "--prior", str(other), "--out", str(tmp_path / "refused")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("to_web: error:") and "another checkpoint" in err and err.count("\n") == 1
+    assert not (tmp_path / "refused").exists()
 
 
 def node(script):

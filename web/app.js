@@ -1,4 +1,5 @@
-// scratchvae in the browser: faces drawn from a seed, attribute sliders, a photo encoded with
+// scratchvae in the browser: faces drawn from a seed (from N(0, I), or from the fitted prior that
+// export/to_web.py --prior puts in prior.json), attribute sliders, a photo encoded with
 // encoder.onnx, and morphs between two faces, all decoded by onnxruntime-web (WebAssembly) here.
 // The pure functions at the top (the seeded draw, Pillow's Lanczos resize, the walks) are exported
 // so that Node can test them against Python; the page starts only where there is a document.
@@ -37,6 +38,42 @@ export function standardNormals(seed, count) {
 export function drawZ(seed, n, zDim, temperature = 1) {
   const normals = standardNormals(seed, n * zDim);
   return Float32Array.from(normals, (x) => temperature * x);
+}
+
+// ---- The draw from a fitted prior: scratchvae.mixture.draw, step for step ----------------------
+
+const PRIOR_SALT = 0xD1B54A32D192ED03n; // the component choice: SplitMix64 from seed ^ PRIOR_SALT
+
+/** n rows (Float32Array n * d) from a Gaussian mixture {weights, means, cholesky}: the normals of
+ * standardNormals(seed, n * d) by rows; row i's component k = the count of c[k] / c[K-1] <= u_i
+ * (c the running sum of the weights), at most K - 1, u_i the 53-bit uniform of output i + 1 of
+ * SplitMix64 from seed ^ PRIOR_SALT; z_i = means[k] + temperature * sum_j L[:, j] * e_i[j], summed over j
+ * in order in float64 (L's lower triangle by rows: L[r][j] at r (r + 1) / 2 + j), then rounded to float32. */
+export function drawPrior(prior, seed, n, temperature = 1) {
+  const { weights, means, cholesky } = prior;
+  const K = weights.length, d = means[0].length;
+  const e = standardNormals(seed, n * d);
+  const cum = [];
+  let total = 0;
+  for (const w of weights) cum.push(total += w);
+  const cdf = cum.map((c) => c / cum[K - 1]);
+  let state = BigInt.asUintN(64, BigInt(seed)) ^ PRIOR_SALT;
+  const z = new Float32Array(n * d);
+  const acc = new Float64Array(d);
+  for (let i = 0; i < n; i++) {
+    state = (state + GOLDEN) & MASK64;
+    const u = Number(mix64(state) >> 11n) * 2 ** -53;
+    let k = 0;
+    while (k < K - 1 && cdf[k] <= u) k++;
+    const L = cholesky[k], mu = means[k];
+    acc.fill(0);
+    for (let j = 0; j < d; j++) {
+      const ej = e[i * d + j];
+      for (let r = j; r < d; r++) acc[r] += L[(r * (r + 1)) / 2 + j] * ej; // above the diagonal L is 0
+    }
+    for (let r = 0; r < d; r++) z[i * d + r] = mu[r] + temperature * acc[r];
+  }
+  return z;
 }
 
 // ---- Walks between two codes: scratchvae.latent.lerp and slerp -----------------------------------
@@ -202,7 +239,7 @@ const TEST = typeof location !== "undefined" && new URLSearchParams(location.sea
 const $ = (id) => document.getElementById(id);
 
 const results = { ready: false, message: null, decodes: 0, edits: 0, decode_ms: null };
-const app = { ort: null, decoder: null, encoder: null, model: null, vectors: null, sliders: 0,
+const app = { ort: null, decoder: null, encoder: null, model: null, vectors: null, prior: null, sliders: 0,
   faces: [], selected: 0, timings: [], busy: false, again: null, playing: false, queue: Promise.resolve() };
 
 /** Test mode (?test=1): results as JSON in the hidden #test-results, for the browser test. */
@@ -359,11 +396,12 @@ function readSeed() {
   return BigInt(text);
 }
 
-/** The sample grid for the seed and temperature: python -m scratchvae.sample --seed S draws the same z. */
+/** The sample grid for the seed and temperature: python -m scratchvae.sample --seed S draws the same z
+ * (with --prior prior.npz when the site carries the fitted prior). */
 async function drawFaces() {
   const seed = readSeed(), temperature = Number($("temperature").value);
   $("temperature-value").textContent = temperature.toFixed(2);
-  const z = drawZ(seed, GRID, app.model.z_dim, temperature);
+  const z = app.prior ? drawPrior(app.prior, seed, GRID, temperature) : drawZ(seed, GRID, app.model.z_dim, temperature);
   const photos = app.faces.filter((f) => f.photo);
   const samples = Array.from({ length: GRID }, (_, i) =>
     newFace(`face ${i}`, z.subarray(i * app.model.z_dim, (i + 1) * app.model.z_dim)));
@@ -419,6 +457,30 @@ async function loadVectors() {
   }
   v.vectors = v.vectors.map((row) => Float64Array.from(row));
   return v;
+}
+
+/** The fitted prior from prior.json; refused (faces then from N(0, I)) when made for another model. */
+async function loadPrior() {
+  if (!app.model.prior) return null;
+  const p = await fetchJSON(app.model.prior);
+  const d = app.model.z_dim;
+  const fits = p.z_dim === d && p.weights.length >= 1 && p.means.length === p.weights.length &&
+    p.cholesky.length === p.weights.length && p.means.every((m) => m.length === d) &&
+    p.cholesky.every((c) => c.length === (d * (d + 1)) / 2);
+  if (!fits) {
+    showMessage(`The prior does not fit the model (codes of ${p.z_dim} numbers, the model's z has ${d}): rebuild the ` +
+      "site with the prior fitted for this model. Faces are drawn from N(0, I).");
+    return null;
+  }
+  if (p.identity !== app.model.identity) {
+    showMessage("The prior was fitted for another checkpoint: rebuild the site with this model's prior. " +
+      "Faces are drawn from N(0, I).");
+    return null;
+  }
+  $("prior-note").hidden = false;
+  $("prior-components").textContent = String(p.weights.length);
+  return { weights: Float64Array.from(p.weights), means: p.means.map((m) => Float64Array.from(m)),
+    cholesky: p.cholesky.map((c) => Float64Array.from(c)) };
 }
 
 /** A dropped or chosen photo: read as scratchvae reads images, encoded (z = z_mean), then selected. */
@@ -574,14 +636,16 @@ async function main() {
   }
   for (const canvas of ["selected", "morph-view"]) Object.assign($(canvas), { width: app.model.image_size, height: app.model.image_size });
   app.vectors = await loadVectors();
+  app.prior = await loadPrior();
   app.sliders = app.vectors ? app.vectors.sliders : 0;
   buildSliders();
   wire();
   await drawFaces();
-  setStatus(`Ready: ${app.model.image_size}×${app.model.image_size} faces, z of ${app.model.z_dim}, ` +
-    `${app.sliders} attribute sliders. Click a face to edit it.`);
+  setStatus(`Ready: ${app.model.image_size}×${app.model.image_size} faces, z of ${app.model.z_dim}` +
+    `${app.prior ? " from the fitted prior" : ""}, ${app.sliders} attribute sliders. Click a face to edit it.`);
   if (TEST) await measureDecode();
   report({ ready: true, z_dim: app.model.z_dim, image_size: app.model.image_size, faces: app.faces.length,
+    prior: app.prior ? app.prior.weights.length : 0,
     sliders: app.vectors ? app.vectors.names.slice(0, app.sliders) : [] });
 }
 
