@@ -46,6 +46,9 @@ def build_parser():
                         f"or sigma (the sigma-VAE: Gaussian likelihood with its variance at the batch MSE, "
                         f"D/2 log(2 pi MSE) + D/2 + KL, no beta; total and reconstruction are then reported in nats "
                         f"per image; {SYNTHETIC_RECON} is the default on the built-in data)")
+    p.add_argument("--lr-decay", type=float, metavar="FACTOR",
+                   help="multiply the learning rate by FACTOR each epoch, smoothly step by step (default 1: "
+                        "constant)")
     p.add_argument("--kl-warmup", type=int, metavar="EPOCHS",
                    help="raise the KL weight linearly from 0 to 1 over the first EPOCHS epochs, step by step "
                         "(default 0: weight 1 throughout); the reported terms stay unweighted")

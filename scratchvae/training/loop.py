@@ -204,6 +204,7 @@ def train_step(job, x, epoch, step, kl_weight=1.0):
         terms = job.sync.mean_terms(terms, job.vae.config)
         if not np.isfinite(terms["total"]):
             raise diverged(job, f"the loss became {terms['total']}", epoch, step)
+        job.opt.lr = s.lr_at(epoch, step, job.steps)
         try:
             job.opt.step(job.vae.params(), job.vae.grads())
         except FloatingPointError:

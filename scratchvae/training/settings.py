@@ -52,6 +52,7 @@ class Settings:
     decoder: str = _MODEL.decoder  # "transpose" (the seed's) or "resize"
     recon: str = _MODEL.recon  # "mse" (beta * MSE, the seed's) or "sigma" (the sigma-VAE; beta unused)
     kl_warmup: int = 0  # epochs over which the KL weight rises linearly from 0 to 1; 0: always 1
+    lr_decay: float = 1.0  # the learning rate's factor per epoch, applied smoothly step by step; 1: constant
 
     def __post_init__(self):
         if self.batch_size < 2:
@@ -75,6 +76,8 @@ class Settings:
             raise UserError(f"--recon {self.recon!r} is not one of {', '.join(RECONS)}")
         if self.kl_warmup < 0:
             raise UserError(f"--kl-warmup {self.kl_warmup} must be zero or more epochs")
+        if not 0 < self.lr_decay <= 1:
+            raise UserError(f"--lr-decay {self.lr_decay} must be above 0 and at most 1 (1 keeps the rate constant)")
         self.model_config()
 
     def model_config(self) -> VAEConfig:
@@ -92,6 +95,13 @@ class Settings:
         if self.kl_warmup == 0:
             return 1.0
         return min(1.0, (epoch + (step + 1) / steps) / self.kl_warmup)
+
+    def lr_at(self, epoch: int, step: int, steps: int) -> float:
+        """The learning rate of step `step` (0-based) of `steps` in epoch `epoch`: lr * lr_decay ** (epoch +
+        step / steps), a pure function of the step, so a resumed run repeats it; exactly lr without decay."""
+        if self.lr_decay == 1:
+            return self.lr
+        return self.lr * self.lr_decay ** (epoch + step / steps)
 
     def precise_bn_batches(self, train_images: int | None = None) -> int:
         """How many training batches the BatchNorm statistics are measured on after each epoch (by
@@ -117,7 +127,7 @@ class Settings:
 
 
 # Fields that checkpoints written before them lack, with the value that reproduces those runs.
-LEGACY = {"bn_batches": 0, "decoder": "transpose", "recon": "mse", "kl_warmup": 0}
+LEGACY = {"bn_batches": 0, "decoder": "transpose", "recon": "mse", "kl_warmup": 0, "lr_decay": 1.0}
 
 
 def _is_a(value, hint) -> bool:
