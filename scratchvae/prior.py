@@ -55,6 +55,11 @@ class Prior:
 
 # ------------------------------------------------------------------ fitting
 
+def count(n, noun):
+    """`1 component`, `10 components`."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def pick(idx, limit, seed):
     """At most `limit` of the indices: all of them, or a seeded random choice, sorted."""
     idx = np.asarray(idx, np.int64)
@@ -113,8 +118,8 @@ def fit_codes(codes, components=DEFAULT_COMPONENTS, covariance="full", seed=0, r
             lines += [f"{k:>4} {tr:>12.3f} {ho:>12.3f}" + ("  <- chosen" if k == sel.chosen else "")
                       for k, tr, ho in sel.table]
             held = len(codes) - len(mixture.held_out_split(len(codes), seed)[0])
-            lines.append(f"chose {sel.chosen} components by the log-likelihood per code of {held} held-out codes, "
-                         f"then refitted them to all {len(codes)} codes")
+            lines.append(f"chose {count(sel.chosen, 'component')} by the log-likelihood per code of {held} held-out "
+                         f"codes, then refitted them to all {len(codes)} codes")
         else:
             fit_idx, held_idx = mixture.held_out_split(len(codes), seed)
             mix = mixture.fit(codes[fit_idx], components, covariance, seed, restarts, max_iter=max_iter,
@@ -126,8 +131,8 @@ def fit_codes(codes, components=DEFAULT_COMPONENTS, covariance="full", seed=0, r
     fitted_prior = Prior(mix.weights, mix.means, mix.cholesky, covariance, float(mix.loglik), heldout,
                          standard_loglik(codes), int(fitted), identity, mix.iterations, mix.stopped)
     dropped = f", {mix.dropped} emptied and removed" if mix.dropped else ""
-    lines.append(f"EM: {mix.components} components ({covariance} covariance{dropped}), the best of {restarts} "
-                 f"restart(s), {mix.stopped} after {mix.iterations} updates")
+    lines.append(f"EM: {count(mix.components, 'component')} ({covariance} covariance{dropped}), the best of "
+                 f"{count(restarts, 'start')}, {mix.stopped} after {count(mix.iterations, 'update')}")
     lines.append(f"log-likelihood per code: {fitted_prior.loglik_train:.3f} fitted, {heldout:.3f} held out; "
                  f"{fitted_prior.loglik_standard:.3f} under N(0, I)")
     per = fitted / mix.components
@@ -274,6 +279,8 @@ def check_out(out, force):
 def run(args):
     if args.batch_size < 1 or args.restarts < 1 or args.max_iter < 1 or (args.limit is not None and args.limit < 1):
         raise UserError("--batch-size, --restarts, --max-iter and --limit must be at least 1")
+    if args.seed is not None and args.seed < 0:
+        raise UserError(f"--seed {args.seed}: use a whole number of zero or more")
     components = parse_components(args.components)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "prior.npz")
     check_out(out, args.force)
@@ -310,7 +317,7 @@ def run(args):
                         f"choose a writable --out") from None
     print(f"{len(idx)} images ({chosen.split} split of {chosen.source}) encoded, seed {seed}")
     print("\n".join(lines))
-    print(f"wrote {out} ({fitted.components} components, checkpoint identity {identity[:12]}…) in "
+    print(f"wrote {out} ({count(fitted.components, 'component')}, checkpoint identity {identity[:12]}…) in "
           f"{time.perf_counter() - t0:.0f} s")
     return 0
 

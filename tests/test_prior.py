@@ -1,15 +1,20 @@
 """The fitted latent prior: EM against mixtures with known parameters, the documented draw against a
-scalar reference, the prior file and its identity checks, and python -m scratchvae.prior end to end
-on a tiny checkpoint."""
+scalar reference, the prior file and its identity checks, python -m scratchvae.prior end to end on a
+tiny checkpoint, and the fit at the end of a training run."""
 
 import itertools
+import os
+import signal
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from scratchvae import data, latent, mixture, prior, vectors
+from scratchvae import checkpoint, data, latent, mixture, prior, train, vectors
 from scratchvae.errors import UserError
+from scratchvae.model import VAE
 from tests.test_evaluate import RUN, make_checkpoint, make_images
+from tests.test_train import TINY
 
 
 def mixture_data(rng, means, covs, weights, n):
@@ -55,7 +60,7 @@ def test_em_recovers_a_fifty_dimensional_mixture():
     means = rng.standard_normal((k, d)) * 1.5
     scales = rng.uniform(0.5, 1.5, (k, d))
     weights = np.array([0.4, 0.3, 0.2, 0.1])
-    x, _ = mixture_data(rng, means, [np.diag(s ** 2) for s in scales], weights, 8000)
+    x, _ = mixture_data(rng, means, [np.diag(s ** 2) for s in scales], weights, 4000)
     mix = mixture.fit(x, k, seed=2)
     order = matched(mix.means, means)
     assert np.abs(mix.weights[order] - weights).max() < 0.01
@@ -313,6 +318,7 @@ def test_an_existing_prior_is_kept_without_force(run_folder, capsys):
     (("--components", 28), "only 27 of the 30 codes"),
     (("--components", "many"), "whole number of components or auto"),
     (("--limit", 0), "at least 1"),
+    (("--seed", -1), "zero or more"),
     (("--data", "missing-folder"), "no such"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(run_folder, capsys, args, words):
@@ -328,3 +334,63 @@ def test_a_file_in_the_way_of_the_out_folder_is_refused_before_encoding(run_fold
     monkeypatch.setattr(prior, "encode", lambda *a, **k: pytest.fail("encoded before checking --out"))
     assert run_folder["command"]("--out", tmp_path / "file" / "prior.npz") == 2
     assert "cannot write" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the end of training
+
+def train_run(out, *extra):
+    return train.main([*TINY, "--out", str(out), "--threads", "1", *extra])
+
+
+def test_a_finished_run_writes_its_prior_and_prior_samples(tmp_path, capsys):
+    assert train_run(tmp_path / "a", "--limit", "96", "--epochs", "2") == 0
+    printed = capsys.readouterr().out
+    assert "samples-prior.png, prior.npz," in printed.splitlines()[-1] and "\nprior: 10 components" in printed
+    vae, arrays, _ = VAE.load(tmp_path / "a" / "checkpoint.npz", with_extras=True)
+    p = prior.load(tmp_path / "a" / "prior.npz", identity=vectors.checkpoint_identity(arrays), z_dim=4)
+    assert p.images == prior.fitted_count(80) and np.isfinite(p.loglik_heldout)
+    with Image.open(tmp_path / "a" / "samples-prior.png") as a, Image.open(tmp_path / "a" / "samples.png") as b:
+        assert a.size == b.size and a.mode == b.mode == "RGB"
+        assert not np.array_equal(np.asarray(a), np.asarray(b))
+    # python -m scratchvae.prior repeats the end of training's fit exactly
+    assert prior.main([str(tmp_path / "a" / "checkpoint.npz"), "--limit", "20000", "--out", str(tmp_path / "cli.npz"),
+                       "--threads", "1", "--quiet"]) == 0
+    again = prior.load(tmp_path / "cli.npz")
+    for name in ("weights", "means", "cholesky"):
+        assert np.array_equal(getattr(again, name), getattr(p, name)), name
+
+    # --no-prior: neither file, and the same training to the bit
+    assert train_run(tmp_path / "b", "--limit", "96", "--epochs", "2", "--no-prior") == 0
+    assert "prior" not in capsys.readouterr().out
+    assert not (tmp_path / "b" / "prior.npz").exists() and not (tmp_path / "b" / "samples-prior.png").exists()
+    other = checkpoint.load(tmp_path / "b" / "checkpoint.npz")[0]
+    assert sorted(other) == sorted(arrays) and all(np.array_equal(arrays[k], other[k]) for k in arrays)
+
+
+def test_a_resumed_run_fits_the_prior_an_uninterrupted_one_does(tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert train_run(straight, "--limit", "96", "--epochs", "2") == 0
+    assert train_run(split, "--limit", "96", "--epochs", "1") == 0
+    assert train_run(split, "--resume", "--epochs", "2") == 0
+    with np.load(straight / "prior.npz") as a, np.load(split / "prior.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    before = (split / "prior.npz").read_bytes()
+    capsys.readouterr()
+    assert train_run(split, "--resume", "--epochs", "2") == 2  # already finished: refused, nothing changes
+    assert "already has 2 epochs" in capsys.readouterr().err
+    assert (split / "prior.npz").read_bytes() == before
+
+
+def test_a_signal_while_fitting_the_prior_leaves_the_run_complete_without_it(tmp_path, capsys, monkeypatch):
+    real = prior.encode
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the training loop's handler only marks the stop
+        return real(*args, **kwargs)
+    monkeypatch.setattr(prior, "encode", interrupted)
+    assert train_run(tmp_path, "--limit", "96", "--epochs", "1") == 130
+    printed = capsys.readouterr().out
+    assert "while fitting the latent prior; training is complete" in printed
+    assert "python -m scratchvae.prior" in printed
+    assert not (tmp_path / "prior.npz").exists() and not (tmp_path / "samples-prior.png").exists()
+    VAE.load(tmp_path / "checkpoint.npz")

@@ -735,9 +735,9 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary_one(tmp_path, monkey
 
 
 def test_every_file_of_a_run_goes_through_the_atomic_helper(tmp_path, monkeypatch):
-    """Checkpoint, pictures, metrics and skipped.txt: one helper, so one temporary-name pattern that
-    prepare_out knows; it leaves a user's own files alone."""
-    from scratchvae import images
+    """Checkpoint, pictures, metrics, skipped.txt and the prior: one helper, so one temporary-name
+    pattern that prepare_out knows; it leaves a user's own files alone."""
+    from scratchvae import images, prior
     from scratchvae.training import evaluation
     written, real = [], atomic.write_bytes
 
@@ -751,7 +751,9 @@ def test_every_file_of_a_run_goes_through_the_atomic_helper(tmp_path, monkeypatc
     images.plot_curves(tmp_path / "loss.png", {"loss": [2.0, 1.0]})
     evaluation.write_metrics(str(tmp_path / "metrics.csv"), [{"epoch": 1, "train_total": 1.0}])
     datasets.report_skipped([(f"{i}.jpg", "empty") for i in range(9)], str(tmp_path))
-    assert written == ["checkpoint.npz", "samples.png", "loss.png", "metrics.csv", "skipped.txt"]
+    prior.save(str(tmp_path / "prior.npz"), prior.Prior(np.ones(1), np.zeros((1, 2)), np.eye(2)[None], "full",
+                                                        0.0, 0.0, 0.0, 1, "0" * 64))
+    assert written == ["checkpoint.npz", "samples.png", "loss.png", "metrics.csv", "skipped.txt", "prior.npz"]
     for name in written:  # what a write killed before its rename leaves
         fd, leftover = tempfile.mkstemp(prefix=atomic.TMP_PREFIX, suffix=name, dir=tmp_path)
         os.close(fd)

@@ -67,6 +67,9 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.npz")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh even though --out holds a checkpoint (it is replaced after the first epoch)")
+    p.add_argument("--no-prior", action="store_true",
+                   help="after the last epoch, do not fit the latent prior (a Gaussian mixture of the training "
+                        "images' codes: prior.npz and samples-prior.png; python -m scratchvae.prior fits one later)")
     p.add_argument("--threads", type=int, help="threads for Numba and BLAS (default: all cores)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cpu (Numba kernels, default) or cuda (numba.cuda kernels; needs scratchvae[cuda] "

@@ -1,5 +1,5 @@
 """What a run shows after each epoch: the held-out loss terms, the pictures (reconstructions,
-samples, loss curves) and metrics.csv, one row per epoch.
+samples, loss curves) and metrics.csv, one row per epoch; after the last, faces from the fitted prior.
 
 Loss terms come from scratchvae.losses; under MPI the held-out batches are shared out over the
 ranks and their sums combined. Pictures and metrics are written by rank 0 only.
@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from scratchvae import atomic, distributed, images, losses
+from scratchvae import atomic, distributed, images, losses, mixture
 from scratchvae import kernels as K
 from scratchvae.training import draws
 
@@ -61,8 +61,7 @@ def save_pictures(vae, reader, val_idx, s, history, out):
     z_mean, _ = vae.encode(shown)
     images.save_rows(os.path.join(out, "reconstructions.png"), [shown, K.to_host(vae.decode(z_mean))],
                      labels=["held-out", "reconstructed"])
-    z = draws.picture_latents(s.seed, N_SAMPLES, vae.config.z_dim)
-    images.save_grid(os.path.join(out, "samples.png"), K.to_host(vae.decode(z)), ncols=8)
+    save_samples(os.path.join(out, "samples.png"), vae, draws.picture_latents(s.seed, N_SAMPLES, vae.config.z_dim))
     epochs = [h["epoch"] for h in history]
     images.plot_curves(os.path.join(out, "loss.png"),
                        {"train total": [h["train_total"] for h in history],
@@ -71,6 +70,18 @@ def save_pictures(vae, reader, val_idx, s, history, out):
                         "held-out KL": [h["val_kl"] for h in history]},
                        title="loss per epoch", log_y=vae.config.recon == "mse", x=epochs)
     write_metrics(os.path.join(out, "metrics.csv"), history)
+
+
+def save_samples(path, vae, z):
+    """The grid of faces decoded from latents z, 8 to a row: samples.png and samples-prior.png."""
+    images.save_grid(path, K.to_host(vae.decode(z)), ncols=8)
+
+
+def save_prior_samples(vae, fitted, s, out):
+    """samples-prior.png: the grid of samples.png, its z drawn from the fitted prior by
+    scratchvae.mixture.draw with the run's seed (the samplers repeat it from the same seed)."""
+    z = mixture.draw(fitted.weights, fitted.means, fitted.cholesky, s.seed, N_SAMPLES)
+    save_samples(os.path.join(out, "samples-prior.png"), vae, z)
 
 
 def write_metrics(path, history):

@@ -1,5 +1,6 @@
 """The training recipe: start, build (threads, model, optimizer, data), then per epoch the steps,
-the end of the epoch (evaluate, save) and a stop when a signal asked for one.
+the end of the epoch (evaluate, save) and a stop when a signal asked for one; after the last epoch,
+the latent prior fitted to the training codes.
 
 Every rank runs this; rank 0 alone writes. `run` is the recipe; each of its parts is one function
 below, in the order it runs.
@@ -13,7 +14,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from scratchvae import device, distributed, threads
+from scratchvae import device, distributed, prior, threads
 from scratchvae import kernels as K
 from scratchvae.errors import TrainingDiverged, UserError
 from scratchvae.interrupt import StopRequest
@@ -22,6 +23,9 @@ from scratchvae.optim import Adam
 from scratchvae.prefetch import ImageReader, Prefetcher
 from scratchvae.training import batchnorm, datasets, draws, evaluation, outdir, resume, start
 from scratchvae.training.settings import Settings
+
+PRIOR_IMAGES = 20_000  # codes encoded for the prior at the end: a few minutes, a small part of a CelebA epoch
+PRIOR_FILE = "prior.npz"
 
 
 @dataclasses.dataclass
@@ -80,7 +84,13 @@ def run(args, comm=None):
                 code = stop_code(job, stop)
                 if code:
                     return stopped_after_epoch(job, epoch, stop, code)
-        job.say(f"done: {job.out}/checkpoint.npz, samples.png, reconstructions.png, loss.png, metrics.csv")
+            fitted = False
+            if not getattr(args, "no_prior", False) and job.comm.is_root:
+                fitted = fit_prior(job, stop)
+                if not fitted:
+                    return stopped_fitting_prior(job, stop)
+        with_prior = f" samples-prior.png, {PRIOR_FILE}," if fitted else ""
+        job.say(f"done: {job.out}/checkpoint.npz, samples.png,{with_prior} reconstructions.png, loss.png, metrics.csv")
         return 0
     except BaseException:
         if comm.is_root:
@@ -243,6 +253,31 @@ def end_epoch(job, epoch, sums, seen, elapsed):
             f"held-out {evaluation.format_terms(val)} | {seen / elapsed:.1f} img/s, {elapsed:.0f} s")
 
 
+# ------------------------------------------------------------------ the end of the run
+
+def fit_prior(job, stop):
+    """Rank 0, after the last epoch: a Gaussian mixture fitted to the codes of (at most PRIOR_IMAGES
+    of) the training images, written as prior.npz, and samples-prior.png drawn from it; its own
+    seeded draws, so training is untouched. python -m scratchvae.prior CHECKPOINT --limit
+    PRIOR_IMAGES repeats it. False when a signal stopped it (nothing is written then)."""
+    t0 = time.perf_counter()
+    idx = prior.pick(job.train_idx, PRIOR_IMAGES, job.s.seed)
+    components = min(prior.DEFAULT_COMPONENTS, prior.fitted_count(len(idx)))
+    try:
+        fitted, _ = prior.fit_for_model(job.vae, job.reader, idx, components=components, seed=job.s.seed,
+                                        quiet=job.quiet, stop=stop)
+    except prior.Interrupted:
+        return False
+    with outdir.writing(job.out):
+        prior.save(os.path.join(job.out, PRIOR_FILE), fitted)
+        evaluation.save_prior_samples(job.vae, fitted, job.s, job.out)
+    job.say(f"prior: {prior.count(fitted.components, 'component')} fitted to the codes of {fitted.images} training "
+            f"images ({fitted.stopped}), log-likelihood per held-out code {fitted.loglik_heldout:.1f} against "
+            f"{fitted.loglik_standard:.1f} under N(0, I); {PRIOR_FILE}, samples-prior.png in "
+            f"{time.perf_counter() - t0:.0f} s")
+    return True
+
+
 # ------------------------------------------------------------------ stopping
 
 def stop_code(job, stop):
@@ -259,6 +294,14 @@ def stopped_mid_epoch(job, epoch, sums, stop):
             resume.save(job.vae, job.opt, job.out, job.s, p)
     job.say(f"stopped by {stop.signal_name or 'a signal'} at epoch {epoch + 1}, step {p.step_in_epoch} "
             f"of {job.steps}; checkpoint saved. Resume with: {job.resume_command}")
+
+
+def stopped_fitting_prior(job, stop):
+    """The signal came after the last epoch was saved, while the prior was fitted: it was dropped."""
+    job.say(f"stopped by {stop.signal_name or 'a signal'} while fitting the latent prior; training is complete "
+            f"and saved in {job.out}. Fit the prior with: python -m scratchvae.prior "
+            f"{shlex.quote(os.path.join(job.out, outdir.CHECKPOINT))} --limit {PRIOR_IMAGES}")
+    return stop.exit_code
 
 
 def stopped_after_epoch(job, epoch, stop, code):
