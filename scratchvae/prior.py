@@ -37,7 +37,7 @@ class Prior:
     cholesky: np.ndarray  # (K, z_dim, z_dim) float64 lower-triangular factors of the covariances
     covariance: str  # "full" or "diag"
     loglik_train: float  # mean log-likelihood per code of the codes fitted
-    loglik_heldout: float  # mean per code of codes held out of the fit (see fit_for_model)
+    loglik_heldout: float  # mean per code of the 10% held out of the fit, or of auto's check fit (fit_codes)
     loglik_standard: float  # mean per code of all the encoded codes under N(0, I), for comparison
     images: int  # codes fitted
     identity: str  # checkpoint_identity of the model the codes came from (the file's checkpoint_sha256)
@@ -137,8 +137,8 @@ def fit_codes(codes, components=DEFAULT_COMPONENTS, covariance="full", seed=0, r
                  f"{fitted_prior.loglik_standard:.3f} under N(0, I)")
     per = fitted / mix.components
     if covariance == "full" and per < codes.shape[1]:
-        lines.append(f"note: about {per:.0f} codes per component for {codes.shape[1]} dimensions: the covariances "
-                     f"rest on the floor; fewer --components, --covariance diag or more images fit better")
+        lines.append(f"note: about {per:.0f} codes per component for {codes.shape[1]} dimensions: each covariance "
+                     f"rests on the floor outside its codes' span; --components auto compares fewer on held-out codes")
     return fitted_prior, lines
 
 
