@@ -83,7 +83,7 @@ def test_resume_rejects_another_configuration(tmp_path, capsys):
     assert run(tmp_path, "--limit", "64", "--epochs", "1") == 0
     assert train.main([*TINY[:-1], "--z-dim", "8", "--out", str(tmp_path), "--resume", "--epochs", "2"]) == 2
     assert "z_dim" in capsys.readouterr().err
-    for flag, value in (("--decoder", "resize"), ("--recon", "sigma"), ("--kl-warmup", "2")):
+    for flag, value in (("--decoder", "resize"), ("--recon", "mse"), ("--kl-warmup", "2"), ("--lr-decay", "0.5")):
         assert train.main([*TINY, "--out", str(tmp_path), "--resume", "--epochs", "2", flag, value]) == 2
         err = capsys.readouterr().err.strip()
         assert f"{flag[2:].replace('-', '_')} = " in err and "\n" not in err, err
