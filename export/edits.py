@@ -1,7 +1,7 @@
 """Latent arithmetic, the attribute-vectors file and the fitted prior for export/sample.py, with NumPy alone.
 
-A copy of scratchvae.latent, of scratchvae.vectors' and scratchvae.prior's readers and of
-scratchvae.mixture.draw (this side must not import scratchvae or Numba); tests/test_attributes.py and
+A copy of scratchvae.latent, of scratchvae.latent.vectors' and scratchvae.latent.prior's readers and
+of scratchvae.latent.mixture.draw (this side must not import scratchvae or Numba); tests/test_attributes.py and
 tests/test_prior_samplers.py hold the two sides equal on the same inputs.
 """
 
@@ -55,7 +55,7 @@ def draw_z(seed, n, z_dim, temperature=1.0):
 
 
 def draw_prior(weights, means, cholesky, seed, n, temperature=1.0):
-    """(n, d) float32 from a fitted prior, step for step as scratchvae.mixture.draw documents it: normals
+    """(n, d) float32 from a fitted prior, step for step as scratchvae.latent.mixture.draw documents it: normals
     e = standard_normals(seed, n * d) by rows; row i's component k_i = min(searchsorted(c / c[-1], u_i,
     side="right"), K - 1), c = cumsum(weights), u_i = (splitmix64(seed ^ PRIOR_SALT)[i] >> 11) / 2**53;
     z_i = means[k_i] + temperature * sum_j L[:, j] * e_i[j] (L = cholesky[k_i], j in order, float64)."""
@@ -202,7 +202,7 @@ def load_vectors(path, z_dim, identity=None):
 
 def load_prior(path, z_dim, identity=None):
     """(weights (K,), means (K, z_dim), cholesky (K, z_dim, z_dim)) float64 from a prior file of python -m
-    scratchvae.prior, read with allow_pickle=False and checked as scratchvae.prior.load checks it; refused
+    scratchvae.prior, read with allow_pickle=False and checked as scratchvae.latent.prior.load checks it; refused
     when its z size differs, or when `identity` (the decoder's metadata) is not the file's checkpoint_sha256."""
     redo = "fit it again with python -m scratchvae.prior"
     if not os.path.isfile(path):

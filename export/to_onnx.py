@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 
 import onnx_graphs
-from scratchvae import vectors
 from scratchvae.atomic import write_bytes as atomic_write_bytes
 from scratchvae.checkpoint import CheckpointError
+from scratchvae.latent import vectors
 from scratchvae.model import VAE
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 import to_onnx
-from scratchvae import latent, prior
-from scratchvae import vectors as attribute_vectors
+from scratchvae import latent
 from scratchvae.atomic import write_bytes
 from scratchvae.errors import UserError
+from scratchvae.latent import prior
+from scratchvae.latent import vectors as attribute_vectors
 
 WEB = Path(__file__).resolve().parents[1] / "web"
 PAGE = ("index.html", "app.js", "style.css")

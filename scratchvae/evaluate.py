@@ -79,7 +79,7 @@ def sample_codes(args, vae):
     at = "" if t == 1.0 else f" at temperature {t:g}"
     if args.prior is None:
         return "z ~ N(0, I)" + at, lambda seed, n: measure.normal_codes(n, vae.config.z_dim, seed, t)
-    from scratchvae import mixture, prior, vectors
+    from scratchvae.latent import mixture, prior, vectors
     fitted = prior.load(args.prior, identity=vectors.model_identity(vae), z_dim=vae.config.z_dim)
 
     def draw(seed, n):

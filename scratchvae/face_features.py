@@ -15,9 +15,10 @@ import time
 
 import numpy as np
 
-from scratchvae import atomic, data, labels, threads
+from scratchvae import atomic, data, threads
 from scratchvae.errors import UserError
 from scratchvae.evaluation import classifier, classifier_onnx
+from scratchvae.latent import labels
 from scratchvae.prefetch import ImageReader
 
 HIDDEN, FILTERS = 256, (32, 64, 128, 256)

@@ -2,7 +2,7 @@
 
 Uses the model's inference mode (BatchNorm moving statistics). Random faces come from --seed through
 scratchvae.latent.draw_z (z ~ N(0, I)), or from a prior fitted to the checkpoint's codes (--prior
-prior.npz, scratchvae.mixture.draw); export/sample.py and the web page draw the same, so the three
+prior.npz, scratchvae.latent.mixture.draw); export/sample.py and the web page draw the same, so the three
 samplers give the same faces.
 
 Output convention (export/sample.py follows it too, and the same command writes the same files):
@@ -22,8 +22,9 @@ import sys
 
 import numpy as np
 
-from scratchvae import checkpoint, images, latent, vectors
+from scratchvae import checkpoint, images, latent
 from scratchvae.errors import UserError
+from scratchvae.latent import vectors
 from scratchvae.model import VAE
 
 DECODE_BATCH = 64
@@ -303,7 +304,7 @@ def random_faces(args, identity, z_dim):
     anything is drawn or written)."""
     if not args.prior:
         return lambda n: latent.draw_z(args.seed, n, z_dim, args.temperature)
-    from scratchvae import mixture, prior
+    from scratchvae.latent import mixture, prior
     fitted = prior.load(args.prior, identity=identity, z_dim=z_dim)
     return lambda n: mixture.draw(fitted.weights, fitted.means, fitted.cholesky, args.seed, n, args.temperature)
 

@@ -1,5 +1,5 @@
 """A fitted-prior file made by hand for the sampler tests, in the format python -m scratchvae.prior
-writes (scratchvae/prior.py): a few components with spread-out weights, means away from 0 and full
+writes (scratchvae/latent/prior.py): a few components with spread-out weights, means away from 0 and full
 lower-triangular factors, so that a wrong component choice or product order shows in the faces."""
 
 import numpy as np

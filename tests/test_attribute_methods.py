@@ -1,4 +1,4 @@
-"""The ways to make attribute directions (scratchvae/vectors.py: mean, joint, matched) on codes built
+"""The ways to make attribute directions (scratchvae/latent/vectors.py: mean, joint, matched) on codes built
 from known independent directions with correlated labels; the file's method; the attributes CLI's
 --method and --controls; and the side-effect summaries, ONNX judge and picture rows of edit_rates."""
 
@@ -12,10 +12,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from scratchvae import attributes, images, vectors
+from scratchvae import images
 from scratchvae import sample as py_sample
 from scratchvae.errors import UserError
 from scratchvae.evaluation import edit_rates
+from scratchvae.latent import attributes, vectors
 from scratchvae.model import VAE, VAEConfig
 from tests.labelled import labelled_faces
 
@@ -215,12 +216,16 @@ def test_cli_bad_method_options_are_one_line_and_write_nothing(world, tmp_path, 
 
 # --- edit_rates: the summaries, the ONNX judge, the picture rows ---
 
-def test_edit_rates_no_longer_imports_the_attributes_command():
+def test_edit_rates_imports_no_command_module():
+    """edit_rates builds on the modules below the commands (labels, vectors), never on a command's body."""
     tree = ast.parse(Path(edit_rates.__file__).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert "scratchvae.attributes" not in imported
+    assert "scratchvae.latent.vectors" in imported
+    commands = {f"scratchvae.{m}" for m in ("attributes", "prior", "latent.attributes", "latent.prior", "sample",
+                                              "evaluate", "train", "face_features")}
+    assert not imported & commands
 
 
 def test_summary_reads_the_asked_share_and_the_side_effects():

@@ -14,9 +14,10 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from scratchvae import attributes, images, latent, vectors
+from scratchvae import images, latent
 from scratchvae import sample as py_sample
 from scratchvae.errors import UserError
+from scratchvae.latent import attributes, vectors
 from scratchvae.model import VAE, VAEConfig
 from tests.labelled import labelled_faces
 

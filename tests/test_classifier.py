@@ -120,8 +120,8 @@ class _Judge:
 
 
 def test_edit_rates_count_the_shares_before_and_after():
-    from scratchvae import vectors
     from scratchvae.evaluation import edit_rates
+    from scratchvae.latent import vectors
     z = np.array([[-1.0, 0], [-3.0, 0], [0.5, 0], [-0.5, 0], [2.5, 0]], np.float32)
     y = np.array([[0, 0], [0, 0], [1, 0], [0, 0], [1, 0]], np.float32)
     vec = vectors.Vectors(["top"], np.array([[1.0, 0]], np.float32), np.array([[1.0, 0]], np.float32),

@@ -379,7 +379,7 @@ def test_a_sigma_vae_with_the_resize_decoder_reports_its_total_in_nats(tmp_path,
 
 def _two_bump_prior(vae, path, identity=None):
     """A prior file for `vae`: two components at -2 and +2 on z[0], narrow, weights 0.3 / 0.7."""
-    from scratchvae import prior, vectors
+    from scratchvae.latent import prior, vectors
     d = vae.config.z_dim
     means = np.zeros((2, d))
     means[:, 0] = [-2.0, 2.0]
@@ -390,7 +390,7 @@ def _two_bump_prior(vae, path, identity=None):
 
 
 def test_prior_draws_the_samples_from_the_fitted_mixture(run, capsys):
-    from scratchvae import mixture
+    from scratchvae.latent import mixture
     fitted = _two_bump_prior(run["vae"], run["root"] / "prior.npz")
     model = tiny_feature_model(run["root"] / "features.onnx", layout="NHWC")
     code, record = run["evaluate"]("--data", run["faces"], "--features", model, "--n-samples", 30,

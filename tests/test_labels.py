@@ -4,7 +4,7 @@ of damage (named by its line), finding the file in CelebA's layout, and matching
 import numpy as np
 import pytest
 
-from scratchvae import labels
+from scratchvae.latent import labels
 
 NAMES = ["5_o_Clock_Shadow", "Eyeglasses", "Smiling"]
 ROWS = [("000001.jpg", [-1, 1, 1]), ("000002.jpg", [1, -1, -1]), ("000003.jpg", [-1, -1, 1])]

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scratchvae import latent, mixture, prior, vectors
+from scratchvae import latent
 from scratchvae import sample as py_sample
+from scratchvae.latent import mixture, prior, vectors
 from scratchvae.model import VAE, VAEConfig
 from tests.priors import write_prior
 

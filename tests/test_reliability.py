@@ -739,7 +739,8 @@ def test_a_failed_write_keeps_the_old_file_and_no_temporary_one(tmp_path, monkey
 def test_every_file_of_a_run_goes_through_the_atomic_helper(tmp_path, monkeypatch):
     """Checkpoint, pictures, metrics, skipped.txt and the prior: one helper, so one temporary-name
     pattern that prepare_out knows; it leaves a user's own files alone."""
-    from scratchvae import images, prior
+    from scratchvae import images
+    from scratchvae.latent import prior
     from scratchvae.training import evaluation
     written, real = [], atomic.write_bytes
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scratchvae import images, latent, vectors
+from scratchvae import images, latent
 from scratchvae import sample as py_sample
+from scratchvae.latent import vectors
 from scratchvae.model import VAE, VAEConfig
 
 EXPORT = Path(__file__).resolve().parents[1] / "export"

@@ -40,7 +40,7 @@ export function drawZ(seed, n, zDim, temperature = 1) {
   return Float32Array.from(normals, (x) => temperature * x);
 }
 
-// ---- The draw from a fitted prior: scratchvae.mixture.draw, step for step ----------------------
+// ---- The draw from a fitted prior: scratchvae.latent.mixture.draw, step for step ---------------
 
 const PRIOR_SALT = 0xD1B54A32D192ED03n; // the component choice: SplitMix64 from seed ^ PRIOR_SALT
 

@@ -14,9 +14,10 @@ import sys
 
 import numpy as np
 
-from scratchvae import atomic, checkpoint, images, labels, latent, threads, vectors
+from scratchvae import atomic, checkpoint, images, latent, threads
 from scratchvae.errors import UserError
 from scratchvae.evaluation import classifier, source
+from scratchvae.latent import labels, vectors
 from scratchvae.prefetch import ImageReader
 
 DEFAULT_NAMES = "Smiling,Eyeglasses,Blond_Hair,Male"

@@ -11,8 +11,9 @@ import os
 
 import numpy as np
 
-from scratchvae import atomic, distributed, images, losses, mixture
+from scratchvae import atomic, distributed, images, losses
 from scratchvae import kernels as K
+from scratchvae.latent import mixture
 from scratchvae.training import draws
 
 N_SAMPLES, N_RECON = 64, 8
@@ -79,7 +80,7 @@ def save_samples(path, vae, z):
 
 def save_prior_samples(vae, fitted, s, out):
     """samples-prior.png: the grid of samples.png, its z drawn from the fitted prior by
-    scratchvae.mixture.draw with the run's seed (the samplers repeat it from the same seed)."""
+    scratchvae.latent.mixture.draw with the run's seed (the samplers repeat it from the same seed)."""
     z = mixture.draw(fitted.weights, fitted.means, fitted.cholesky, s.seed, N_SAMPLES)
     save_samples(os.path.join(out, "samples-prior.png"), vae, z)
 

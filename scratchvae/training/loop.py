@@ -14,10 +14,11 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from scratchvae import device, distributed, prior, threads
+from scratchvae import device, distributed, threads
 from scratchvae import kernels as K
 from scratchvae.errors import TrainingDiverged, UserError
 from scratchvae.interrupt import StopRequest
+from scratchvae.latent import prior
 from scratchvae.model import VAE
 from scratchvae.optim import Adam
 from scratchvae.prefetch import ImageReader, Prefetcher

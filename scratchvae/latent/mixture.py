@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scratchvae import latent
 from scratchvae.errors import UserError
+from scratchvae.latent import arithmetic
 
 PRIOR_SALT = 0xD1B54A32D192ED03  # the draw's component choice: SplitMix64 from seed ^ PRIOR_SALT
 COVARIANCES = ("full", "diag")
@@ -240,8 +240,9 @@ def draw(weights, means, cholesky, seed, n, temperature=1.0):
     if w.shape != (k,) or factor.shape != (k, d, d) or not (np.all(w >= 0) and w.sum() > 0):
         raise UserError(f"a prior needs weights (K,) >= 0 with a positive sum, means (K, d) and factors "
                         f"(K, d, d); got {w.shape}, {mu.shape}, {factor.shape}")
-    e = latent.standard_normals(seed, n * d).reshape(n, d)
-    u = (latent.splitmix64((seed ^ PRIOR_SALT) & latent.MASK64, n) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+    e = arithmetic.standard_normals(seed, n * d).reshape(n, d)
+    x = arithmetic.splitmix64((seed ^ PRIOR_SALT) & arithmetic.MASK64, n)
+    u = (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
     cum = np.cumsum(w)
     comp = np.minimum(np.searchsorted(cum / cum[-1], u, side="right"), k - 1)
     z = np.empty((n, d), np.float64)

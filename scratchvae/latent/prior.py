@@ -3,7 +3,7 @@ run's training images, to draw faces from instead of N(0, I), and the .npz file 
 
 The file holds numeric and fixed-width string arrays only, so `np.load(allow_pickle=False)` reads it
 anywhere, and it names the checkpoint it belongs to by the identity the attribute vectors carry
-(scratchvae.vectors.checkpoint_identity). Draw from it with scratchvae.mixture.draw.
+(scratchvae.latent.vectors.checkpoint_identity). Draw from it with scratchvae.latent.mixture.draw.
 """
 
 import argparse
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scratchvae import atomic, mixture, threads, vectors
+from scratchvae import atomic, threads
 from scratchvae import kernels as K
 from scratchvae.errors import UserError
+from scratchvae.latent import mixture, vectors
 
 FORMAT, VERSION = "scratchvae-latent-prior", 1
 DEFAULT_COMPONENTS = 10
@@ -288,8 +289,8 @@ def run(args):
         threads.set_threads(args.threads)
     except ValueError as e:
         raise UserError(f"--threads: {e}") from None
-    from scratchvae.attributes import load_model
     from scratchvae.evaluation import source
+    from scratchvae.latent.attributes import load_model
     from scratchvae.prefetch import ImageReader
     vae, meta, identity = load_model(args.checkpoint)
     settings = meta.get("train") if isinstance(meta.get("train"), dict) else {}

@@ -1,7 +1,7 @@
 """python -m scratchvae.attributes: attribute vectors of a checkpoint from CelebA's labels.
 
 Encodes the labelled images in inference mode (z = z_mean), takes per attribute the change of the
-code from without it to with it by --method (mean, joint or matched: scratchvae/vectors.py), writes
+code from without it to with it by --method (mean, joint or matched: scratchvae/latent/vectors.py), writes
 them with the checkpoint's identity and the method, and prints the attributes ranked by how far their
 direction moves a face relative to the codes' spread.
 """
@@ -12,9 +12,10 @@ import sys
 
 import numpy as np
 
-from scratchvae import labels, threads, vectors
+from scratchvae import threads
 from scratchvae.errors import UserError
 from scratchvae.evaluation import source
+from scratchvae.latent import labels, vectors
 from scratchvae.prefetch import ImageReader
 
 SPLIT_CHOICES = ("train", "held-out", "all")
