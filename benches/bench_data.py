@@ -70,7 +70,8 @@ def gil_free_share(paths, size):
 
 def overhead(images, args):
     """Train-like steps of the default model reading through the prefetcher: waiting vs step time."""
-    from scratchvae import threads, train
+    from scratchvae import train
+    from scratchvae.kernels import threads
     from scratchvae.model import VAE, VAEConfig
     from scratchvae.optim import Adam
     from scratchvae.prefetch import ImageReader, Prefetcher

@@ -212,7 +212,7 @@ def main(argv=None):
     p.add_argument("--gemm", action="store_true", help="also time the gemm alone on the main shapes")
     args = p.parse_args(argv)
 
-    from scratchvae import device
+    from scratchvae.run import device
     ok, reason = device.check("cuda")
     if not ok:
         sys.exit(f"bench_gpu: {reason}")

@@ -202,7 +202,7 @@ def main(argv=None):
 
     import numba
     try:
-        from scratchvae import threads
+        from scratchvae.kernels import threads
         if args.threads is not None:
             threads.set_threads(args.threads)
         blas_line = threads.describe()

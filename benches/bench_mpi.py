@@ -23,9 +23,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def child(args):
-    from scratchvae import distributed, threads
+    from scratchvae.kernels import threads
     from scratchvae.model import VAE, VAEConfig
     from scratchvae.optim import Adam
+    from scratchvae.run import distributed
     comm = distributed.connect()
     threads.set_threads(args.threads)
     in_collectives = [0.0]

@@ -34,7 +34,7 @@ GRAPHS = {"decode": "decoder.onnx", "encode": "encoder.onnx"}
 # ------------------------------------------------------------------ the children
 class Ours:
     def __init__(self, work, threads):
-        from scratchvae import threads as th
+        from scratchvae.kernels import threads as th
         from scratchvae.model import VAE
         th.set_threads(threads)
         self.vae = VAE.load(os.path.join(work, "weights.npz"))

@@ -87,7 +87,7 @@ def child(args):
     config = VAEConfig.from_dict(json.loads(args.config))
     x, eps = inputs(config, args.batch, args.warmup + args.steps)
     if args.child == "sgemm":
-        from scratchvae import threads as th
+        from scratchvae.kernels import threads as th
         th.set_threads(args.threads)
         n = args.sgemm_size
         a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
@@ -99,7 +99,7 @@ def child(args):
             times.append(time.perf_counter() - t)
         result["gflops"] = 2 * n ** 3 / np.median(times) / 1e9
     elif args.child == "ours":
-        from scratchvae import threads as th
+        from scratchvae.kernels import threads as th
         from scratchvae.model import VAE
         from scratchvae.optim import Adam
         th.set_threads(args.threads)

@@ -33,7 +33,7 @@ if ROOT not in sys.path:
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 # Removed from every child: how idle OpenMP and OpenBLAS threads wait (OMP_WAIT_POLICY comes back
 # only when the bench chooses it; scratchvae sets its own on import, as OPENBLAS_THREAD_TIMEOUT),
-# and Numba's pool size (scratchvae.threads sets the count it uses).
+# and Numba's pool size (scratchvae.kernels.threads sets the count it uses).
 CLEARED_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "NUMBA_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT")
 WAIT_POLICIES = {"unset": None, "passive": "PASSIVE"}
 # OpenBLAS's kernel override (OPENBLAS_CORETYPE) and the cache size that goes with it: removed from

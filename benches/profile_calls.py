@@ -24,7 +24,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from scratchvae import kernels as K  # noqa: E402
-from scratchvae import threads  # noqa: E402
+from scratchvae.kernels import threads  # noqa: E402
 from scratchvae.layers import Conv2DTranspose  # noqa: E402
 from scratchvae.model import VAE, VAEConfig  # noqa: E402
 from scratchvae.optim import Adam  # noqa: E402

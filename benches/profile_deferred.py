@@ -23,7 +23,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from scratchvae import threads  # noqa: E402
+from scratchvae.kernels import threads  # noqa: E402
 from scratchvae.kernels.workspace import Workspace  # noqa: E402
 from scratchvae.layers import BatchNormLeakyReLU, Conv2DTranspose  # noqa: E402
 from scratchvae.layers.norm import DeferredNorm  # noqa: E402

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from scratchvae import threads
+from scratchvae.kernels import threads
 from scratchvae.model import VAE, VAEConfig
 from scratchvae.optim import Adam
 

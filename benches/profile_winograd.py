@@ -25,10 +25,9 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from scratchvae import threads  # noqa: E402
-from scratchvae.kernels import cpu  # noqa: E402
-from scratchvae.kernels.workspace import Workspace  # noqa: E402
+from scratchvae.kernels import cpu, threads  # noqa: E402
 from scratchvae.kernels.cpu.arrays import empty  # noqa: E402
+from scratchvae.kernels.workspace import Workspace  # noqa: E402
 
 try:
     from scratchvae.kernels.cpu import winograd  # noqa: E402

@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 
 import onnx_graphs
-from scratchvae.atomic import write_bytes as atomic_write_bytes
-from scratchvae.checkpoint import CheckpointError
 from scratchvae.latent import vectors
 from scratchvae.model import VAE
+from scratchvae.run.atomic import write_bytes as atomic_write_bytes
+from scratchvae.run.checkpoint import CheckpointError
 
 
 class ExportError(Exception):

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from scratchvae import atomic
+from scratchvae.run import atomic
 
 CHUNK = 256  # images per unit of work, of progress and of the checksum
 PARALLEL_MIN = 2048  # fewer images than this are decoded in this process: starting workers costs ~1 s

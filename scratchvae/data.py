@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchvae import atomic, cache, imagefile
+from scratchvae import cache, imagefile
 from scratchvae.errors import UserError
+from scratchvae.run import atomic
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CROPS = ("center", "squash")

@@ -15,10 +15,10 @@ import sys
 
 import numpy as np
 
-from scratchvae import threads
 from scratchvae.errors import UserError
 from scratchvae.evaluation import distances, measure, report, source
 from scratchvae.evaluation.features import FeatureModel
+from scratchvae.kernels import threads
 from scratchvae.prefetch import ImageReader
 from scratchvae.training import batchnorm
 

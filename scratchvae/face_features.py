@@ -15,11 +15,13 @@ import time
 
 import numpy as np
 
-from scratchvae import atomic, data, threads
+from scratchvae import data
 from scratchvae.errors import UserError
 from scratchvae.evaluation import classifier, classifier_onnx
+from scratchvae.kernels import threads
 from scratchvae.latent import labels
 from scratchvae.prefetch import ImageReader
+from scratchvae.run import atomic
 
 HIDDEN, FILTERS = 256, (32, 64, 128, 256)
 DECAY = 0.1  # the last third of the epochs (epochs // 3 of them) at a tenth of the learning rate

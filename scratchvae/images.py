@@ -1,7 +1,7 @@
 """Pictures for people: image grids, labelled rows of images and line charts, as PNG files.
 
 Images come in as NHWC float in [0, 1] (uint8 is taken as is); everything is drawn with Pillow
-and written atomically (scratchvae.atomic: a temporary file in the same folder, then renamed).
+and written atomically (scratchvae.run.atomic: a temporary file in the same folder, then renamed).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from scratchvae import atomic
+from scratchvae.run import atomic
 
 BACKGROUND = (255, 255, 255)
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
@@ -218,7 +218,7 @@ def _to_uint8(images) -> np.ndarray:
 
 
 def _save(img: Image.Image, path) -> None:
-    """Encode a PNG and write it atomically (scratchvae.atomic), creating its folder if needed."""
+    """Encode a PNG and write it atomically (scratchvae.run.atomic), creating its folder if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()

@@ -8,11 +8,12 @@ by BatchNorm for global batch statistics) and a callback told when a layer's gra
 
 import numpy as np
 
-from scratchvae import architecture, checkpoint, losses
+from scratchvae import architecture, losses
 from scratchvae import kernels as K
 from scratchvae.architecture import VAEConfig
 from scratchvae.inference import Plan
 from scratchvae.kernels.workspace import Workspace
+from scratchvae.run import checkpoint
 from scratchvae.layers import (BatchNorm, BatchNormLeakyReLU, Conv2D, Conv2DTranspose, Dense, Flatten, LeakyReLU,
                                Reshape, Sigmoid, UpSampling2D)
 from scratchvae.layers.norm import BatchStats, DeferredNorm

@@ -22,10 +22,11 @@ import sys
 
 import numpy as np
 
-from scratchvae import checkpoint, images, latent
+from scratchvae import images, latent
 from scratchvae.errors import UserError
 from scratchvae.latent import vectors
 from scratchvae.model import VAE
+from scratchvae.run import checkpoint
 
 DECODE_BATCH = 64
 RECON_COLS = 8  # reconstructions per row pair (inputs above, reconstructions below)

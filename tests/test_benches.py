@@ -52,10 +52,10 @@ def test_child_env_lets_openblas_pick_its_kernels_unless_told_to_keep_the_overri
 
 
 def test_blas_core_names_the_kernels_openblas_runs():
-    """scratchvae.threads names NumPy's OpenBLAS kernels (what the benches print): a child launched
+    """scratchvae.kernels.threads names NumPy's OpenBLAS kernels (what the benches print): a child launched
     with OPENBLAS_CORETYPE=Haswell reports Haswell."""
     import subprocess
-    code = "from scratchvae import threads; print(threads.blas_core()); print(threads.describe())"
+    code = "from scratchvae.kernels import threads; print(threads.blas_core()); print(threads.describe())"
     env = fair.child_env(1, extra={"OPENBLAS_CORETYPE": "Haswell"})
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[0] == "Haswell" and out.splitlines()[1].endswith("OpenBLAS kernels Haswell")
@@ -150,7 +150,7 @@ def test_the_step_profile_runs_without_the_kernel_override_it_was_launched_with(
     cleaned = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
     kept = subprocess.run([*cmd, "--keep-blas-override"], env=env, capture_output=True, text=True, check=True).stdout
     own_env = {k: v for k, v in env.items() if k not in fair.BLAS_OVERRIDE_VARS}
-    own = subprocess.run([sys.executable, "-c", "from scratchvae import threads; print(threads.blas_core())"],
+    own = subprocess.run([sys.executable, "-c", "from scratchvae.kernels import threads; print(threads.blas_core())"],
                          env=own_env, capture_output=True, text=True, check=True).stdout.strip()
     assert f"OpenBLAS kernels {own};" in cleaned and "OpenBLAS kernels Haswell;" in kept
     assert "decoder.conv_t_4" in cleaned and "encoder.conv_1" in cleaned and "adam" in cleaned

@@ -43,9 +43,9 @@ def test_cuda_kernels_under_simulator():
 
 
 def test_device_choice():
-    """scratchvae.device answers without raising, in the parent (no simulator) and in the child."""
-    from scratchvae import device
+    """scratchvae.run.device answers without raising, in the parent (no simulator) and in the child."""
     from scratchvae.errors import UserError
+    from scratchvae.run import device
 
     assert device.check("cpu")[0]
     ok, reason = device.check("tpu")
@@ -63,7 +63,7 @@ def test_device_choice():
 
 def test_train_on_cuda_fails_cleanly_or_trains(tmp_path):
     """`python -m scratchvae.train --device cuda`: one line and exit 2 where no GPU can run it."""
-    from scratchvae import device
+    from scratchvae.run import device
     # One step of 4 images, 4 held out, no BatchNorm re-measurement: under the simulator (one Python
     # thread per GPU thread) this is what keeps the child within minutes; the step's numbers are
     # checked against the CPU in test_whole_training_step_on_device_matches_cpu.

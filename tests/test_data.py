@@ -100,7 +100,7 @@ def test_second_load_comes_from_the_cache(folder, tmp_path, monkeypatch):
 
 
 def test_the_cache_records_are_written_atomically(folder, tmp_path, monkeypatch):
-    from scratchvae import atomic
+    from scratchvae.run import atomic
     written, real = [], atomic.write_bytes
 
     def recording(path, data):

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scratchvae import checkpoint, kernels, train
+from scratchvae import kernels, train
 from scratchvae.layers import BatchNorm
 from scratchvae.model import VAE
+from scratchvae.run import checkpoint
 from tests.hang import HANG_S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,9 +204,11 @@ def test_a_hung_rank_is_aborted_after_the_timeout(tmp_path):
 FLOAT64_STEPS = """
 import sys
 import numpy as np
-from scratchvae import distributed, threads, train
+from scratchvae import train
+from scratchvae.kernels import threads
 from scratchvae.model import VAE, VAEConfig
 from scratchvae.optim import Adam
+from scratchvae.run import distributed
 
 threads.set_threads(1)
 comm = distributed.connect()

@@ -6,10 +6,10 @@ import warnings
 import numpy as np
 import pytest
 
-from scratchvae import kernels, threads
-from scratchvae.kernels import cpu, reference
-from scratchvae.kernels.cpu import elementwise as cpu_elementwise
+from scratchvae import kernels
+from scratchvae.kernels import cpu, reference, threads
 from scratchvae.kernels.cpu import fused, schedule, winograd
+from scratchvae.kernels.cpu import elementwise as cpu_elementwise
 from scratchvae.kernels.workspace import Workspace
 from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, same_padding
 
@@ -768,7 +768,7 @@ def test_fused_cpu_ops_take_the_callers_workspace(rng, monkeypatch, n):
 
 
 def test_on_each_core_runs_every_worker_and_restores_blas_threads():
-    from scratchvae import threads
+    from scratchvae.kernels import threads
     before = threads._call_first(threads._BLAS_GETTERS)
     seen = []
 
@@ -790,7 +790,7 @@ def test_on_each_core_workers_keep_the_callers_numpy_error_state():
     """np.errstate is per thread: the workers run in a copy of the caller's context, so an overflow
     the caller ignores (a diverging step) warns from no worker either, and raises where it raises."""
     import warnings
-    from scratchvae import threads
+    from scratchvae.kernels import threads
     big = np.full((4, 4), 3e38, F32)
 
     def work(k):
@@ -813,7 +813,7 @@ def test_openblas_gets_scratchvaes_idle_thread_timeout(numpy_first):
     import subprocess
     import sys
     first = "import numpy as np; import scratchvae" if numpy_first else "import scratchvae; import numpy as np"
-    code = first + "; from scratchvae import threads; a = np.ones((300, 300), np.float32); a @ a; " \
+    code = first + "; from scratchvae.kernels import threads; a = np.ones((300, 300), np.float32); a @ a; " \
         "threads.set_threads(2); print(threads._call_first(threads._TIMEOUT_GETTER)); print((a @ a)[0, 0])"
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

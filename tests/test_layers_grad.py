@@ -29,9 +29,9 @@ def away_from_zero(rng, shape, gap=1e-2):
 
 def cut_work(monkeypatch, how):
     """Cut the convolutions' work as `how` says (see the schedule fixture)."""
-    from scratchvae import threads
-    from scratchvae.kernels.cpu import schedule as cuts
+    from scratchvae.kernels import threads
     from scratchvae.kernels.cpu import winograd
+    from scratchvae.kernels.cpu import schedule as cuts
     if how.startswith("25-products"):
         monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
         monkeypatch.setattr(winograd, "MIN_SMALL_PIXELS", 1)

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from scratchvae import checkpoint, losses
+from scratchvae import losses
 from scratchvae.layers import Conv2DTranspose, Dense
 from scratchvae.model import VAE, VAEConfig
+from scratchvae.run import checkpoint
 from tests.gradcheck import numeric_grad, rel_error
 
 TINY = VAEConfig(image_size=8, channels=3, filters=3, blocks=2, z_dim=3, beta=5.0)

@@ -29,10 +29,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scratchvae import atomic, checkpoint, data, sample, train
-from scratchvae.checkpoint import CheckpointError
+from scratchvae import data, sample, train
 from scratchvae.errors import TrainingDiverged
 from scratchvae.model import VAE, VAEConfig
+from scratchvae.run import atomic, checkpoint
+from scratchvae.run.checkpoint import CheckpointError
 from scratchvae.synthetic import synthetic_faces
 from scratchvae.training import datasets, loop, outdir, resume
 from scratchvae.training.settings import Settings
@@ -645,7 +646,7 @@ def test_sigint_mid_epoch_saves_and_resume_is_exact(tmp_path):
 
 SIGNAL_HELPER = """
 import time
-from scratchvae.interrupt import StopRequest
+from scratchvae.run.interrupt import StopRequest
 with StopRequest() as stop:
     print("ready", flush=True)
     while not stop:
@@ -674,7 +675,7 @@ def test_a_second_signal_exits_at_once(sig):
 
 KILL_HELPER = """
 import os, sys, time
-from scratchvae import atomic
+from scratchvae.run import atomic
 
 class HalfThenHang:
     # The file object atomic.write_bytes writes through: half the bytes reach the disk, then we hang.

@@ -162,9 +162,9 @@ def test_the_built_in_data_has_its_own_recipe_and_data_keeps_the_seeds():
     def resolved(*argv):
         return settings.resolve(build_parser().parse_args(list(argv)))
     built_in = resolved()
-    assert (built_in.image_size, built_in.recon, built_in.batch_size) == (64, "sigma", 16)
+    assert (built_in.image_size, built_in.recon, built_in.batch_size, built_in.lr_decay) == (64, "sigma", 16, 0.8)
     seeds = resolved("--data", "faces")
-    assert (seeds.image_size, seeds.recon, seeds.batch_size, seeds.beta) == (128, "mse", 64, 2000.0)
+    assert (seeds.image_size, seeds.recon, seeds.batch_size, seeds.beta, seeds.lr_decay) == (128, "mse", 64, 2000.0, 1)
     assert resolved("--beta", "500").recon == "mse"  # --beta asks for the seed's objective
     assert resolved("--recon", "mse").recon == "mse" and resolved("--image-size", "128").image_size == 128
 

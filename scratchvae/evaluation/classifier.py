@@ -8,11 +8,11 @@ and Adam. NHWC float images in [0, 1]; labels 0/1. An evaluation tool beside the
 
 import numpy as np
 
-from scratchvae import checkpoint
 from scratchvae import kernels as K
 from scratchvae.kernels.workspace import Workspace
 from scratchvae.layers import Conv2D, Dense, Flatten, ReLU
 from scratchvae.optim import Adam
+from scratchvae.run import checkpoint
 
 FORMAT = "scratchvae-attribute-classifier"
 

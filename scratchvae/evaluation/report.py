@@ -11,7 +11,8 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from scratchvae import atomic, images
+from scratchvae import images
+from scratchvae.run import atomic
 
 ROWS = (("total", "total (beta*MSE + KL)", "{:.2f}"), ("reconstruction", "reconstruction (beta*MSE)", "{:.2f}"),
         ("kl", "KL (nats per image)", "{:.2f}"), ("mse", "MSE per pixel", "{:.5f}"),

@@ -150,8 +150,8 @@ def _size_note(source, names, image_size, crop):
 def load_checkpoint(path):
     """(vae, arrays, meta) of a checkpoint for measuring it; one clear UserError for anything wrong
     with the file (missing, damaged, foreign, non-finite)."""
-    from scratchvae import checkpoint
     from scratchvae.model import VAE
+    from scratchvae.run import checkpoint
     try:
         vae, arrays, meta = VAE.load(path, with_extras=True)
     except (checkpoint.CheckpointError, ValueError, MemoryError) as e:

@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 
-from scratchvae import threads
 from scratchvae.errors import UserError
 from scratchvae.evaluation import source
+from scratchvae.kernels import threads
 from scratchvae.latent import labels, vectors
 from scratchvae.prefetch import ImageReader
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scratchvae import atomic, threads
 from scratchvae import kernels as K
 from scratchvae.errors import UserError
+from scratchvae.kernels import threads
 from scratchvae.latent import mixture, vectors
+from scratchvae.run import atomic
 
 FORMAT, VERSION = "scratchvae-latent-prior", 1
 DEFAULT_COMPONENTS = 10

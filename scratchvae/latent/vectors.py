@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scratchvae import atomic
 from scratchvae import kernels as K
 from scratchvae.errors import UserError
+from scratchvae.run import atomic
 
 FORMAT, VERSION = "scratchvae-attribute-vectors", 1
 ONNX_IDENTITY_KEY = "checkpoint_sha256"  # the ONNX metadata prop that carries the same identity

@@ -9,14 +9,14 @@ import argparse
 import sys
 import traceback
 
-from scratchvae import distributed
 from scratchvae.architecture import DECODERS, RECONS
 from scratchvae.errors import TrainingDiverged, UserError
-from scratchvae.interrupt import sigterm_as_interrupt
+from scratchvae.run import distributed
+from scratchvae.run.interrupt import sigterm_as_interrupt
 from scratchvae.training import loop
 from scratchvae.training.outdir import DEFAULT_OUT
 from scratchvae.training.settings import (CROPS, DATA_EPOCHS, SYNTHETIC_BATCH, SYNTHETIC_EPOCHS,
-                                          SYNTHETIC_IMAGE_SIZE, SYNTHETIC_RECON, Settings)
+                                          SYNTHETIC_IMAGE_SIZE, SYNTHETIC_LR_DECAY, SYNTHETIC_RECON, Settings)
 
 D = Settings()  # the defaults the help text states
 
@@ -47,8 +47,8 @@ def build_parser():
                         f"D/2 log(2 pi MSE) + D/2 + KL, no beta; total and reconstruction are then reported in nats "
                         f"per image; {SYNTHETIC_RECON} is the default on the built-in data)")
     p.add_argument("--lr-decay", type=float, metavar="FACTOR",
-                   help="multiply the learning rate by FACTOR each epoch, smoothly step by step (default 1: "
-                        "constant)")
+                   help=f"multiply the learning rate by FACTOR each epoch, smoothly step by step (default 1: "
+                        f"constant; {SYNTHETIC_LR_DECAY:g} on the built-in data)")
     p.add_argument("--kl-warmup", type=int, metavar="EPOCHS",
                    help="raise the KL weight linearly from 0 to 1 over the first EPOCHS epochs, step by step "
                         "(default 0: weight 1 throughout); the reported terms stay unweighted")

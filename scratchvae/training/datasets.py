@@ -10,8 +10,9 @@ import os
 
 import numpy as np
 
-from scratchvae import atomic, data
+from scratchvae import data
 from scratchvae.errors import UserError
+from scratchvae.run import atomic
 from scratchvae.training import outdir
 
 # The built-in data set: sized so the no-argument run finishes within 10 minutes on 2 cores.

@@ -11,9 +11,10 @@ import os
 
 import numpy as np
 
-from scratchvae import atomic, distributed, images, losses
+from scratchvae import images, losses
 from scratchvae import kernels as K
 from scratchvae.latent import mixture
+from scratchvae.run import atomic, distributed
 from scratchvae.training import draws
 
 N_SAMPLES, N_RECON = 64, 8

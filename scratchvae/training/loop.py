@@ -14,14 +14,15 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from scratchvae import device, distributed, threads
 from scratchvae import kernels as K
 from scratchvae.errors import TrainingDiverged, UserError
-from scratchvae.interrupt import StopRequest
+from scratchvae.kernels import threads
 from scratchvae.latent import prior
 from scratchvae.model import VAE
 from scratchvae.optim import Adam
 from scratchvae.prefetch import ImageReader, Prefetcher
+from scratchvae.run import device, distributed
+from scratchvae.run.interrupt import StopRequest
 from scratchvae.training import batchnorm, datasets, draws, evaluation, outdir, resume, start
 from scratchvae.training.settings import Settings
 

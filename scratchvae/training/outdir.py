@@ -2,14 +2,14 @@
 that it is writable, the temporary files an interrupted write left in it, and its removal when a
 run stopped before writing anything.
 
-Only rank 0 touches the folder. Every file in it is written atomically (scratchvae.atomic).
+Only rank 0 touches the folder. Every file in it is written atomically (scratchvae.run.atomic).
 """
 
 import contextlib
 import os
 
-from scratchvae import atomic
 from scratchvae.errors import UserError
+from scratchvae.run import atomic
 
 DEFAULT_OUT = os.path.join("runs", "vae")
 CHECKPOINT = "checkpoint.npz"

@@ -9,7 +9,7 @@ disjoint slices, parallel over (image, row): never a += into a slot two iteratio
 import numpy as np
 from numba import njit, prange
 
-from scratchvae import threads
+from scratchvae.kernels import threads
 from scratchvae.kernels.cpu import schedule, winograd
 from scratchvae.kernels.cpu.arrays import empty
 from scratchvae.kernels.cpu.batchnorm import (add_grad_sums, bn_act_grad_sums, normalise_rows,

@@ -8,7 +8,7 @@ import itertools
 
 from numba import get_num_threads
 
-from scratchvae import threads
+from scratchvae.kernels import threads
 
 TASKS_PER_CORE = 4  # pieces of work per core, taken in turn: a core slowed by another job takes fewer
 MIN_BAND_ROWS = 32  # a band's GEMM also covers the input rows it shares with its neighbours: keep that small

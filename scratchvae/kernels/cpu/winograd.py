@@ -31,7 +31,7 @@ Kernels are per tap (KH, KW) matrices big x small, as conv_gemms' w and conv_act
 import numpy as np
 from numba import njit
 
-from scratchvae import threads
+from scratchvae.kernels import threads
 from scratchvae.kernels.cpu import schedule
 from scratchvae.kernels.cpu.jit import FASTMATH
 from scratchvae.kernels.cpu.reductions import _add_moments, finish_moments, moment_parts

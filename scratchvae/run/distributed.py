@@ -278,5 +278,5 @@ def shard(n, comm):
 
 def default_threads(comm):
     """Cores per rank when --threads is not given: this machine's cores shared by its ranks."""
-    from scratchvae import threads
+    from scratchvae.kernels import threads
     return max(1, threads.cpu_count() // comm.local_size)

@@ -1,6 +1,6 @@
 """Checkpoints as plain .npz archives: named arrays plus one JSON metadata record, never pickle.
 
-Writes are atomic (scratchvae.atomic), so a crash mid-write leaves the previous checkpoint intact.
+Writes are atomic (scratchvae.run.atomic), so a crash mid-write leaves the previous checkpoint intact.
 Loading validates everything.
 """
 
@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 
-from scratchvae import atomic
+from scratchvae.run import atomic
 
 META_KEY = "__meta__"
 FORMAT = "scratchvae-checkpoint"
