@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-SYNTHETIC_VERSION = 1  # bump whenever the drawing changes, so cached sets are redrawn
+SYNTHETIC_VERSION = 2  # bump whenever the drawing changes, so cached sets are redrawn
 _CHUNK_PIXELS = 1 << 17  # pixels rendered together: enough to vectorise, few enough for L2
 _N_U = 96  # uniforms drawn per face; more than the parameters use, so adding one keeps old faces
 
@@ -26,7 +26,7 @@ _IRIS = np.array([[0.36, 0.21, 0.10], [0.14, 0.09, 0.06], [0.30, 0.50, 0.76], [0
                   [0.52, 0.40, 0.20], [0.50, 0.56, 0.62]])
 _N_STYLES = 6  # short, long, bob, curly, buzz, bun
 # Pose ranges, shared by the parameters and the window that bounds the facial features.
-_SCALE, _SHIFT_X, _SHIFT_Y, _ROLL = (1.12, 1.32), 0.08, (0.0, 0.08), 0.12
+_SCALE, _SHIFT_X, _SHIFT_Y, _ROLL = (1.18, 1.26), 0.03, (0.02, 0.06), 0.05
 # Head-frame boxes (x0, x1, y0, y1) that hold each feature for every parameter in range.
 _EYES_BOX, _NOSE_BOX, _MOUTH_BOX = (-.47, .47, -.36, .09), (-.45, .45, -.12, .3), (-.3, .3, .17, .45)
 
@@ -59,7 +59,7 @@ def _params(seed: int, start: int, stop: int) -> dict[str, np.ndarray]:
 
     p: dict[str, np.ndarray] = {}
     p["scale"], p["cx"], p["cy"] = r(*_SCALE), r(-_SHIFT_X, _SHIFT_X), r(*_SHIFT_Y)
-    p["roll"], p["yaw"] = r(-_ROLL, _ROLL), r(-1.0, 1.0)
+    p["roll"], p["yaw"] = r(-_ROLL, _ROLL), r(-0.5, 0.5)
     p["a"], p["b"], p["taper"] = r(0.42, 0.52), r(0.56, 0.66), r(0.0, 0.35)
     t = r(0.0, 1.0) * (len(_SKIN) - 1)
     k = np.minimum(t.astype(int), len(_SKIN) - 2)
