@@ -71,10 +71,10 @@ def gil_free_share(paths, size):
 def overhead(images, args):
     """Train-like steps of the default model reading through the prefetcher: waiting vs step time."""
     from scratchvae import train
+    from scratchvae.data.prefetch import ImageReader, Prefetcher
     from scratchvae.kernels import threads
     from scratchvae.model import VAE, VAEConfig
     from scratchvae.optim import Adam
-    from scratchvae.prefetch import ImageReader, Prefetcher
     threads.set_threads(args.threads)
     vae, opt = VAE(VAEConfig(image_size=args.image_size)), Adam()
     reader = ImageReader(images)
@@ -101,7 +101,7 @@ def overhead(images, args):
 RSS = """
 import json, sys
 import numpy as np
-from scratchvae.prefetch import ImageReader, Prefetcher
+from scratchvae.data.prefetch import ImageReader, Prefetcher
 
 def status(key):
     for line in open("/proc/self/status"):

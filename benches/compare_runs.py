@@ -19,9 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from scratchvae import images, latent
+from scratchvae.data.prefetch import ImageReader
 from scratchvae.evaluation import source
 from scratchvae.model import VAE
-from scratchvae.prefetch import ImageReader
 
 COLUMNS = ("run", "held-out MSE", "PSNR dB", "SSIM", "KL nats", "sample blur / real", "checkerboard / real",
            "grid / real", "s per epoch", "images/s")

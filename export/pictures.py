@@ -1,6 +1,6 @@
 """Images in and pictures out for export/sample.py, with Pillow and NumPy alone.
 
-`load_image` decodes a face exactly as scratchvae/imagefile.py does (JPEG draft scaling, the EXIF
+`load_image` decodes a face exactly as scratchvae/data/imagefile.py does (JPEG draft scaling, the EXIF
 orientation, alpha on white, 16-bit scaling, a centred square box resized with LANCZOS), so an image gives the same pixels to both
 samplers; `labelled_rows` lays rows out as scratchvae.images.save_rows does. Tests hold them equal.
 """

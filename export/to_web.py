@@ -23,10 +23,10 @@ import numpy as np
 
 import to_onnx
 from scratchvae import latent
-from scratchvae.errors import UserError
 from scratchvae.latent import prior
 from scratchvae.latent import vectors as attribute_vectors
 from scratchvae.run.atomic import write_bytes
+from scratchvae.run.errors import UserError
 
 WEB = Path(__file__).resolve().parents[1] / "web"
 PAGE = ("index.html", "app.js", "style.css")

@@ -15,11 +15,11 @@ import sys
 
 import numpy as np
 
-from scratchvae.errors import UserError
+from scratchvae.data.prefetch import ImageReader
 from scratchvae.evaluation import distances, measure, report, source
 from scratchvae.evaluation.features import FeatureModel
 from scratchvae.kernels import threads
-from scratchvae.prefetch import ImageReader
+from scratchvae.run.errors import UserError
 from scratchvae.training import batchnorm
 
 FEATURE_SAMPLES = 2000  # the Fréchet distance is biased upward at small counts: a fixed, ample count

@@ -16,12 +16,12 @@ import time
 import numpy as np
 
 from scratchvae import data
-from scratchvae.errors import UserError
+from scratchvae.data.prefetch import ImageReader
 from scratchvae.evaluation import classifier, classifier_onnx
 from scratchvae.kernels import threads
 from scratchvae.latent import labels
-from scratchvae.prefetch import ImageReader
 from scratchvae.run import atomic
+from scratchvae.run.errors import UserError
 
 HIDDEN, FILTERS = 256, (32, 64, 128, 256)
 DECAY = 0.1  # the last third of the epochs (epochs // 3 of them) at a tenth of the learning rate

@@ -23,10 +23,10 @@ import sys
 import numpy as np
 
 from scratchvae import images, latent
-from scratchvae.errors import UserError
 from scratchvae.latent import vectors
 from scratchvae.model import VAE
 from scratchvae.run import checkpoint
+from scratchvae.run.errors import UserError
 
 DECODE_BATCH = 64
 RECON_COLS = 8  # reconstructions per row pair (inputs above, reconstructions below)

@@ -14,10 +14,10 @@ from PIL import Image
 
 from scratchvae import images
 from scratchvae import sample as py_sample
-from scratchvae.errors import UserError
 from scratchvae.evaluation import edit_rates
 from scratchvae.latent import attributes, vectors
 from scratchvae.model import VAE, VAEConfig
+from scratchvae.run.errors import UserError
 from tests.labelled import labelled_faces
 
 EXPORT = Path(__file__).resolve().parents[1] / "export"

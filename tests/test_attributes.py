@@ -16,9 +16,9 @@ from PIL import Image
 
 from scratchvae import images, latent
 from scratchvae import sample as py_sample
-from scratchvae.errors import UserError
 from scratchvae.latent import attributes, vectors
 from scratchvae.model import VAE, VAEConfig
+from scratchvae.run.errors import UserError
 from tests.labelled import labelled_faces
 
 EXPORT = Path(__file__).resolve().parents[1] / "export"

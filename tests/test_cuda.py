@@ -44,8 +44,8 @@ def test_cuda_kernels_under_simulator():
 
 def test_device_choice():
     """scratchvae.run.device answers without raising, in the parent (no simulator) and in the child."""
-    from scratchvae.errors import UserError
     from scratchvae.run import device
+    from scratchvae.run.errors import UserError
 
     assert device.check("cpu")[0]
     ok, reason = device.check("tpu")

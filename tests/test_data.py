@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scratchvae import data, imagefile
-from scratchvae.data import DataError, batch_to_float, load_images, split_indices
+from scratchvae import data
+from scratchvae.data import DataError, batch_to_float, imagefile, load_images, sources, split_indices
 
 
 def solid(path, color, size=(20, 20), mode="RGB", fmt=None):
@@ -92,7 +92,7 @@ def test_second_load_comes_from_the_cache(folder, tmp_path, monkeypatch):
     def refuse(*args):
         raise AssertionError("decoded again instead of using the cache")
 
-    monkeypatch.setattr(data, "_decode", refuse)
+    monkeypatch.setattr(sources, "_decode", refuse)
     second = load(folder, tmp_path)
     assert isinstance(second.images, np.memmap) and not second.images.flags.writeable
     assert second.names == first.names

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scratchvae import cache, data, train
-from scratchvae.data import CELEBA_PARTITION
-from scratchvae.prefetch import ImageReader, Prefetcher
+from scratchvae import data, train
+from scratchvae.data import CELEBA_PARTITION, cache, sources
+from scratchvae.data.prefetch import ImageReader, Prefetcher
 from tests.hang import HANG_S
 
 N = 3000
@@ -57,7 +57,7 @@ def test_worker_processes_build_a_verified_cache(many, tmp_path):
 
 def test_an_interrupted_build_continues_where_it_stopped(many, tmp_path, monkeypatch, capsys):
     root, pixels = many
-    real, calls = data._decode, []
+    real, calls = sources._decode, []
 
     def interrupted(*args):
         calls.append(1)
@@ -65,7 +65,7 @@ def test_an_interrupted_build_continues_where_it_stopped(many, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(data, "_decode", interrupted)
+    monkeypatch.setattr(sources, "_decode", interrupted)
     with pytest.raises(KeyboardInterrupt):
         data.load_images(root, 8, cache_dir=tmp_path, progress=False, workers=1)
     assert "stopped after decoding 512 of 3,000 images" in capsys.readouterr().err
@@ -80,7 +80,7 @@ def test_an_interrupted_build_continues_where_it_stopped(many, tmp_path, monkeyp
         f.write_bytes(b"x" * st.st_size)
         os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     try:
-        monkeypatch.setattr(data, "_decode", real)
+        monkeypatch.setattr(sources, "_decode", real)
         s = data.load_images(root, 8, cache_dir=tmp_path, progress=False, workers=2)  # the rest in processes
     finally:
         for i in range(512):
@@ -122,7 +122,7 @@ def test_reader_and_prefetcher_give_the_batches_in_order(many, tmp_path):
 BOUNDED = """
 import json, resource, sys
 import numpy as np
-from scratchvae.prefetch import ImageReader, Prefetcher
+from scratchvae.data.prefetch import ImageReader, Prefetcher
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -184,13 +184,13 @@ def few(tmp_path_factory):
 
 def counting(monkeypatch):
     """Replace the decoder with one that counts the images it decodes."""
-    real, calls = data._decode, []
+    real, calls = sources._decode, []
 
     def count(*args):
         calls.append(1)
         return real(*args)
 
-    monkeypatch.setattr(data, "_decode", count)
+    monkeypatch.setattr(sources, "_decode", count)
     return calls
 
 
@@ -268,13 +268,13 @@ def test_a_chunk_that_cannot_be_rebuilt_is_exit_2(few, tmp_path, capsys):
 
 KILLED = """
 import sys, time
-from scratchvae import data
-real = data._decode
+from scratchvae.data import sources
+real = sources._decode
 def slow(*a):
     time.sleep(0.004)
     return real(*a)
-data._decode = slow
-data.load_images(sys.argv[1], 8, cache_dir=sys.argv[2], progress=False, workers=1)
+sources._decode = slow
+sources.load_images(sys.argv[1], 8, cache_dir=sys.argv[2], progress=False, workers=1)
 """
 
 
@@ -322,7 +322,7 @@ def test_a_cache_serves_any_smaller_limit_as_a_cache_built_for_it(few, tmp_path,
     assert len(whole) == M - 2
     for limit in (300, 256, 11, M):
         own = data.load_images(work, 8, cache_dir=tmp_path / f"own{limit}", progress=False, limit=limit)
-        monkeypatch.setattr(data, "_decode", None)  # the shared cache must not decode anything
+        monkeypatch.setattr(sources, "_decode", None)  # the shared cache must not decode anything
         got = data.load_images(work, 8, cache_dir=tmp_path / "shared", progress=False, limit=limit)
         monkeypatch.undo()
         assert np.array_equal(np.asarray(got.images), np.asarray(own.images)) and got.names == own.names

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from scratchvae import data, evaluate, images
+from scratchvae.data.synthetic import synthetic_faces
 from scratchvae.evaluation import distances, measure, pixels
 from scratchvae.model import VAE, VAEConfig
-from scratchvae.synthetic import synthetic_faces
 from tests.test_quality import expected_features, tiny_feature_model
 
 CFG = VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4)

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from scratchvae import data, latent, train
-from scratchvae.errors import UserError
 from scratchvae.latent import mixture, prior, vectors
 from scratchvae.model import VAE
 from scratchvae.run import checkpoint
+from scratchvae.run.errors import UserError
 from tests.test_evaluate import RUN, make_checkpoint, make_images
 from tests.test_train import TINY
 

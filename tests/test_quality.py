@@ -8,9 +8,9 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from scratchvae import losses
-from scratchvae.errors import UserError
 from scratchvae.evaluation import distances, pixels
 from scratchvae.evaluation.features import FeatureModel, read_layout, resize_bicubic
+from scratchvae.run.errors import UserError
 
 
 # ------------------------------------------------------------------ SSIM

@@ -30,11 +30,12 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from scratchvae import data, sample, train
-from scratchvae.errors import TrainingDiverged
+from scratchvae.data import sources
+from scratchvae.data.synthetic import synthetic_faces
 from scratchvae.model import VAE, VAEConfig
 from scratchvae.run import atomic, checkpoint
 from scratchvae.run.checkpoint import CheckpointError
-from scratchvae.synthetic import synthetic_faces
+from scratchvae.run.errors import TrainingDiverged
 from scratchvae.training import datasets, loop, outdir, resume
 from scratchvae.training.settings import Settings
 from tests.hang import HANG_S
@@ -152,7 +153,7 @@ def test_bombs_are_refused_before_decoding(tmp_path, monkeypatch):
     (tmp_path / "d" / "big.png").write_bytes(png_claiming(8100, 8000))  # 64.8 MP: past ours only
     assert "decompression bomb" in data.decode_image(tmp_path / "d" / "huge.png", 16)[1]
     assert "pixel limit" in data.decode_image(tmp_path / "d" / "big.png", 16)[1]
-    monkeypatch.setattr(data, "MAX_FILE_BYTES", 1000)  # a zip member is refused by its unpacked size
+    monkeypatch.setattr(sources, "MAX_FILE_BYTES", 1000)  # a zip member is refused by its unpacked size
     with zipfile.ZipFile(tmp_path / "z.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("zeros.png", b"\0" * 5000)
     with pytest.raises(data.DataError, match="over the 1,000 byte limit"):
@@ -205,7 +206,7 @@ def test_bad_arguments_fail_fast_with_one_line(tmp_path, capsys, monkeypatch, tr
     def never(*a):
         raise AssertionError("decoding started before the arguments were checked")
 
-    monkeypatch.setattr(data, "_decode", never)
+    monkeypatch.setattr(sources, "_decode", never)
     out, extra = tmp_path / "out", ["--epochs", "2"]
     if case == "empty folder":
         (tmp_path / "empty").mkdir()
@@ -438,7 +439,7 @@ def test_an_interrupt_while_preparing_leaves_no_half_built_cache(tmp_path, capsy
     def interrupted(*a):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "_decode", interrupted)
+    monkeypatch.setattr(sources, "_decode", interrupted)
     assert train.main([*TINY, "--data", str(tmp_path / "mixed"), "--out", str(tmp_path / "o"),
                        "--cache-dir", str(tmp_path / "cache")]) == 130
     assert "interrupted outside the training loop" in capsys.readouterr().err

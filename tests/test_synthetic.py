@@ -1,9 +1,9 @@
-"""Tests for scratchvae.synthetic: shape, determinism per (seed, index), and variety of the faces."""
+"""Tests for scratchvae.data.synthetic: shape, determinism per (seed, index), and variety of the faces."""
 
 import numpy as np
 import pytest
 
-from scratchvae.synthetic import synthetic_faces
+from scratchvae.data.synthetic import synthetic_faces
 
 
 def test_shape_dtype_and_range_use():

@@ -140,7 +140,7 @@ def test_settings_written_before_the_decoder_options_resume_as_the_seed():
 
 
 def test_settings_from_the_command_line_and_from_a_checkpoint():
-    from scratchvae.errors import UserError
+    from scratchvae.run.errors import UserError
     from scratchvae.training import settings
     from scratchvae.training.cli import build_parser
     fresh = settings.resolve(build_parser().parse_args(["--z-dim", "8"]))
@@ -191,7 +191,7 @@ def test_a_damaged_stored_setting_is_refused(key, value):
 
 
 def test_stored_settings_are_checked_like_the_command_line():
-    from scratchvae.errors import UserError
+    from scratchvae.run.errors import UserError
     from scratchvae.training.settings import Settings
     record = Settings().to_record()
     assert Settings.from_record({**record, "lr": 1, "limit": None}).lr == 1  # JSON may store 1e0 as 1

@@ -16,8 +16,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from scratchvae import imagefile, latent
+from scratchvae import latent
 from scratchvae import sample as py_sample
+from scratchvae.data import imagefile
 from scratchvae.latent import attributes, mixture, prior, vectors
 from scratchvae.model import VAE, VAEConfig
 

@@ -96,7 +96,7 @@ export function slerp(a, b, t) {
   return Float32Array.from(a, (x, j) => (wa * x + wb * b[j]) / s);
 }
 
-// ---- Images prepared as scratchvae/imagefile.py prepares them ------------------------------------
+// ---- Images prepared as scratchvae/data/imagefile.py prepares them -------------------------------
 // Pillow's Lanczos resize (libImaging/Resample.c): separable, horizontal pass first, weights in
 // 22-bit fixed point, each pass rounded to 8 bits. Written again here so the same pixels come out.
 
@@ -234,7 +234,7 @@ export function sniffFormat(bytes) {
 // ---- The page ------------------------------------------------------------------------------------
 
 const GRID = 16; // faces in the sample grid
-const MAX_PIXELS = 64_000_000; // as scratchvae/imagefile.py: larger pictures are refused
+const MAX_PIXELS = 64_000_000; // as scratchvae/data/imagefile.py: larger pictures are refused
 const TEST = typeof location !== "undefined" && new URLSearchParams(location.search).has("test");
 const $ = (id) => document.getElementById(id);
 

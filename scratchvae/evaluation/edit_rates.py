@@ -15,12 +15,12 @@ import sys
 import numpy as np
 
 from scratchvae import images, latent
-from scratchvae.errors import UserError
+from scratchvae.data.prefetch import ImageReader
 from scratchvae.evaluation import classifier, source
 from scratchvae.kernels import threads
 from scratchvae.latent import labels, vectors
-from scratchvae.prefetch import ImageReader
 from scratchvae.run import atomic, checkpoint
+from scratchvae.run.errors import UserError
 
 DEFAULT_NAMES = "Smiling,Eyeglasses,Blond_Hair,Male"
 WATCHED = "Male"  # the side effect the table always shows: the labels' strongest correlate

@@ -11,7 +11,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from scratchvae.errors import UserError
+from scratchvae.run.errors import UserError
 
 FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 

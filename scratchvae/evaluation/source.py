@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from scratchvae import data
-from scratchvae.errors import UserError
+from scratchvae.run.errors import UserError
 
 SYNTHETIC = "built-in synthetic faces"
 SPLITS = ("held-out", "all")
@@ -118,7 +118,7 @@ def _everything(s, meta, image_size, source, limit, crop, same, cache_dir, quiet
 
 
 def _synthetic(count, image_size, seed, quiet):
-    from scratchvae.synthetic import synthetic_faces
+    from scratchvae.data.synthetic import synthetic_faces
     if not quiet:
         print(f"drawing {count} built-in synthetic faces at {image_size}x{image_size} (seed {seed})", file=sys.stderr)
     return synthetic_faces(count, image_size, seed=seed)

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from scratchvae.errors import UserError
+from scratchvae.run.errors import UserError
 
 GOLDEN = 0x9E3779B97F4A7C15  # SplitMix64's increment
 MASK64 = (1 << 64) - 1

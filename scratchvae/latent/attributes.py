@@ -12,11 +12,11 @@ import sys
 
 import numpy as np
 
-from scratchvae.errors import UserError
+from scratchvae.data.prefetch import ImageReader
 from scratchvae.evaluation import source
 from scratchvae.kernels import threads
 from scratchvae.latent import labels, vectors
-from scratchvae.prefetch import ImageReader
+from scratchvae.run.errors import UserError
 
 SPLIT_CHOICES = ("train", "held-out", "all")
 

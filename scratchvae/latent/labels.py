@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchvae.errors import UserError
+from scratchvae.run.errors import UserError
 
 ATTRIBUTES_FILE = "list_attr_celeba.txt"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

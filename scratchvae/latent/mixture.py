@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scratchvae.errors import UserError
 from scratchvae.latent import arithmetic
+from scratchvae.run.errors import UserError
 
 PRIOR_SALT = 0xD1B54A32D192ED03  # the draw's component choice: SplitMix64 from seed ^ PRIOR_SALT
 COVARIANCES = ("full", "diag")

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from scratchvae import kernels as K
-from scratchvae.errors import UserError
 from scratchvae.kernels import threads
 from scratchvae.latent import mixture, vectors
 from scratchvae.run import atomic
+from scratchvae.run.errors import UserError
 
 FORMAT, VERSION = "scratchvae-latent-prior", 1
 DEFAULT_COMPONENTS = 10
@@ -290,9 +290,9 @@ def run(args):
         threads.set_threads(args.threads)
     except ValueError as e:
         raise UserError(f"--threads: {e}") from None
+    from scratchvae.data.prefetch import ImageReader
     from scratchvae.evaluation import source
     from scratchvae.latent.attributes import load_model
-    from scratchvae.prefetch import ImageReader
     vae, meta, identity = load_model(args.checkpoint)
     settings = meta.get("train") if isinstance(meta.get("train"), dict) else {}
     recorded = settings.get("seed")

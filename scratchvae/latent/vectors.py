@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from scratchvae import kernels as K
-from scratchvae.errors import UserError
 from scratchvae.run import atomic
+from scratchvae.run.errors import UserError
 
 FORMAT, VERSION = "scratchvae-attribute-vectors", 1
 ONNX_IDENTITY_KEY = "checkpoint_sha256"  # the ONNX metadata prop that carries the same identity

@@ -4,7 +4,7 @@ Choosing a device is choosing the kernel backend; this module only checks that i
 """
 
 from scratchvae import kernels
-from scratchvae.errors import UserError
+from scratchvae.run.errors import UserError
 
 DEVICES = ("cpu", "cuda")
 

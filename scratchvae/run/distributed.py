@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from scratchvae import losses
-from scratchvae.errors import UserError
+from scratchvae.run.errors import UserError
 
 DEFAULT_TIMEOUT = 300.0  # seconds a rank may wait inside one collective before the job is aborted
 

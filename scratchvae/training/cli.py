@@ -10,8 +10,8 @@ import sys
 import traceback
 
 from scratchvae.architecture import DECODERS, RECONS
-from scratchvae.errors import TrainingDiverged, UserError
 from scratchvae.run import distributed
+from scratchvae.run.errors import TrainingDiverged, UserError
 from scratchvae.run.interrupt import sigterm_as_interrupt
 from scratchvae.training import loop
 from scratchvae.training.outdir import DEFAULT_OUT

@@ -11,8 +11,8 @@ import os
 import numpy as np
 
 from scratchvae import data
-from scratchvae.errors import UserError
 from scratchvae.run import atomic
+from scratchvae.run.errors import UserError
 from scratchvae.training import outdir
 
 # The built-in data set: sized so the no-argument run finishes within 10 minutes on 2 cores.
@@ -22,7 +22,7 @@ SHOW_SKIPPED = 5  # skipped files named on the console; all of them go to --out/
 
 def synthetic_data(n, size, seed, cache_dir):
     """The built-in faces, drawn once and then memory-mapped from the cache (a fast second start)."""
-    from scratchvae.synthetic import SYNTHETIC_VERSION, synthetic_faces
+    from scratchvae.data.synthetic import SYNTHETIC_VERSION, synthetic_faces
     folder = cache_dir or data.default_cache_dir()
     path = os.path.join(folder, f"synthetic-v{SYNTHETIC_VERSION}-{n}x{size}px-seed{seed}.npy")
     try:

@@ -15,13 +15,13 @@ import numpy as np
 from tqdm import tqdm
 
 from scratchvae import kernels as K
-from scratchvae.errors import TrainingDiverged, UserError
+from scratchvae.data.prefetch import ImageReader, Prefetcher
 from scratchvae.kernels import threads
 from scratchvae.latent import prior
 from scratchvae.model import VAE
 from scratchvae.optim import Adam
-from scratchvae.prefetch import ImageReader, Prefetcher
 from scratchvae.run import device, distributed
+from scratchvae.run.errors import TrainingDiverged, UserError
 from scratchvae.run.interrupt import StopRequest
 from scratchvae.training import batchnorm, datasets, draws, evaluation, outdir, resume, start
 from scratchvae.training.settings import Settings

@@ -8,8 +8,8 @@ Only rank 0 touches the folder. Every file in it is written atomically (scratchv
 import contextlib
 import os
 
-from scratchvae.errors import UserError
 from scratchvae.run import atomic
+from scratchvae.run.errors import UserError
 
 DEFAULT_OUT = os.path.join("runs", "vae")
 CHECKPOINT = "checkpoint.npz"

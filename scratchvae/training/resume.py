@@ -11,10 +11,10 @@ import dataclasses
 import os
 
 from scratchvae import kernels as K
-from scratchvae.errors import TrainingDiverged, UserError
 from scratchvae.model import VAE
 from scratchvae.optim import Adam
 from scratchvae.run import checkpoint
+from scratchvae.run.errors import TrainingDiverged, UserError
 from scratchvae.training.settings import Settings
 
 HISTORY_KEYS = {"epoch", "train_total", "val_total", "val_reconstruction", "val_kl"}  # read by loss.png

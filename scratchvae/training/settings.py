@@ -13,8 +13,8 @@ import os
 import typing
 
 from scratchvae.architecture import DECODERS, RECONS
-from scratchvae.errors import UserError
 from scratchvae.model import VAEConfig
+from scratchvae.run.errors import UserError
 
 _MODEL = VAEConfig()
 CROPS = ("center", "squash")

@@ -7,7 +7,7 @@ The result is JSON-able, for the other ranks; a resumed model and optimizer stay
 import dataclasses
 import os
 
-from scratchvae.errors import UserError
+from scratchvae.run.errors import UserError
 from scratchvae.training import outdir, resume, settings
 
 

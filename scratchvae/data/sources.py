@@ -1,7 +1,7 @@
 """Image folders, zips and CelebA's layout turned into uint8 NHWC arrays, cached as .npy.
 
 Each image is decoded once with Pillow (EXIF rotation applied, to RGB, square crop, resize), in
-worker processes for big sets (see scratchvae/cache.py); later runs check the cache's chunk
+worker processes for big sets (see scratchvae/data/cache.py); later runs check the cache's chunk
 checksums, rebuild damaged chunks, and memory-map it. A cache of N images serves any --limit up to
 N. Batches become float32 in [0, 1] only when they are used.
 """
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchvae import cache, imagefile
-from scratchvae.errors import UserError
+from scratchvae.data import cache, imagefile
 from scratchvae.run import atomic
+from scratchvae.run.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CROPS = ("center", "squash")
@@ -368,5 +368,5 @@ def decode_image(path, image_size: int, crop: str = "center") -> tuple[np.ndarra
 
 
 def upright_size(fp) -> tuple[int, int]:
-    """(width, height) of an image as it is shown (see scratchvae/imagefile.py)."""
+    """(width, height) of an image as it is shown (see scratchvae/data/imagefile.py)."""
     return imagefile.upright_size(fp)

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from scratchvae.data import batch_to_float
+from scratchvae.data.sources import batch_to_float
 
 
 class ImageReader:
