@@ -8,7 +8,7 @@ import pytest
 
 from scratchvae import kernels
 from scratchvae.kernels import cpu, reference, threads
-from scratchvae.kernels.cpu import fused, schedule, winograd
+from scratchvae.kernels.cpu import fused, schedule, winograd, winograd_transforms
 from scratchvae.kernels.cpu import elementwise as cpu_elementwise
 from scratchvae.kernels.workspace import Workspace
 from scratchvae.layers import BatchNorm, Conv2D, Conv2DTranspose, same_padding
@@ -291,10 +291,11 @@ def test_25_products_tables_are_the_one_dimensional_identity():
     of the input planes and kernel combinations is y[4t+m] of the transposed convolution."""
     rng = np.random.default_rng(0)
     xs, taps = rng.standard_normal(3), rng.standard_normal(3)  # x[2t-1], x[2t], x[2t+1]
-    products = (winograd.PLANES_1D @ xs)[list(winograd.PRODUCT_PLANE_1D)] * (winograd.PRODUCT_KERNEL_1D @ taps)
+    tables = winograd_transforms
+    products = (tables.PLANES_1D @ xs)[list(tables.PRODUCT_PLANE_1D)] * (tables.PRODUCT_KERNEL_1D @ taps)
     want = [taps[0] * xs[1] + taps[2] * xs[0], taps[1] * xs[1], taps[0] * xs[2] + taps[2] * xs[1], taps[1] * xs[2]]
-    np.testing.assert_allclose(winograd.OUTPUT_MAP_1D @ products, want, rtol=1e-14)
-    assert len(winograd.PRODUCTS) == 25 and winograd.PLANE_COUNT.sum() == 25
+    np.testing.assert_allclose(tables.OUTPUT_MAP_1D @ products, want, rtol=1e-14)
+    assert len(tables.PRODUCTS) == 25 and tables.PLANE_COUNT.sum() == 25
 
 
 @pytest.mark.parametrize("n,rows,row_bytes,out_row_bytes,cores", [
