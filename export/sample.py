@@ -101,7 +101,7 @@ def parse_args(argv):
     return build_parser().parse_args(edits.fix_negative_values(list(argv)))
 
 
-def open_session(path, role):
+def open_runner(path, role):
     if not os.path.isfile(path):
         raise SampleError(f"no {role} model at {path}: give the {role}.onnx that export/to_onnx.py wrote")
     options = ort.SessionOptions()
@@ -119,20 +119,20 @@ def _static(dims):
     return [int(d) for d in rest] if all(isinstance(d, int) for d in rest) else None
 
 
-def _config(session):
-    raw = session.get_modelmeta().custom_metadata_map.get("config")
+def _config(runner):
+    raw = runner.get_modelmeta().custom_metadata_map.get("config")
     try:
         return json.loads(raw) if raw else {}
     except json.JSONDecodeError:
         return {}
 
 
-def decoder_geometry(session, path):
+def decoder_geometry(runner, path):
     """(z_dim, image size, channels) from the decoder's shapes, else from its metadata."""
-    ins, outs = session.get_inputs(), session.get_outputs()
+    ins, outs = runner.get_inputs(), runner.get_outputs()
     if len(ins) != 1 or len(outs) != 1 or len(ins[0].shape) != 2 or len(outs[0].shape) != 4:
         raise SampleError(f"{path} is not a scratchvae decoder: expected z (N, z_dim) -> image (N, H, W, C)")
-    z, image, cfg = _static(ins[0].shape), _static(outs[0].shape), _config(session)
+    z, image, cfg = _static(ins[0].shape), _static(outs[0].shape), _config(runner)
     try:
         z_dim = z[0] if z else int(cfg["z_dim"])
         size, channels = (image[0], image[2]) if image else (int(cfg["image_size"]), int(cfg["channels"]))
@@ -141,8 +141,8 @@ def decoder_geometry(session, path):
     return z_dim, size, channels
 
 
-def check_encoder(session, path, z_dim, size, channels):
-    ins, outs = session.get_inputs(), session.get_outputs()
+def check_encoder(runner, path, z_dim, size, channels):
+    ins, outs = runner.get_inputs(), runner.get_outputs()
     names = [o.name for o in outs]
     if len(ins) != 1 or "z_mean" not in names or len(ins[0].shape) != 4:
         raise SampleError(f"{path} is not a scratchvae encoder: expected image (N, H, W, C) -> z_mean, z_log_var")
@@ -313,11 +313,11 @@ def random_faces(args, stamp, z_dim):
 def run(args):
     kinds = check_args(args)
     strengths = edits.parse_strengths(args.strengths)
-    decoder = open_session(args.decoder, "decoder")
+    decoder = open_runner(args.decoder, "decoder")
     z_dim, size, channels = decoder_geometry(decoder, args.decoder)
     encoder = None
     if args.encoder:
-        encoder = open_session(args.encoder, "encoder")
+        encoder = open_runner(args.encoder, "encoder")
         check_encoder(encoder, args.encoder, z_dim, size, channels)
     stamp = identity(decoder, encoder, (args.decoder, args.encoder))
     draw = random_faces(args, stamp, z_dim)

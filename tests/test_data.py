@@ -296,7 +296,7 @@ _STORED = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4:
 
 def test_exif_orientation_is_applied_wherever_an_image_is_read(tmp_path):
     """A photo stored sideways with its EXIF orientation tag gives the upright picture to training,
-    to `sample`, to `evaluate`'s size note and to decode_image (all go through data.py's reader)."""
+    to `sample`, to `evaluate`'s size note and to decode_image (all go through data/sources.py's reader)."""
     from scratchvae import sample
     from scratchvae.evaluation.source import native_size
     upright = np.random.default_rng(3).integers(0, 256, (12, 20, 3), dtype=np.uint8)  # 20 wide, 12 high

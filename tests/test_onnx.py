@@ -73,7 +73,7 @@ def default(tmp_path_factory):
     return export_both(trained_vae(VAEConfig(), 4, 2), tmp_path_factory.mktemp("default"))
 
 
-def session(path):
+def runner(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
@@ -98,7 +98,7 @@ def assert_parity(run_encoder, run_decoder, vae, n):
 
 
 def ort_runners(folder):
-    enc, dec = session(folder / "encoder.onnx"), session(folder / "decoder.onnx")
+    enc, dec = runner(folder / "encoder.onnx"), runner(folder / "decoder.onnx")
     return (lambda x: enc.run(["z_mean", "z_log_var"], {"image": x}),
             lambda z: dec.run(["image"], {"z": z})[0])
 

@@ -17,6 +17,7 @@ from scratchvae import images, latent
 from scratchvae import sample as py_sample
 from scratchvae.latent import vectors
 from scratchvae.model import VAE, VAEConfig
+from scratchvae.run.errors import UserError
 
 EXPORT = Path(__file__).resolve().parents[1] / "export"
 if str(EXPORT) not in sys.path:
@@ -305,7 +306,7 @@ def test_attribute_names_are_read_as_the_page_writes_them(text, want):
                                         ("Smiling Eyeglasses", "--attribute Smiling Eyeglasses: no such"),
                                         ("Blond Hairs", "nearest: Blond_Hair")])
 def test_a_word_of_an_attribute_is_never_dropped(text, words):
-    for side, error in ((latent, latent.UserError), (edits, edits.EditError)):
+    for side, error in ((latent, UserError), (edits, edits.EditError)):
         with pytest.raises(error) as e:
             side.parse_expression(text, NAMES)
         assert words in str(e.value)

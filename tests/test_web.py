@@ -124,8 +124,8 @@ def tiles(b):
 
 
 def decode_python(world, z):
-    session = ort.InferenceSession(str(world["site"] / "decoder.onnx"), providers=["CPUExecutionProvider"])
-    return session.run(["image"], {"z": np.ascontiguousarray(z, np.float32)})[0]
+    runner = ort.InferenceSession(str(world["site"] / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    return runner.run(["image"], {"z": np.ascontiguousarray(z, np.float32)})[0]
 
 
 def show_seed(b, seed):

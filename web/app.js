@@ -269,7 +269,7 @@ async function fetchJSON(name) {
   return response.json();
 }
 
-/** Runs of the sessions one after another: a slider, a morph and a photo may all want the model at once. */
+/** Runs on the models one after another: a slider, a morph and a photo may all want the model at once. */
 function serial(task) {
   const run = app.queue.then(task);
   app.queue = run.catch(() => {});

@@ -64,12 +64,12 @@ class FeatureModel:
             if threads:
                 options.intra_op_num_threads = int(threads)
             options.log_severity_level = 3  # our one-line error says what is wrong; no runtime log spam
-            self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+            self.runner = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own kinds for every damage
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"--features {self.path} does not load as an ONNX model ({first[:200]}); "
                             f"give a valid .onnx file") from None
-        inputs = self.session.get_inputs()
+        inputs = self.runner.get_inputs()
         if len(inputs) != 1:
             raise UserError(f"--features {self.path} has {len(inputs)} inputs; a feature network takes one "
                             f"batch of images")
@@ -81,7 +81,7 @@ class FeatureModel:
         except ValueError as e:
             raise UserError(f"--features {self.path}: {e}; it has no usable image input") from None
         self.dtype = FLOAT_TYPES[self.input.type]
-        self.output = self.session.get_outputs()[0].name
+        self.output = self.runner.get_outputs()[0].name
 
     def describe(self):
         size = "any size" if self.size is None else f"{self.size[0]}x{self.size[1]} (bicubic resize)"
@@ -102,7 +102,7 @@ class FeatureModel:
             if self.batch and n < self.batch:  # a fixed batch: pad with copies of the last image
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, axis=0)])
             try:
-                y = self.session.run([self.output], {self.input.name: chunk})[0]
+                y = self.runner.run([self.output], {self.input.name: chunk})[0]
             except Exception as e:  # noqa: BLE001
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise UserError(f"--features {self.path} fails on images of shape {chunk.shape} "
