@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-SYNTHETIC_VERSION = 2  # bump whenever the drawing changes, so cached sets are redrawn
+SYNTHETIC_VERSION = 3  # bump whenever the drawing changes, so cached sets are redrawn
 _CHUNK_PIXELS = 1 << 17  # pixels rendered together: enough to vectorise, few enough for L2
 _N_U = 96  # uniforms drawn per face; more than the parameters use, so adding one keeps old faces
 
@@ -70,16 +70,16 @@ def _params(seed: int, start: int, stop: int) -> dict[str, np.ndarray]:
     p["style"] = np.minimum((r(0, 1) * _N_STYLES).astype(int), _N_STYLES - 1)
     p["hairline"], p["hair_curve"], p["hair_sweep"] = r(-0.52, -0.36), r(0.4, 1.3), r(-0.6, 0.6)
     p["volume"], p["hair_len"] = r(0.03, 0.10), r(0.0, 1.0)
-    p["eye_y"], p["eye_sep"] = r(-0.12, -0.04), r(0.16, 0.22)
-    p["eye_rx"], p["eye_ry"] = r(0.065, 0.09), r(0.030, 0.050)
+    p["eye_y"], p["eye_sep"] = r(-0.12, -0.04), r(0.19, 0.24)
+    p["eye_rx"], p["eye_ry"] = r(0.085, 0.11), r(0.042, 0.060)
     p["iris"] = pick(_IRIS) * r(0.8, 1.2)[:, None]
     p["gaze"] = r(-0.015, 0.015)
-    p["brow_off"], p["brow_th"] = r(0.075, 0.11), r(0.012, 0.024)
+    p["brow_off"], p["brow_th"] = r(0.09, 0.12), r(0.02, 0.03)
     p["brow_arch"], p["brow_tilt"] = r(0.0, 0.04), r(-0.15, 0.2)
     p["nose_y"], p["nose_w"] = r(0.10, 0.17), r(0.035, 0.06)
-    p["mouth_y"], p["mouth_w"] = r(0.27, 0.34), r(0.11, 0.18)
+    p["mouth_y"], p["mouth_w"] = r(0.27, 0.33), r(0.14, 0.20)
     p["smile"], p["mouth_open"] = r(-0.02, 0.06), np.maximum(r(-0.04, 0.05), 0.0)
-    p["lip_th"] = r(0.012, 0.025)
+    p["lip_th"] = r(0.022, 0.034)
     p["lip"] = np.clip(p["skin"] * 0.55 + np.array([0.72, 0.22, 0.28]) * r(0.3, 0.55)[:, None], 0, 1)
     p["bg0"] = np.stack([r(0.15, 0.95), r(0.15, 0.95), r(0.15, 0.95)], 1)
     p["bg1"] = np.clip(p["bg0"] * r(0.55, 1.25)[:, None], 0, 1)
