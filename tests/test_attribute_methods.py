@@ -100,6 +100,19 @@ def test_joint_with_named_controls_fits_each_attribute_on_those_alone(rng):
         np.testing.assert_allclose(got.vectors[a], 2 * coef[1], rtol=1e-5, atol=1e-6)
 
 
+def test_joint_with_others_holds_every_label_but_the_attributes_facets(rng):
+    n = 4000
+    a = rng.random(n) < 0.5
+    facet = np.where(rng.random(n) < 0.9, a, ~a)  # |phi| about 0.8 with A: part of it
+    loose = np.where(rng.random(n) < 0.6, a, ~a)  # |phi| about 0.2 with A: held fixed
+    free = rng.random(n) < 0.5
+    y = np.where(np.stack([a, facet, loose, free], 1), 1, -1)
+    got = vectors.directions(rng.standard_normal((n, 3)), y, NAMES, "id", min_count=1, method="joint",
+                             controls="others")
+    assert got.controls[0] == "C,D" and got.controls[1] == "C,D"  # A and B are each other's facets
+    assert got.controls[3] == "all"  # D correlates with nothing: every other label is held
+
+
 def test_matched_is_the_weighted_mean_of_the_strata_differences_by_hand():
     # A against the strata of B: B=+1 holds 2 with A and 1 without, B=-1 holds 1 with A and 3 without.
     y = np.array([[1, 1], [1, 1], [-1, 1], [1, -1], [-1, -1], [-1, -1], [-1, -1]])
@@ -205,6 +218,7 @@ def test_cli_method_writes_what_directions_gives_and_the_samplers_read_it(world,
     (["--method", "joint", "--controls", "Mal"], "--controls Mal"),
     (["--controls", "Male"], "mean method holds no labels fixed"),
     (["--method", "matched", "--controls", "all"], "--controls all"),
+    (["--method", "matched", "--controls", "others"], "--controls others"),
     (["--method", "joint", "--ridge", "0"], "--ridge"),
 ])
 def test_cli_bad_method_options_are_one_line_and_write_nothing(world, tmp_path, capsys, extra, words):

@@ -42,9 +42,11 @@ def build_parser():
                         "mean differences inside strata of the labels most correlated with the attribute")
     p.add_argument("--ridge", type=float, default=vectors.DEFAULT_RIDGE,
                    help=f"joint: the ridge on the label coefficients, labels coded +-1 (default {vectors.DEFAULT_RIDGE:g})")
-    p.add_argument("--controls", metavar="all|N|NAMES",
-                   help="the labels joint and matched hold fixed: all (joint's default), the N most correlated with "
-                        "each attribute (matched's default 2), or a comma list such as Male,Young")
+    p.add_argument("--controls", metavar="all|others|N|NAMES",
+                   help="the labels joint and matched hold fixed: all (joint's default); others: all but the "
+                        f"attribute's own facets, the labels correlated with it at |phi| >= {vectors.FACET:g} "
+                        "(joint); the N most correlated with each attribute (matched's default 2); or a comma list "
+                        "such as Male,Young")
     p.add_argument("--min-count", type=int, default=vectors.DEFAULT_MIN_COUNT,
                    help=f"skip an attribute with fewer images on either side (default {vectors.DEFAULT_MIN_COUNT})")
     p.add_argument("--crop", choices=list(source.data.CROPS),
@@ -69,13 +71,14 @@ def parse_controls(text, method):
     if method == "mean":
         raise UserError("--controls: the mean method holds no labels fixed; use it with --method joint or matched")
     text = text.strip()
-    controls = "all" if text == "all" else int(text) if text.isdigit() else [n for n in text.split(",") if n]
-    if controls == "all" and method == "matched":
-        raise UserError(f"--controls all: matched makes a stratum per combination of labels; name at most "
+    controls = text if text in ("all", "others") else int(text) if text.isdigit() else \
+        [n for n in text.split(",") if n]
+    if controls in ("all", "others") and method == "matched":
+        raise UserError(f"--controls {controls}: matched makes a stratum per combination of labels; name at most "
                         f"{vectors.MAX_MATCHED} (e.g. Male,Young) or a count")
-    if controls != "all" and (not controls or method == "matched" and
+    if controls not in ("all", "others") and (not controls or method == "matched" and
                               (controls if isinstance(controls, int) else len(controls)) > vectors.MAX_MATCHED):
-        raise UserError(f"--controls {text[:60]!r}: give all, a count from 1 (matched: to {vectors.MAX_MATCHED}) or "
+        raise UserError(f"--controls {text[:60]!r}: give all, others, a count from 1 (matched: to {vectors.MAX_MATCHED}) or "
                         f"label names such as Male,Young")
     return controls
 

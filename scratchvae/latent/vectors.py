@@ -148,11 +148,20 @@ def correlations(pos):
     return phi
 
 
+FACET = 0.5  # "others": a label this correlated with the attribute (|phi|) is part of it, not held fixed
+
+
 def control_sets(pos, keep, attributes, controls):
     """Per kept attribute, the label columns held fixed, never the attribute itself: every other label
-    ("all"), its `controls` most correlated labels, strongest first (an int), or the named ones (a list)."""
+    ("all"), every other label except the attribute's facets, those correlated with it at |phi| >= FACET
+    ("others": a smile lifts the cheeks and opens the mouth, so High_Cheekbones and Mouth_Slightly_Open
+    move with Smiling, while Male and Young stay), its `controls` most correlated labels, strongest first
+    (an int), or the named ones (a list)."""
     if controls == "all":
         return [[b for b in range(len(attributes)) if b != a] for a in keep]
+    if controls == "others":
+        phi = correlations(pos.astype(np.float64))
+        return [[b for b in range(len(attributes)) if b != a and 0 <= phi[a, b] < FACET] for a in keep]
     if isinstance(controls, (int, np.integer)):
         phi = correlations(pos.astype(np.float64))
         return [[b for b in np.argsort(-phi[a], kind="stable") if b != a and phi[a, b] >= 0][:controls] for a in keep]
