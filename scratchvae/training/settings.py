@@ -25,7 +25,7 @@ CROPS = ("center", "squash")
 # batches of 16 so each epoch makes ~80 steps, and a learning rate that decays by 0.8 an epoch. Runs with
 # --data keep the seed's recipe.
 SYNTHETIC_BATCH = 16
-SYNTHETIC_EPOCHS = 12
+SYNTHETIC_EPOCHS = 10
 SYNTHETIC_IMAGE_SIZE = 64
 SYNTHETIC_RECON = "sigma"
 SYNTHETIC_LR_DECAY = 0.8  # per epoch: the last epochs settle instead of ending on a noisy step
