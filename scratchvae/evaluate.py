@@ -19,7 +19,7 @@ from scratchvae.data.prefetch import ImageReader
 from scratchvae.evaluation import distances, measure, report, source
 from scratchvae.evaluation.features import FeatureModel
 from scratchvae.kernels import threads
-from scratchvae.run.errors import UserError
+from scratchvae.run.errors import UserError, run_command
 from scratchvae.training import batchnorm
 
 FEATURE_SAMPLES = 2000  # the Fréchet distance is biased upward at small counts: a fixed, ample count
@@ -230,14 +230,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # for the command line in report.md
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; nothing was written", file=sys.stderr)
-        return 130
+    return run_command(run, args)
 
 
 if __name__ == "__main__":

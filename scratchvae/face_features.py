@@ -21,7 +21,7 @@ from scratchvae.evaluation import classifier, classifier_onnx
 from scratchvae.kernels import threads
 from scratchvae.latent import labels
 from scratchvae.run import atomic
-from scratchvae.run.errors import UserError
+from scratchvae.run.errors import UserError, run_command
 
 HIDDEN, FILTERS = 256, (32, 64, 128, 256)
 DECAY = 0.1  # the last third of the epochs (epochs // 3 of them) at a tenth of the learning rate
@@ -168,14 +168,7 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; nothing was written", file=sys.stderr)
-        return 130
+    return run_command(run, args)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from scratchvae import images, latent
 from scratchvae.latent import vectors
 from scratchvae.model import VAE
 from scratchvae.run import checkpoint
-from scratchvae.run.errors import UserError
+from scratchvae.run.errors import UserError, run_command
 
 DECODE_BATCH = 64
 RECON_COLS = 8  # reconstructions per row pair (inputs above, reconstructions below)
@@ -363,14 +363,7 @@ def run(args):
 def main(argv=None):
     argv = latent.fix_negative_values(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (UserError, checkpoint.CheckpointError, ValueError, OSError, MemoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    return run_command(run, args, (checkpoint.CheckpointError, ValueError, OSError, MemoryError))
 
 
 if __name__ == "__main__":

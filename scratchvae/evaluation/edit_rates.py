@@ -20,7 +20,7 @@ from scratchvae.evaluation import classifier, source
 from scratchvae.kernels import threads
 from scratchvae.latent import labels, vectors
 from scratchvae.run import atomic, checkpoint
-from scratchvae.run.errors import UserError
+from scratchvae.run.errors import UserError, run_command
 
 DEFAULT_NAMES = "Smiling,Eyeglasses,Blond_Hair,Male"
 WATCHED = "Male"  # the side effect the table always shows: the labels' strongest correlate
@@ -340,11 +340,7 @@ def run(args):
 def main(argv=None):
     argv = latent.fix_negative_values(sys.argv[1:] if argv is None else list(argv), options=("--strengths",))
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(run, args)
 
 
 if __name__ == "__main__":

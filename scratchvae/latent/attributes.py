@@ -16,7 +16,7 @@ from scratchvae.data.prefetch import ImageReader
 from scratchvae.evaluation import source
 from scratchvae.kernels import threads
 from scratchvae.latent import labels, vectors
-from scratchvae.run.errors import UserError
+from scratchvae.run.errors import UserError, run_command
 
 SPLIT_CHOICES = ("train", "held-out", "all")
 
@@ -159,14 +159,7 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; nothing was written", file=sys.stderr)
-        return 130
+    return run_command(run, args)
 
 
 if __name__ == "__main__":

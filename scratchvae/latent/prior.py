@@ -20,7 +20,7 @@ from scratchvae import kernels as K
 from scratchvae.kernels import threads
 from scratchvae.latent import mixture, vectors
 from scratchvae.run import atomic
-from scratchvae.run.errors import UserError
+from scratchvae.run.errors import UserError, run_command
 
 FORMAT, VERSION = "scratchvae-latent-prior", 1
 DEFAULT_COMPONENTS = 10
@@ -326,14 +326,7 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; nothing was written", file=sys.stderr)
-        return 130
+    return run_command(run, args)
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ class Conv2DTranspose(Layer):
         if self.geometry is None:
             raise RuntimeError(f"{self.name}: backward needs a training-mode forward first")
         x, pt, pl, pre = self.geometry
-        n, c, k = x.shape[0], self.in_channels, self.k
+        c, k = self.in_channels, self.k
         self.bias_grad(dy.reshape(-1, self.filters))
         kernel2d = self.params["kernel"].reshape(-1, c)  # (KH*KW*O, C)
         dx = None
