@@ -56,7 +56,7 @@ def world(tmp_path_factory):
     vae.save(ckpt)
     out = tmp / "vectors.npz"
     assert attributes.main([str(ckpt), "--data", str(faces), "--out", str(out), "--min-count", "5",
-                            "--cache-dir", str(tmp / "cache"), "--quiet"]) == 0
+                            "--method", "mean", "--cache-dir", str(tmp / "cache"), "--quiet"]) == 0
     assert to_onnx.main([str(ckpt), "--out", str(tmp / "onnx")]) == 0
     return {"tmp": tmp, "faces": faces, "files": [str(faces / f) for f in files], "values": values, "vae": vae,
             "ckpt": str(ckpt), "vectors": str(out), "dec": str(tmp / "onnx" / "decoder.onnx"),
@@ -121,6 +121,7 @@ def test_cli_prints_a_ranked_table_and_the_skipped(world, capsys):
     assert attributes.main([world["ckpt"], "--data", str(world["faces"]), "--out", str(out), "--min-count", "5",
                             "--cache-dir", str(world["tmp"] / "cache"), "--quiet"]) == 0
     text = capsys.readouterr().out
+    assert vectors.load(str(out)).method == "joint"  # the default: the fewest side effects measured
     ratio = vectors.load(str(out)).ratio()
     ranked = [line.split()[1] for line in text.splitlines() if line[:4].strip().isdigit()]
     assert ranked == [NAMES[i] for i in np.argsort(-ratio)]

@@ -36,9 +36,10 @@ def build_parser():
                    help="train: the run's training images (default on its own data); held-out: its held-out "
                         "images; all: every image (default on other data)")
     p.add_argument("--limit", type=int, help="encode at most the first N images of the split")
-    p.add_argument("--method", default="mean", metavar="|".join(vectors.METHODS),
-                   help="mean: mean code with the attribute minus without (default); joint: one ridge regression "
-                        "of the codes on all labels, each direction with the other labels held fixed; matched: "
+    p.add_argument("--method", default="joint", metavar="|".join(vectors.METHODS),
+                   help="joint (default): one ridge regression of the codes on all labels, each direction with the "
+                        "other labels held fixed, the fewest side effects measured (docs/ATTRIBUTES.md); mean: mean "
+                        "code with the attribute minus without, which carries the labels' correlations; matched: "
                         "mean differences inside strata of the labels most correlated with the attribute")
     p.add_argument("--ridge", type=float, default=vectors.DEFAULT_RIDGE,
                    help=f"joint: the ridge on the label coefficients, labels coded +-1 (default {vectors.DEFAULT_RIDGE:g})")
