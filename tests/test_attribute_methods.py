@@ -199,7 +199,7 @@ def test_cli_method_writes_what_directions_gives_and_the_samplers_read_it(world,
     text = capsys.readouterr().out
     assert f"method {method}" in text and "rests on" in text
     mean_out = tmp_path / "mean.npz"
-    assert make(world, mean_out) == 0
+    assert make(world, mean_out, "--method", "mean") == 0
     got, mean = vectors.load(str(out)), vectors.load(str(mean_out))
     assert got.method == method and mean.method == "mean"
     assert got.controls[got.names.index("Smiling")] == "Male" and got.controls[got.names.index("Male")] == ""
@@ -216,7 +216,7 @@ def test_cli_method_writes_what_directions_gives_and_the_samplers_read_it(world,
 @pytest.mark.parametrize("extra,words", [
     (["--method", "median"], "--method 'median': use mean, joint, matched"),
     (["--method", "joint", "--controls", "Mal"], "--controls Mal"),
-    (["--controls", "Male"], "mean method holds no labels fixed"),
+    (["--method", "mean", "--controls", "Male"], "mean method holds no labels fixed"),
     (["--method", "matched", "--controls", "all"], "--controls all"),
     (["--method", "matched", "--controls", "others"], "--controls others"),
     (["--method", "joint", "--ridge", "0"], "--ridge"),
@@ -395,7 +395,7 @@ def test_file_labels_name_the_method_and_a_short_list_of_controls():
 
 def test_edit_rates_cli_measures_every_file_on_the_same_faces_and_draws_them(world, tmp_path, capsys):
     files = [tmp_path / "mean.npz", tmp_path / "joint.npz"]
-    assert make(world, files[0], "--split", "train") == 0
+    assert make(world, files[0], "--split", "train", "--method", "mean") == 0
     assert make(world, files[1], "--split", "train", "--method", "joint") == 0
     common = [world["ckpt"], "--vectors", *map(str, files), "--names", "Smiling,Eyeglasses,Male",
               "--cache-dir", world["cache"], "--quiet"]
