@@ -33,6 +33,7 @@ FILES = ("checkpoint.npz", "metrics.csv", "prior.npz", "eval-normal.json", "eval
 SAMPLERS = (("N(0, I)", "eval-normal.json"), ("fitted prior", "eval-prior.json"))
 COLUMNS = ("model, sampler", "held-out PSNR dB (z = mu)", "SSIM (z = mu)", "FD of samples, median (range)",
            "KID of samples, median", "FD of reconstructions", "samples' FD / reconstructions'",
+           "FD of training reconstructions (any prior's best)",
            "sample blur / real", "s per epoch, median (range)")
 
 
@@ -114,13 +115,15 @@ def numbers(record):
         fd, fd_range, seed_list = get(record, fd_key), None, None
     recon = get(record, "features.reconstructions.frechet_distance")
     keys = {"psnr": "z_mean.psnr", "ssim": "z_mean.ssim", "fd_samples": fd_key, "kid_samples": kid_key,
-            "fd_reconstructions": "features.reconstructions.frechet_distance", "blur_ratio": "samples.blur.ratio"}
+            "fd_reconstructions": "features.reconstructions.frechet_distance", "blur_ratio": "samples.blur.ratio",
+            "fd_best_prior": "features.training_reconstructions.frechet_distance"}
     row = {"psnr": get(record, "z_mean.psnr"), "ssim": get(record, "z_mean.ssim"),
            "fd_samples": {"median": fd, "range": fd_range, "seeds": seed_list,
                           "count": get(record, "features.samples.count")},
            "kid_samples": get(record, kid_key), "fd_reconstructions": recon,
            "fd_ratio": fd / recon if fd is not None and recon else None,
-           "blur_ratio": get(record, "samples.blur.ratio")}
+           "blur_ratio": get(record, "samples.blur.ratio"),
+           "fd_best_prior": get(record, "features.training_reconstructions.frechet_distance")}
     return row, keys
 
 
@@ -144,7 +147,7 @@ def cells(row):
     sec = row["seconds_per_epoch"]
     return [row["label"], fmt(row["psnr"], ".2f"), fmt(row["ssim"], ".3f"), sig(fd["median"]) + spread,
             sig(row["kid_samples"]), sig(row["fd_reconstructions"]), fmt(row["fd_ratio"], ".2f"),
-            sig(row["blur_ratio"]),
+            sig(row["fd_best_prior"]), sig(row["blur_ratio"]),
             f"{sig(sec['median'])} ({sig(sec['range'][0])}–{sig(sec['range'][1])}, {sec['epochs']} epochs)"]
 
 

@@ -110,7 +110,23 @@ def floor_features(model, reader, chosen, counts, seed, batch_size):
     return {c: np.stack([f_of[i] for i in order[:min(c, len(order))].tolist()]) for c in counts}
 
 
-def feature_record(model, chosen, rec, gen, floor, by_seed):
+def decoded_training_features(vae, model, reader, chosen, count, seed, batch_size):
+    """Features of `count` of the run's training photographs decoded from their mean codes (the floor's
+    seeded shuffle, so the same photographs as the floor's at that count), or None off its own data.
+    These are the samples of a prior that drew exactly the training codes: the best a prior fitted to
+    those codes can do with this decoder."""
+    if chosen.train_idx is None or chosen.split != "held-out":
+        return None
+    order = np.random.default_rng([seed, measure.FLOOR_STREAM]).permutation(chosen.train_idx)
+    pick = np.sort(order[:min(count, len(order))])
+    feats = []
+    for i in range(0, len(pick), batch_size):
+        z = vae.encode(reader.read(pick[i:i + batch_size]))[0]
+        feats.append(model(np.asarray(vae.decode(z))))
+    return np.concatenate(feats)
+
+
+def feature_record(model, chosen, rec, gen, floor, by_seed, decoded=None):
     """features in the JSON: the network, the reference images, and each set's distances from them."""
     real = rec["features"]
     if len(real) <= real.shape[1]:
@@ -121,7 +137,9 @@ def feature_record(model, chosen, rec, gen, floor, by_seed):
            "reference": {"images": len(real), "what": what},
            "samples": distances.compare(real, gen["features"]),
            "reconstructions": distances.compare(real, rec["features_z_mean"]),
-           "floor": None, "sample_seeds": None}
+           "floor": None, "training_reconstructions": None, "sample_seeds": None}
+    if decoded is not None:
+        out["training_reconstructions"] = distances.compare(real, decoded)
     if floor is not None:
         out["floor"] = {key: distances.compare(real, floor[count])
                         for key, count in (("at_sample_count", len(gen["features"])), ("at_reference_count", len(real)))}
@@ -192,12 +210,13 @@ def run(args):
 
     from tqdm import tqdm
     bar = functools.partial(tqdm, disable=args.quiet, leave=False, dynamic_ncols=True)
-    by_seed = floor = None
+    by_seed = floor = decoded = None
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         rec = measure.reconstructions(vae, read, n, args.batch_size, args.seed, features, bar)
         gen = measure.samples(vae, draw(args.seed, n_samples), args.batch_size, features, bar)
         if features is not None:
             floor = floor_features(features, reader, chosen, (n_samples, n), args.seed, args.batch_size)
+            decoded = decoded_training_features(vae, features, reader, chosen, n_samples, args.seed, args.batch_size)
         if seeds:
             by_seed = {s: gen["features"] if s == args.seed else
                        measure.samples(vae, draw(s, n_samples), args.batch_size, features, bar)["features"]
@@ -209,7 +228,7 @@ def run(args):
               "samples": {"count": n_samples, "codes": codes, "prior": args.prior, "temperature": args.temperature,
                           **{k: {"samples": gen[k], "real": rec["real"][k], "ratio": report.ratio(gen[k], rec["real"][k])}
                              for k in ("blur", "checkerboard", "grid")}},
-              "features": feature_record(features, chosen, rec, gen, floor, by_seed) if features else None}
+              "features": feature_record(features, chosen, rec, gen, floor, by_seed, decoded) if features else None}
     print(report.console_table(record))
     try:
         if args.json:

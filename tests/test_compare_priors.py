@@ -72,7 +72,7 @@ def test_one_row_per_run_and_sampler_holding_the_records_numbers(folders, tmp_pa
     md = (tmp_path / "table.md").read_text()
     lines = md.splitlines()
     table = [line for line in lines if line.startswith("| ")]
-    assert table[0] == "| " + " | ".join(compare_priors.COLUMNS) + " |" and lines[1] == "|---|" + "---|" * 8
+    assert table[0] == "| " + " | ".join(compare_priors.COLUMNS) + " |" and lines[1] == "|---|" + "---|" * 9
     rows = [line[2:-2].split(" | ") for line in table[1:]]
     assert [r[0] for r in rows] == [f"{label}, {sampler}" for label in RUNS for sampler, _ in SAMPLERS]
     numbers = json.loads((tmp_path / "table.json").read_text())["rows"]
@@ -92,11 +92,13 @@ def test_one_row_per_run_and_sampler_holding_the_records_numbers(folders, tmp_pa
         assert got["kid_samples"] == kid == statistics.median(seeds["kid"])
         assert got["fd_reconstructions"] == recon and got["fd_ratio"] == fd["median"] / recon
         assert got["blur_ratio"] == record["samples"]["blur"]["ratio"]
+        best = record["features"]["training_reconstructions"]["frechet_distance"]
+        assert got["fd_best_prior"] == best
         assert got["seconds_per_epoch"] == {"median": statistics.median(seconds),
                                             "range": [min(seconds), max(seconds)], "epochs": 2}
         assert cells[1:] == [f"{record['z_mean']['psnr']:.2f}", f"{record['z_mean']['ssim']:.3f}",
                              f"{sig(fd['median'])} ({sig(fd['range'][0])}–{sig(fd['range'][1])})", sig(kid), sig(recon),
-                             f"{fd['median'] / recon:.2f}", sig(record["samples"]["blur"]["ratio"]),
+                             f"{fd['median'] / recon:.2f}", sig(best), sig(record["samples"]["blur"]["ratio"]),
                              f"{sig(statistics.median(seconds))} ({sig(min(seconds))}–{sig(max(seconds))}, 2 epochs)"]
         assert f"  {cells[0]}: {folder / name} (z_mean.psnr" in printed
     # z = mu's measures are one per run, whichever sampler drew the samples

@@ -183,9 +183,17 @@ def test_features_give_frechet_distance_and_kid_of_samples_reconstructions_and_t
             distances.frechet_distance_of_features(real, photos[:count]), rel=1e-4)
     assert floor["at_reference_count"]["kid"] == pytest.approx(distances.mmd2_unbiased(real, photos[:10]), rel=1e-4,
                                                                abs=1e-6)
+    # The best any prior fitted to the training codes can do: the floor's photographs at the samples'
+    # count, decoded from their mean codes.
+    train_x = found.images[np.sort(order[:30])].astype(np.float32) / 255
+    decoded = expected_features(np.asarray(run["vae"].decode(run["vae"].encode(train_x)[0])))
+    assert f["training_reconstructions"]["count"] == 30
+    assert f["training_reconstructions"]["frechet_distance"] == pytest.approx(
+        distances.frechet_distance_of_features(real, decoded), rel=1e-4)
     assert f["sample_seeds"] is None
     out = capsys.readouterr().out
     assert "reconstructions (z = mu)" in out and "floor: training photographs" in out
+    assert "training reconstructions (z = mu): any prior's best" in out
     assert "the reference is the 10 held-out photographs, all there are" in out
 
 

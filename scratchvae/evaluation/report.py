@@ -73,6 +73,9 @@ def feature_rows(record):
     ref = f["reference"]
     rows = [[f"samples of {record['samples'].get('codes', 'z ~ N(0, I)')}"] + _distance_cells(f["samples"]),
             ["reconstructions (z = mu)"] + _distance_cells(f["reconstructions"])]
+    if f.get("training_reconstructions"):
+        rows.append(["training reconstructions (z = mu): any prior's best"] +
+                    _distance_cells(f["training_reconstructions"]))
     for key in ("at_sample_count", "at_reference_count") if f["floor"] else ():
         row = ["floor: training photographs"] + _distance_cells(f["floor"][key])
         if row not in rows:  # the same set when there are as many samples as reference images
