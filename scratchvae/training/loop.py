@@ -17,7 +17,7 @@ from tqdm import tqdm
 from scratchvae import kernels as K
 from scratchvae.data.prefetch import ImageReader, Prefetcher
 from scratchvae.kernels import threads
-from scratchvae.latent import prior
+from scratchvae.latent import prior, vectors
 from scratchvae.model import VAE
 from scratchvae.optim import Adam
 from scratchvae.run import device, distributed
@@ -266,8 +266,13 @@ def fit_prior(job, stop):
     idx = prior.pick(job.train_idx, PRIOR_IMAGES, job.s.seed)
     components = min(prior.DEFAULT_COMPONENTS, prior.fitted_count(len(idx)))
     try:
-        fitted, _ = prior.fit_for_model(job.vae, job.reader, idx, components=components, seed=job.s.seed,
-                                        quiet=job.quiet, stop=stop)
+        codes = prior.encode(job.vae, job.reader, idx, quiet=job.quiet, stop=stop)
+        identity = vectors.model_identity(job.vae)
+        fitted, _ = prior.fit_codes(codes, components, seed=job.s.seed, identity=identity, quiet=job.quiet,
+                                    stop=stop)
+        if components > 1:  # few codes per component over-fit: one Gaussian, if it predicts the held-out codes better
+            single, _ = prior.fit_codes(codes, 1, seed=job.s.seed, identity=identity, quiet=job.quiet, stop=stop)
+            fitted = single if single.loglik_heldout > fitted.loglik_heldout else fitted
     except prior.Interrupted:
         return False
     with outdir.writing(job.out):
