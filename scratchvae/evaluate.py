@@ -97,13 +97,20 @@ def parse_seeds(text):
     return seeds
 
 
+def training_order(chosen, seed):
+    """The run's training images in one seeded shuffle (the floor's), or None off its own data."""
+    if chosen.train_idx is None or chosen.split != "held-out":
+        return None
+    return np.random.default_rng([seed, measure.FLOOR_STREAM]).permutation(chosen.train_idx)
+
+
 def floor_features(model, reader, chosen, counts, seed, batch_size):
     """{count: features of that many training photographs} for each count, all drawn from one seeded
     shuffle of the run's training images (so the smaller set is part of the larger), or None off its
     own data. A count above the training images takes all of them."""
-    if chosen.train_idx is None or chosen.split != "held-out":
+    order = training_order(chosen, seed)
+    if order is None:
         return None
-    order = np.random.default_rng([seed, measure.FLOOR_STREAM]).permutation(chosen.train_idx)
     pick = np.sort(order[:min(max(counts), len(order))])
     f = np.concatenate([model(reader.read(pick[i:i + batch_size])) for i in range(0, len(pick), batch_size)])
     f_of = dict(zip(pick.tolist(), f))
@@ -115,9 +122,9 @@ def decoded_training_features(vae, model, reader, chosen, count, seed, batch_siz
     seeded shuffle, so the same photographs as the floor's at that count), or None off its own data.
     These are the samples of a prior that drew exactly the training codes: the best a prior fitted to
     those codes can do with this decoder."""
-    if chosen.train_idx is None or chosen.split != "held-out":
+    order = training_order(chosen, seed)
+    if order is None:
         return None
-    order = np.random.default_rng([seed, measure.FLOOR_STREAM]).permutation(chosen.train_idx)
     pick = np.sort(order[:min(count, len(order))])
     feats = []
     for i in range(0, len(pick), batch_size):

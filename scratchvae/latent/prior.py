@@ -144,6 +144,17 @@ def fit_codes(codes, components=DEFAULT_COMPONENTS, covariance="full", seed=0, r
     return fitted_prior, lines
 
 
+def fit_or_one_gaussian(codes, components=DEFAULT_COMPONENTS, seed=0, identity="", quiet=True, stop=None):
+    """The Prior of fit_codes(codes, components), or of one Gaussian where that has the higher
+    log-likelihood on the same held-out codes (few codes per component over-fit). What training fits
+    at the end of a run; --components 1 and K repeat the two fits."""
+    fitted, _ = fit_codes(codes, components, seed=seed, identity=identity, quiet=quiet, stop=stop)
+    if components == 1:
+        return fitted
+    single, _ = fit_codes(codes, 1, seed=seed, identity=identity, quiet=quiet, stop=stop)
+    return single if single.loglik_heldout > fitted.loglik_heldout else fitted
+
+
 def fit_for_model(vae, reader, idx, batch_size=ENCODE_BATCH, components=DEFAULT_COMPONENTS, covariance="full",
                   seed=0, restarts=3, max_iter=200, identity=None, quiet=True, stop=None):
     """(Prior, report lines): encode reader.read(idx) and fit_codes them. `identity` defaults to the

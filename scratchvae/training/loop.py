@@ -267,12 +267,8 @@ def fit_prior(job, stop):
     components = min(prior.DEFAULT_COMPONENTS, prior.fitted_count(len(idx)))
     try:
         codes = prior.encode(job.vae, job.reader, idx, quiet=job.quiet, stop=stop)
-        identity = vectors.model_identity(job.vae)
-        fitted, _ = prior.fit_codes(codes, components, seed=job.s.seed, identity=identity, quiet=job.quiet,
-                                    stop=stop)
-        if components > 1:  # few codes per component over-fit: one Gaussian, if it predicts the held-out codes better
-            single, _ = prior.fit_codes(codes, 1, seed=job.s.seed, identity=identity, quiet=job.quiet, stop=stop)
-            fitted = single if single.loglik_heldout > fitted.loglik_heldout else fitted
+        fitted = prior.fit_or_one_gaussian(codes, components, job.s.seed, vectors.model_identity(job.vae),
+                                           job.quiet, stop)
     except prior.Interrupted:
         return False
     with outdir.writing(job.out):
