@@ -322,3 +322,34 @@ def test_exif_orientation_is_applied_wherever_an_image_is_read(tmp_path):
     turned = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
     turned.save(root / "plain.png")  # no tag: used as stored
     assert native_size(root, "plain.png") == (12, 20)
+
+
+def test_a_second_build_of_the_same_cache_waits_and_reads_the_first(folder, tmp_path):
+    # Two commands started together on the same images: the second waits for the first's build
+    # instead of filling the same partial file, then reads the finished cache.
+    import fcntl
+    import subprocess
+    import sys
+    cache_dir = tmp_path / "cache"
+    load(folder, tmp_path)  # learn the cache's name, then start again from nothing
+    npy = next(cache_dir.glob("*.npy"))
+    for p in cache_dir.iterdir():
+        p.unlink()
+    lock = npy.with_name(npy.stem + ".lock")
+    code = ("import sys; from scratchvae.data import load_images; "
+            f"s = load_images({str(folder)!r}, image_size=16, cache_dir={str(cache_dir)!r}, progress=True); "
+            "print(len(s.names))")
+    with open(lock, "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+        assert "another process is building" in child.stderr.readline()  # it waits on the lock
+        src = sources._Source(folder)
+        sources._build(src, src.names, sources._Reader(src.root, src.zip_path, 16, "center"),
+                       npy.with_suffix(""), False)
+        built = npy.stat().st_ino
+    out, err = child.communicate(timeout=600)  # a hang fails here; the load itself takes about a second
+    assert child.returncode == 0, err
+    assert out.split() == ["4"]
+    assert npy.stat().st_ino == built  # read, not built again and renamed over it
+    assert sorted(p.suffix for p in cache_dir.iterdir()) == [".json", ".npy"]

@@ -8,6 +8,7 @@ N. Batches become float32 in [0, 1] only when they are used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -80,7 +81,41 @@ def load_images(source, image_size: int = 128, crop: str = "center", limit: int 
     except OSError as e:
         raise DataError(f"cannot create cache folder {folder} ({e.strerror}); "
                         f"pass cache_dir= a writable folder") from e
-    return _build(src, names, reader, stem, progress, workers)
+    with _build_lock(stem, progress):
+        cached = _read_cache(stem, src, names, reader)  # another process may have built it meanwhile
+        if cached is not None:
+            return cached
+        return _build(src, names, reader, stem, progress, workers)
+
+
+@contextlib.contextmanager
+def _build_lock(stem: Path, progress: bool):
+    """Hold an exclusive lock on the cache's `.lock` file while it is built: two commands started
+    together on the same images would otherwise fill one partial file and rename it under each other.
+    The second waits (and says so), then reads the cache the first made. Without fcntl (Windows) no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock = stem.with_name(stem.name + ".lock")
+    try:
+        f = open(lock, "a")
+    except OSError:  # a read-only folder: _build reports it
+        yield
+        return
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                sys.stderr.write(f"another process is building {stem.name}; waiting for it\n")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:  # removed while still held: a waiter then finds the finished cache and leaves
+            cache.remove(lock)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def default_cache_dir() -> Path:
