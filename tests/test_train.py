@@ -31,6 +31,37 @@ def test_outputs_and_falling_loss(tmp_path):
     assert vae.config.image_size == 16 and vae.config.z_dim == 4
 
 
+def test_training_images_are_measured_as_the_held_out_ones(tmp_path):
+    # metrics.csv's train_inference_mse: the held-out measurement (inference mode, the held-out z
+    # draws) repeated on as many training images, spread over the training set.
+    from scratchvae.data.prefetch import ImageReader
+    from scratchvae.training import datasets, evaluation
+    from scratchvae.training.settings import Settings
+    assert run(tmp_path, "--limit", "96", "--epochs", "2") == 0
+    last = list(csv.DictReader(open(tmp_path / "metrics.csv")))[-1]
+    vae = VAE.load(tmp_path / "checkpoint.npz")
+    s = Settings(image_size=16, batch_size=16, lr=3e-3, limit=96)
+    pixels, train_idx, val_idx = datasets.load_data(s, None, True, tmp_path, root=False)
+    alike = evaluation.training_alike(train_idx, len(val_idx))
+    assert len(alike) == len(val_idx) == 16 and len(set(alike.tolist())) == 16 and set(alike) <= set(train_idx)
+    reader = ImageReader(pixels)
+    assert float(last["val_mse"]) == round(evaluation.held_out(vae, reader, val_idx, s, 1)["mse"], 6)
+    assert float(last["train_inference_mse"]) == round(evaluation.held_out(vae, reader, alike, s, 1)["mse"], 6)
+
+
+def test_a_run_from_before_the_training_images_column_resumes_without_it(tmp_path):
+    from scratchvae.run import checkpoint
+    assert run(tmp_path, "--limit", "96", "--epochs", "1") == 0
+    arrays, meta = checkpoint.load(tmp_path / "checkpoint.npz")
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    meta["history"] = [{k: v for k, v in r.items() if k != "train_inference_mse"} for r in meta["history"]]
+    checkpoint.save(tmp_path / "checkpoint.npz", arrays, meta)
+    assert run(tmp_path, "--resume", "--epochs", "2") == 0
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert header.endswith(",seconds") and "train_inference_mse" not in header
+    assert run(tmp_path, "--resume", "--epochs", "3") == 0  # its history still passes the resume check
+
+
 def test_resume_at_epoch_boundary_is_exact(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert run(straight, "--limit", "96", "--epochs", "3") == 0
@@ -45,7 +76,7 @@ def test_resume_at_epoch_boundary_is_exact(tmp_path):
     # One column order for the life of a run: the resumed history comes back from JSON sorted by key.
     header = (split / "metrics.csv").read_text().splitlines()[0]
     assert header == (straight / "metrics.csv").read_text().splitlines()[0]
-    assert header.startswith("epoch,step,train_total,train_reconstruction,") and header.endswith(",seconds")
+    assert header.startswith("epoch,step,train_total,train_reconstruction,") and header.endswith(",seconds,train_inference_mse")
 
 
 def test_a_resize_sigma_vae_run_records_its_choices_and_reports_nats(tmp_path):

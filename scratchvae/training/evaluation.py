@@ -22,8 +22,9 @@ AVERAGED = ("total", "reconstruction", "kl", "mse")  # PSNR is not averaged: it 
 TERMS = (*AVERAGED, "psnr")  # the order of losses.terms
 # metrics.csv's columns for the life of a run: a resumed history comes back from the checkpoint's
 # JSON with its keys sorted, and scripts read the file by position.
+# train_inference_mse comes last, so the older columns keep their places.
 COLUMNS = ("epoch", "step", "kl_weight", *(f"train_{k}" for k in TERMS), *(f"val_{k}" for k in TERMS),
-           "images_per_s", "seconds")
+           "images_per_s", "seconds", "train_inference_mse")
 
 
 def held_out(vae, reader, val_idx, s, epoch, comm=None):
@@ -47,14 +48,26 @@ def held_out(vae, reader, val_idx, s, epoch, comm=None):
     return {**result, "psnr": losses.psnr(result["mse"])}
 
 
-def metrics_row(epoch, step, train, val, images, seconds, kl_weight=None):
+def training_alike(train_idx, n):
+    """n training images spread evenly over the training set (at most all of them): the ones measured
+    as the held-out images are, so that the two MSEs compare like with like."""
+    n = min(n, len(train_idx))
+    return np.asarray(train_idx)[np.arange(n) * len(train_idx) // max(n, 1)]
+
+
+def metrics_row(epoch, step, train, val, images, seconds, kl_weight=None, train_inference_mse=None):
     """One line of metrics.csv (and of the checkpoint's history): the epoch's mean training terms,
-    its held-out terms and its speed; with a KL warm-up, the epoch's mean KL weight (`kl_weight`)."""
+    its held-out terms and its speed; with a KL warm-up, the epoch's mean KL weight (`kl_weight`).
+    train_* are averaged over the epoch's steps in training mode (batch statistics, the weights
+    still moving), so they do not compare with val_*; train_inference_mse is the held-out
+    measurement repeated on as many training images (training_alike): inference mode, the same z
+    draws, the end-of-epoch weights. Held-out MSE far above it means over-fitting."""
     weight = {} if kl_weight is None else {"kl_weight": round(kl_weight, 6)}
+    alike = {} if train_inference_mse is None else {"train_inference_mse": round(train_inference_mse, 6)}
     return {"epoch": epoch, "step": step, **weight,
             **{f"train_{k}": round(v, 6) for k, v in train.items()},
             **{f"val_{k}": round(v, 6) for k, v in val.items()},
-            "images_per_s": round(images / seconds, 2), "seconds": round(seconds, 1)}
+            "images_per_s": round(images / seconds, 2), "seconds": round(seconds, 1), **alike}
 
 
 def save_pictures(vae, reader, val_idx, s, history, out):

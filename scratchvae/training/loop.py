@@ -245,14 +245,20 @@ def end_epoch(job, epoch, sums, seen, elapsed):
                       job.s.precise_bn_batches(len(job.train_idx)), job.mine,
                       progress=not job.quiet and job.comm.is_root)
     val = evaluation.held_out(job.vae, job.reader, job.val_idx, job.s, epoch, job.comm)
-    p.history.append(evaluation.metrics_row(epoch + 1, p.step, train, val, seen, elapsed, kl_weight))
+    alike = None  # a run resumed from a checkpoint written before this column keeps its columns
+    if not p.history or "train_inference_mse" in p.history[0]:
+        alike = evaluation.held_out(job.vae, job.reader, evaluation.training_alike(job.train_idx, len(job.val_idx)),
+                                    job.s, epoch, job.comm)["mse"]
+    p.history.append(evaluation.metrics_row(epoch + 1, p.step, train, val, seen, elapsed, kl_weight, alike))
     p.epoch, p.step_in_epoch, p.partial = epoch + 1, 0, None
     if job.comm.is_root:
         with outdir.writing(job.out):
             resume.save(job.vae, job.opt, job.out, job.s, p)
             evaluation.save_pictures(job.vae, job.reader, job.val_idx, job.s, p.history, job.out)
     job.say(f"epoch {epoch + 1}/{job.epochs}  train {evaluation.format_terms(train)} | "
-            f"held-out {evaluation.format_terms(val)} | {seen / elapsed:.1f} img/s, {elapsed:.0f} s")
+            f"held-out {evaluation.format_terms(val)}"
+            + ("" if alike is None else f" (training images alike: mse {alike:.4f})")
+            + f" | {seen / elapsed:.1f} img/s, {elapsed:.0f} s")
 
 
 # ------------------------------------------------------------------ the end of the run
