@@ -1,7 +1,6 @@
 """What the precise BatchNorm statistics cost on the built-in job: measuring them over all of its
-1,277 training images (79 batches of 16, the old default) and over a quarter of them (20 batches,
-the default now), against the 79 training steps of one epoch; all in one process, alternating, the
-median of three rounds.
+training images (one epoch's batches, the old default) and over the default's quarter of them,
+against the training steps of one epoch; all in one process, alternating, the median of three rounds.
 
     python -m scratchvae.train --out runs/first          # any built-in run's checkpoint
     python benches/bench_bn_stats.py runs/first/checkpoint.npz
@@ -19,7 +18,11 @@ from scratchvae.model import VAE
 from scratchvae.optim import Adam
 from scratchvae.training import batchnorm, datasets, settings
 
-BATCH, STEPS, HELD_OUT = settings.SYNTHETIC_BATCH, 79, 67  # the built-in job's batch, steps per epoch, held-out count
+BATCH = settings.SYNTHETIC_BATCH
+# the built-in job's split: its held-out count and training images, so its steps per epoch
+HELD_OUT = int(round(datasets.SYNTHETIC_COUNT * settings.SYNTHETIC_VAL_FRACTION))
+TRAIN = datasets.SYNTHETIC_COUNT - HELD_OUT
+STEPS = TRAIN // BATCH
 
 
 def main(argv=None):
@@ -42,7 +45,7 @@ def main(argv=None):
 
     steps(2)  # warm-up: compile and allocate
     batchnorm.measure(vae, reader, train_idx, 0, 0, BATCH, 2)
-    epoch, stats = [], {79: [], 20: []}
+    epoch, stats = [], {STEPS: [], batchnorm.default_batches(BATCH, TRAIN): []}
     for r in range(args.rounds):
         t = time.perf_counter()
         steps(20)

@@ -42,8 +42,9 @@ from tests.hang import HANG_S
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The seed's objective (the built-in data would default to the sigma-VAE): these tests were written for it.
+# The held-out fraction is pinned too, at the 5% these tests were written for (the built-in data's own is a sixth).
 MODEL = ["--image-size", "16", "--filters", "4", "--blocks", "2", "--z-dim", "4", "--lr", "3e-3", "--recon", "mse",
-         "--quiet"]
+         "--val-fraction", "0.05", "--quiet"]
 TINY = [*MODEL, "--batch-size", "16"]
 # The resume-exactness runs: 2 epochs of 22 steps (91 training images in batches of 4).
 EXACT = [*MODEL, "--batch-size", "4", "--limit", "96", "--epochs", "2"]

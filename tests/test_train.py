@@ -196,9 +196,15 @@ def test_the_built_in_data_has_its_own_recipe_and_data_keeps_the_seeds():
     def resolved(*argv):
         return settings.resolve(build_parser().parse_args(list(argv)))
     built_in = resolved()
-    assert (built_in.image_size, built_in.recon, built_in.batch_size, built_in.lr_decay) == (64, "sigma", 16, 0.8)
+    assert (built_in.image_size, built_in.recon, built_in.batch_size, built_in.lr_decay) == (64, "sigma", 16, 0.64)
+    # 3,072 built-in faces: 2,560 to train on (160 steps an epoch) and 512 held out
+    from scratchvae.data import split_indices
+    from scratchvae.training import datasets
+    train_idx, val_idx = split_indices(datasets.SYNTHETIC_COUNT, built_in.val_fraction, built_in.batch_size, 0)
+    assert (len(train_idx), len(val_idx)) == (2560, 512) and settings.epochs(None, built_in) == 5
     seeds = resolved("--data", "faces")
     assert (seeds.image_size, seeds.recon, seeds.batch_size, seeds.beta, seeds.lr_decay) == (128, "mse", 64, 2000.0, 1)
+    assert seeds.val_fraction == 0.05 and resolved("--val-fraction", "0.1").val_fraction == 0.1
     assert resolved("--beta", "500").recon == "mse"  # --beta asks for the seed's objective
     assert resolved("--recon", "mse").recon == "mse" and resolved("--image-size", "128").image_size == 128
 
