@@ -51,8 +51,7 @@ def held_out(vae, reader, val_idx, s, epoch, comm=None):
 def training_alike(train_idx, n_held_out):
     """The training images measured as the held-out ones are, spread evenly over the training set: as
     many as the BatchNorm statistics take by default (about 2,000, at most a quarter of them), and at
-    least as many as are held out. Far fewer would be noisy: on the built-in run's last epoch, 67 of
-    them scored 8% below all 1,277 (docs/runs)."""
+    least as many as are held out. A set as small as a small held-out one would add its own noise."""
     n = min(len(train_idx), max(n_held_out, min(batchnorm.IMAGES, len(train_idx) // batchnorm.SHARE)))
     return np.asarray(train_idx)[np.arange(n) * len(train_idx) // max(n, 1)]
 
