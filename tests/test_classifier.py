@@ -88,7 +88,8 @@ def test_a_hidden_layer_gives_features_and_keeps_the_plain_network_as_it_was(tmp
     clf.save(tmp_path / "clf.npz")
     back, meta = classifier.Classifier.load(tmp_path / "clf.npz")
     assert back.hidden == 6 and meta["hidden"] == 6
-    np.testing.assert_array_equal(back.features(x), f)
+    # the same batches as f: a matrix product of one row may round otherwise than one of five
+    np.testing.assert_array_equal(back.features(x, batch_size=2), f)
     with pytest.raises(ValueError, match="no hidden layer"):
         plain.features(x)
 

@@ -20,6 +20,7 @@ from PIL import Image
 from scratchvae import data, train
 from scratchvae.data import CELEBA_PARTITION, cache, sources
 from scratchvae.data.prefetch import ImageReader, Prefetcher
+from scratchvae.run import atomic
 from tests.hang import HANG_S
 
 N = 3000
@@ -286,7 +287,8 @@ def test_a_builder_killed_mid_chunk_continues_from_the_chunks_that_match(few, tm
     try:
         deadline = time.monotonic() + HANG_S
         while True:
-            record = next(tmp_path.glob("*.progress"), None)
+            # the record, not the temporary file it is written through (renamed away at any moment)
+            record = next((p for p in tmp_path.glob("*.progress") if not atomic.is_temp_name(p.name)), None)
             if record is not None and len(record.read_text().splitlines()) >= 3:  # header and two chunks
                 break
             assert proc.poll() is None and time.monotonic() < deadline, "the builder never finished two chunks"
