@@ -126,7 +126,7 @@ def build(args, comm, plan, held, sync):
     job.progress.images = len(pixels)
     ranks = f" on each of {comm.size} ranks" if comm.size > 1 else ""
     job.say(f"training: {len(train_idx)} images, {len(val_idx)} held out, {job.steps} steps per epoch, "
-            f"batch {s.batch_size}, {n_threads} thread{"s" if n_threads != 1 else ""}{ranks}; outputs in {out}")
+            f"batch {s.batch_size}, {n_threads} thread{'s' if n_threads != 1 else ''}{ranks}; outputs in {out}")
     note = batchnorm.unsettled_warning(s.precise_bn_batches(len(train_idx)), job.steps * job.epochs,
                                        vae.config.bn_momentum)
     if note:
