@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from scratchvae.data import split_indices
 from scratchvae.data.prefetch import ImageReader
 from scratchvae.data.synthetic import synthetic_faces
 from scratchvae.kernels import threads
@@ -19,9 +20,8 @@ from scratchvae.optim import Adam
 from scratchvae.training import batchnorm, datasets, settings
 
 BATCH = settings.SYNTHETIC_BATCH
-# the built-in job's split: its held-out count and training images, so its steps per epoch
-HELD_OUT = int(round(datasets.SYNTHETIC_COUNT * settings.SYNTHETIC_VAL_FRACTION))
-TRAIN = datasets.SYNTHETIC_COUNT - HELD_OUT
+# the built-in job's split (split_indices, as training makes it): its training images, steps per epoch
+TRAIN, HELD_OUT = (len(i) for i in split_indices(datasets.SYNTHETIC_COUNT, settings.SYNTHETIC_VAL_FRACTION, BATCH))
 STEPS = TRAIN // BATCH
 
 

@@ -14,11 +14,14 @@ SHARE = 4  # but at most one in SHARE of them: a training-mode forward costs abo
 SETTLE_STEPS = 3  # moving averages settle after about this many times 1 / (1 - momentum) steps
 
 
+def default_images(train_images=None):
+    """About IMAGES training images, and at most train_images / SHARE of them."""
+    return IMAGES if train_images is None else min(IMAGES, train_images // SHARE)
+
+
 def default_batches(batch_size, train_images=None):
-    """--bn-batches when it is not given: enough batches for about IMAGES images, and at most
-    train_images / SHARE of them (at least one batch)."""
-    images = IMAGES if train_images is None else min(IMAGES, train_images // SHARE)
-    return max(1, math.ceil(images / batch_size))
+    """--bn-batches when it is not given: enough batches for default_images() (at least one batch)."""
+    return max(1, math.ceil(default_images(train_images) / batch_size))
 
 
 def measure(vae, reader, train_idx, seed, epoch, batch_size, n_batches, mine=slice(None), progress=False):

@@ -52,7 +52,7 @@ def training_alike(train_idx, n_held_out):
     """The training images measured as the held-out ones are, spread evenly over the training set: as
     many as the BatchNorm statistics take by default (about 2,000, at most a quarter of them), and at
     least as many as are held out. A set as small as a small held-out one would add its own noise."""
-    n = min(len(train_idx), max(n_held_out, min(batchnorm.IMAGES, len(train_idx) // batchnorm.SHARE)))
+    n = min(len(train_idx), max(n_held_out, batchnorm.default_images(len(train_idx))))
     return np.asarray(train_idx)[np.arange(n) * len(train_idx) // max(n, 1)]
 
 
