@@ -3,7 +3,8 @@ One Markdown table of held-out measures and face distances (from two `python -m 
 JSON files per run, one per sampler) and one picture with a row of the same draws per model and sampler.
 
     python benches/compare_priors.py runs/seed runs/sigma --labels "seed's objective,--recon sigma"
-        --table priors.md --figure priors.png [--n 16] [--seed 0] [--json priors.json]
+        --table priors.md --figure priors.png [--n 16] [--seed 0] [--json priors.json] \\
+        [--also eval-prior-T1.4.json]
 
 Each run folder holds checkpoint.npz, metrics.csv, prior.npz and the two evaluate records:
     python -m scratchvae.evaluate RUN/checkpoint.npz --features FEATURES.onnx --sample-seeds 0,1,2 \\
@@ -191,25 +192,28 @@ def sampler_label(name, record):
     return name if t in (None, 1.0) else f"{name} at temperature {t:g}"
 
 
-def collect(folders, labels):
-    """Every run's records and rows; every file is checked before any model is loaded."""
+def collect(folders, labels, also=()):
+    """Every run's records and rows; every file is checked before any model is loaded. `also`: more
+    evaluate records of the fitted prior (e.g. at another temperature), by file name, taken from the
+    runs that have them."""
     for folder in folders:
         check_folder(folder)
     runs = []
     for folder, label in zip(folders, labels):
         seconds = seconds_per_epoch(folder)
         samplers = []
-        for sampler, name in SAMPLERS:
+        extra = [("fitted prior", name) for name in also if os.path.isfile(os.path.join(folder, name))]
+        for sampler, name in SAMPLERS + tuple(extra):
             path, record = read_record(folder, name, sampler)
             row, keys = numbers(record)
             row.update(label=f"{label}, {sampler_label(sampler, record)}", run=label, sampler=sampler,
                        source=path, seconds_per_epoch=seconds,
                        temperature=float(get(record, "samples.temperature") or 1.0))
             samplers.append({"record": record, "row": row, "keys": keys})
-        a, b = (s["row"]["psnr"] for s in samplers)
-        if a is not None and b is not None and abs(a - b) > 1e-3:
-            print(f"note: {folder}'s two records disagree on the held-out PSNR ({a:.3f} and {b:.3f} dB): were they "
-                  f"made from the same checkpoint and images?", file=sys.stderr)
+        psnr = [s["row"]["psnr"] for s in samplers if s["row"]["psnr"] is not None]
+        if psnr and max(psnr) - min(psnr) > 1e-3:
+            print(f"note: {folder}'s records disagree on the held-out PSNR ({min(psnr):.3f} to {max(psnr):.3f} dB): "
+                  f"were they made from the same checkpoint and images?", file=sys.stderr)
         runs.append({"folder": folder, "label": label, "samplers": samplers})
     return runs
 
@@ -263,7 +267,10 @@ def run(args):
         raise UserError(f"--labels names {len(labels)} runs; {len(args.runs)} were given")
     if args.n < 1:
         raise UserError(f"--n {args.n}: show at least 1 sample per row")
-    runs = collect(args.runs, labels)
+    also = [a for a in (args.also or "").split(",") if a]
+    if any(os.path.basename(a) != a or not a.endswith(".json") for a in also):
+        raise UserError(f"--also {args.also!r}: give JSON file names inside the run folders, e.g. eval-prior-T1.4.json")
+    runs = collect(args.runs, labels, also)
     table = markdown(runs)
     fig = figure_rows(runs, args.n, args.seed) if args.figure else None
     print(table)
@@ -297,6 +304,8 @@ def main(argv=None):
     p.add_argument("--table", metavar="MD", help="write the Markdown table and its note to this file")
     p.add_argument("--figure", metavar="PNG", help="write the rows of samples, one per run and sampler, to this PNG")
     p.add_argument("--json", metavar="PATH", help="write the table's numbers, with the file and key of each, as JSON")
+    p.add_argument("--also", metavar="NAMES", help="comma-separated further evaluate records of the fitted prior in "
+                                                   "the run folders (e.g. eval-prior-T1.4.json), a row each where present")
     p.add_argument("--n", type=int, default=16, help="samples per row in the figure (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the figure's draws (default 0)")
     args = p.parse_args(argv)

@@ -179,3 +179,37 @@ def test_wrong_files_and_labels_are_refused_in_one_line(folders, copy_of_run, tm
     assert bench([folders[0], copy_of_run], tmp_path / "out") == 2
     one_line_error(capsys, "eval-normal.json is not a readable JSON file")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_further_prior_record_adds_a_row_where_a_run_has_it(folders, tmp_path, capsys):
+    """--also eval-prior-T1.4.json: the run that holds the record gets a third row, labelled with its
+    temperature and holding its numbers; its figure row is the prior's draws at that temperature; the
+    run without it keeps two rows. A name with a folder in it is refused."""
+    runs = [Path(shutil.copytree(f, tmp_path / f"run{i}")) for i, f in enumerate(folders)]
+    ckpt, fitted = runs[1] / "checkpoint.npz", runs[1] / "prior.npz"
+    assert evaluate.main([str(ckpt), "--features", str(folders[0].parent / "features.onnx"), "--prior", str(fitted),
+                          "--temperature", "1.4", "--sample-seeds", "0,1,2", "--n-samples", "24", "--threads", "1",
+                          "--cache-dir", str(folders[0].parent / "cache"), "--quiet",
+                          "--json", str(runs[1] / "eval-prior-T1.4.json")]) == 0
+    out = tmp_path / "out"
+    assert bench(runs, out, "--also", "eval-prior-T1.4.json", "--n", N, "--seed", SEED) == 0
+    rows = json.loads((out / "table.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == [f"{label}, {sampler}" for label in RUNS for sampler, _ in SAMPLERS] + \
+        ["--recon sigma, fitted prior at temperature 1.4"]
+    record = json.loads((runs[1] / "eval-prior-T1.4.json").read_text())
+    assert rows[-1]["temperature"] == 1.4 and rows[-1]["source"] == str(runs[1] / "eval-prior-T1.4.json")
+    assert rows[-1]["fd_samples"]["median"] == record["features"]["sample_seeds"]["frechet_distance_spread"]["median"]
+    assert rows[-1]["fd_samples"]["median"] != rows[-2]["fd_samples"]["median"]
+    vae, p = VAE.load(ckpt), prior.load(fitted)
+    tempered = np.clip(np.asarray(vae.decode(mixture.draw(p.weights, p.means, p.cholesky, SEED, N, 1.4),
+                                             training=False)), 0, 1)
+    with Image.open(out / "figure.png") as im:
+        got = np.asarray(im.convert("RGB"))
+    top = PAD + 4 * (SIZE + PAD)
+    assert got.shape[0] == 5 * (SIZE + PAD) + PAD
+    assert np.array_equal(got[top:top + SIZE, -(N * (SIZE + PAD) + PAD):],
+                          images.labelled_rows([tempered], ["x"])[PAD:PAD + SIZE, -(N * (SIZE + PAD) + PAD):])
+    capsys.readouterr()
+    assert bench(runs, tmp_path / "refused", "--also", "run1/eval-prior-T1.4.json") == 2
+    one_line_error(capsys, "--also", "file names inside the run folders")
+    assert not (tmp_path / "refused").exists()
