@@ -304,8 +304,9 @@ def main(argv=None):
     p.add_argument("--table", metavar="MD", help="write the Markdown table and its note to this file")
     p.add_argument("--figure", metavar="PNG", help="write the rows of samples, one per run and sampler, to this PNG")
     p.add_argument("--json", metavar="PATH", help="write the table's numbers, with the file and key of each, as JSON")
-    p.add_argument("--also", metavar="NAMES", help="comma-separated further evaluate records of the fitted prior in "
-                                                   "the run folders (e.g. eval-prior-T1.4.json), a row each where present")
+    p.add_argument("--also", metavar="NAMES",
+                   help="comma-separated further evaluate records of the fitted prior in the run folders "
+                        "(e.g. eval-prior-T1.4.json), a row each where present")
     p.add_argument("--n", type=int, default=16, help="samples per row in the figure (default 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the figure's draws (default 0)")
     args = p.parse_args(argv)

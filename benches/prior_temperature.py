@@ -1,12 +1,13 @@
 """Which temperature to draw a fitted prior at, chosen without the held-out photographs.
 
-Draws the same seeded codes from RUN/prior.npz at each temperature, decodes them and measures their
-face distance (FD and KID) against the run's own training photographs, then names the temperature
-with the lowest FD. The held-out photographs are not read, so `python -m scratchvae.evaluate --prior
+Draws the same seeded codes from RUN/prior.npz (or --prior) at each temperature, decodes them and
+measures their face distance (FD and KID) against the run's own training photographs, then names the
+temperature with the lowest FD. The held-out photographs are not read, so `python -m scratchvae.evaluate --prior
 --temperature T` on them afterwards is a fair measure of the choice.
 
     python benches/prior_temperature.py runs/celeba-sigma --features face-features.onnx \\
-        [--temperatures 1,1.1,1.2,1.3,1.4,1.5,1.6] [--n 2000] [--seed 0] [--json out.json]
+        [--prior PRIOR.npz] [--temperatures 1,1.1,1.2,1.3,1.4,1.5,1.6] [--n 2000] [--seed 0] \\
+        [--json out.json]
 """
 
 import argparse
@@ -43,6 +44,7 @@ def parse_temperatures(text):
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run folder holding checkpoint.npz and prior.npz")
+    p.add_argument("--prior", help="the prior file to draw from (default: RUN/prior.npz)")
     p.add_argument("--features", required=True, help="the face network (python -m scratchvae.face_features)")
     p.add_argument("--temperatures", default=DEFAULT_TEMPERATURES, help=f"default {DEFAULT_TEMPERATURES}")
     p.add_argument("--n", type=int, default=2000, help="samples per temperature and training photographs (2000)")
@@ -59,7 +61,8 @@ def run(args):
     if args.n < 2:
         raise UserError(f"--n {args.n} must be at least 2")
     n_threads = threads.set_threads(args.threads)
-    ckpt, prior_path = (os.path.join(args.run, f) for f in ("checkpoint.npz", "prior.npz"))
+    ckpt = os.path.join(args.run, "checkpoint.npz")
+    prior_path = args.prior or os.path.join(args.run, "prior.npz")
     vae, meta, identity = load_model(ckpt)
     fitted = prior.load(prior_path, identity=identity, z_dim=vae.config.z_dim)
     model = FeatureModel(args.features, n_threads)
@@ -77,7 +80,8 @@ def run(args):
     best = min(rows, key=lambda r: r["frechet_distance"])
     print(f"lowest FD against {len(reference)} training photographs: temperature {best['temperature']:g}")
     if args.json:
-        record = {"run": args.run, "features": args.features, "reference": f"{len(reference)} training photographs",
+        record = {"run": args.run, "prior": prior_path, "features": args.features,
+                  "reference": f"{len(reference)} training photographs",
                   "seed": args.seed, "prior_components": fitted.components, "rows": rows,
                   "chosen_temperature": best["temperature"]}
         atomic.write_bytes(args.json, (json.dumps(record, indent=1) + "\n").encode())

@@ -40,7 +40,8 @@ def test_each_temperature_is_measured_against_training_photographs_and_the_lowes
     out = tmp_path / "t.json"
     read = []
     original = ImageReader.read
-    monkeypatch.setattr(ImageReader, "read", lambda self, idx: read.append(np.asarray(idx).copy()) or original(self, idx))
+    monkeypatch.setattr(ImageReader, "read",
+                        lambda self, idx: read.append(np.asarray(idx).copy()) or original(self, idx))
     assert prior_temperature.main([str(world["run"]), "--features", str(world["features"]), "--temperatures", "0.5,1,2",
                                    "--n", str(N), "--seed", "3", "--threads", "1", "--json", str(out)]) == 0
     got = json.loads(out.read_text())
@@ -70,3 +71,22 @@ def test_bad_input_is_refused_in_one_line(world, capsys, args, words):
     assert prior_temperature.main([str(world["run"]), "--features", str(world["features"]), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and words in err, err
+
+
+def test_another_prior_file_is_drawn_from_when_named(world, tmp_path):
+    other = tmp_path / "one.npz"
+    assert prior.main([str(world["run"] / "checkpoint.npz"), "--components", "1", "--out", str(other), "--threads", "1",
+                       "--quiet"]) == 0
+    out = tmp_path / "t.json"
+    assert prior_temperature.main([str(world["run"]), "--features", str(world["features"]), "--prior", str(other),
+                                   "--temperatures", "1", "--n", str(N), "--threads", "1", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())
+    vae, meta, _ = load_model(str(world["run"] / "checkpoint.npz"))
+    chosen = source.choose(meta, vae.config.image_size, quiet=True)
+    model = FeatureModel(str(world["features"]), 1)
+    reference = floor_features(model, ImageReader(chosen.pixels), chosen, (N,), 0, 64)[N]
+    p = prior.load(str(other))
+    z = mixture.draw(p.weights, p.means, p.cholesky, 0, N, 1.0)
+    want = distances.frechet_distance_of_features(reference, measure.samples(vae, z, 64, model)["features"])
+    assert got["prior"] == str(other) and p.components == 1
+    assert got["rows"][0]["frechet_distance"] == pytest.approx(want, rel=1e-9)
