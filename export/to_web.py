@@ -38,6 +38,7 @@ ORT_FILES = {"ort.wasm.min.mjs": "ort.wasm.min.js", "ort-wasm-simd-threaded.mjs"
              "ort-wasm-simd-threaded.wasm": "ort-wasm-simd-threaded.wasm"}
 SITE_FORMAT, SITE_VERSION = "scratchvae-web", 1
 DEFAULT_SLIDERS = 8
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.1, 2.0  # the page's temperature slider (index.html)
 
 
 def build_parser():
@@ -56,6 +57,9 @@ def build_parser():
     p.add_argument("--prior", metavar="PRIOR.npz",
                    help="a prior fitted to this checkpoint's codes by python -m scratchvae.prior: the page draws its "
                         "faces from it, as python -m scratchvae.sample --prior does (default: N(0, I))")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help=f"the page's temperature slider starts here, e.g. the one benches/prior_temperature.py "
+                        f"chose (0.1 to {MAX_TEMPERATURE:g}; default 1)")
     return p
 
 
@@ -118,6 +122,9 @@ def build(args, dist=None):
     for path in page:
         if not path.is_file():
             raise to_onnx.ExportError(f"the page's source {path} is missing: use a complete checkout")
+    if not MIN_TEMPERATURE <= args.temperature <= MAX_TEMPERATURE:
+        raise to_onnx.ExportError(f"--temperature {args.temperature:g}: the page's slider runs from "
+                                  f"{MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g}")
     models, cfg, identity = to_onnx.build_graphs(args.checkpoint)
     vec_doc = None
     if args.vectors:
@@ -138,6 +145,7 @@ def build(args, dist=None):
     model_doc = {"format": SITE_FORMAT, "version": SITE_VERSION, "identity": identity, "z_dim": int(cfg.z_dim),
                  "image_size": int(cfg.image_size), "channels": int(cfg.channels),
                  "vectors": "vectors.json" if vec_doc else None, "prior": "prior.json" if prior_doc else None,
+                 "temperature": float(args.temperature),
                  "runtime": {target: source.name for source, target in runtime.items()}}
     docs = {"model.json": model_doc, "vectors.json": vec_doc, "prior.json": prior_doc}
     for name in [name for name, doc in docs.items() if doc is None]:

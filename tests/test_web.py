@@ -297,12 +297,15 @@ def test_named_attributes_get_the_first_sliders_and_unknown_names_are_refused(wo
 
 
 def test_a_site_with_the_prior_draws_export_samples_prior_faces(world, tmp_path, tmp_path_factory, capsys):
-    """to_web --prior: the page's grid is drawPrior's faces, the ones export/sample.py --prior and the
-    package draw; its morph strip walks between two of them. Another checkpoint's prior is refused."""
+    """to_web --prior --temperature 0.85: the page's slider starts at 0.85 and its grid is drawPrior's
+    faces, the ones export/sample.py --prior and the package draw at that temperature; its morph strip
+    walks between two of them. Another checkpoint's prior, and a temperature off the slider, are refused."""
     path = tmp_path / "prior.npz"
     write_prior(path, vectors.model_identity(world["vae"]), SMALL.z_dim, components=3, seed=2)
     site = tmp_path / "site"
-    assert to_web.main([world["ckpt"], "--vectors", world["vectors"], "--prior", str(path), "--out", str(site)]) == 0
+    assert to_web.main([world["ckpt"], "--vectors", world["vectors"], "--prior", str(path), "--temperature", "0.85",
+                        "--out", str(site)]) == 0
+    assert json.loads((site / "model.json").read_text())["temperature"] == 0.85
     doc = json.loads((site / "prior.json").read_text())
     fitted = prior.load(str(path))
     np.testing.assert_array_equal(doc["weights"], fitted.weights)  # float64 values, exact in JSON
@@ -323,7 +326,8 @@ def test_a_site_with_the_prior_draws_export_samples_prior_faces(world, tmp_path,
             r = wait_ready(b)
             assert r["prior"] == 3 and r["message"] is None
             assert b.evaluate("!document.getElementById('prior-note').hidden")
-            b.evaluate("document.getElementById('temperature').value = '0.85'")
+            assert b.evaluate("document.getElementById('temperature').value") == "0.85"
+            assert b.evaluate("document.getElementById('temperature-value').textContent") == "0.85"
             show_seed(b, 11)
             shown = tiles(b)[:GRID]
             for i in range(GRID):
@@ -350,6 +354,10 @@ def test_a_site_with_the_prior_draws_export_samples_prior_faces(world, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("to_web: error:") and "another checkpoint" in err and err.count("\n") == 1
     assert not (tmp_path / "refused").exists()
+    assert to_web.main([world["ckpt"], "--prior", str(path), "--temperature", "2.5", "--out", str(tmp_path / "hot")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("to_web: error: --temperature 2.5") and "0.1 to 2" in err and err.count("\n") == 1
+    assert not (tmp_path / "hot").exists()
 
 
 def node(script):

@@ -637,6 +637,7 @@ async function main() {
   for (const canvas of ["selected", "morph-view"]) Object.assign($(canvas), { width: app.model.image_size, height: app.model.image_size });
   app.vectors = await loadVectors();
   app.prior = await loadPrior();
+  if (typeof app.model.temperature === "number") $("temperature").value = String(app.model.temperature);
   app.sliders = app.vectors ? app.vectors.sliders : 0;
   buildSliders();
   wire();
