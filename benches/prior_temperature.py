@@ -60,7 +60,10 @@ def run(args):
         raise UserError(f"--seed {args.seed}: use a whole number of zero or more")
     if args.n < 2:
         raise UserError(f"--n {args.n} must be at least 2")
-    n_threads = threads.set_threads(args.threads)
+    try:
+        n_threads = threads.set_threads(args.threads)
+    except ValueError as e:
+        raise UserError(f"--threads: {e}") from None
     ckpt = os.path.join(args.run, "checkpoint.npz")
     prior_path = args.prior or os.path.join(args.run, "prior.npz")
     vae, meta, identity = load_model(ckpt)

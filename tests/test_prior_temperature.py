@@ -66,7 +66,8 @@ def test_each_temperature_is_measured_against_training_photographs_and_the_lowes
 
 @pytest.mark.parametrize("args, words", [(["--temperatures", "1,0"], "positive"),
                                          (["--temperatures", "1,x"], "numbers separated by commas"),
-                                         (["--n", "1"], "--n 1"), (["--seed", "-1"], "--seed -1")])
+                                         (["--n", "1"], "--n 1"), (["--seed", "-1"], "--seed -1"),
+                                         (["--threads", "0"], "--threads")])
 def test_bad_input_is_refused_in_one_line(world, capsys, args, words):
     assert prior_temperature.main([str(world["run"]), "--features", str(world["features"]), *args]) == 2
     err = capsys.readouterr().err.strip()

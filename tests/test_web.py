@@ -6,6 +6,7 @@ Python's under Node."""
 import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -358,6 +359,9 @@ def test_a_site_with_the_prior_draws_export_samples_prior_faces(world, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("to_web: error: --temperature 2.5") and "0.1 to 2" in err and err.count("\n") == 1
     assert not (tmp_path / "hot").exists()
+    slider = re.search(r'<input id="temperature" type="range" min="([\d.]+)" max="([\d.]+)"',
+                       (Path(to_web.__file__).resolve().parents[1] / "web" / "index.html").read_text())
+    assert (float(slider[1]), float(slider[2])) == (to_web.MIN_TEMPERATURE, to_web.MAX_TEMPERATURE)
 
 
 def node(script):
