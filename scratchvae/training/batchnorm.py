@@ -9,8 +9,8 @@ import numpy as np
 
 IMAGES = 2000  # the default pass measures about this many training images,
 SHARE = 4  # but at most one in SHARE of them: a training-mode forward costs about a third of a step,
-# so the pass stays under a tenth of an epoch (on the built-in data all 1,277 images took 26 s of
-# an 83 s epoch; the statistics of a few hundred images per channel are as exact for inference)
+# so the pass stays under a tenth of an epoch (measuring every training image instead would cost about
+# a third of an epoch; the statistics of a few hundred images per channel are as exact for inference)
 SETTLE_STEPS = 3  # moving averages settle after about this many times 1 / (1 - momentum) steps
 
 
