@@ -39,9 +39,10 @@ DEFAULT_MIN_COUNT = 10
 BATCH = 64
 
 
-def reference(called, truth, a, min_count=DEFAULT_MIN_COUNT):
+def reference(called, truth, a, min_count=DEFAULT_MIN_COUNT, strata=None):
     """R(a, b) for every column b of called/truth ((n, B) bool: the judge's calls and the true labels),
-    NaN for b = a and where no stratum has min_count faces on both sides; with the faces each R rests on."""
+    NaN for b = a and where no stratum has min_count faces on both sides; with the faces each R rests on.
+    A dict passed as `strata` receives, per b, each stratum's faces and share called b on both sides."""
     called, truth = np.asarray(called, bool), np.asarray(truth, bool)
     has_a = truth[:, a]
     r = np.full(truth.shape[1], np.nan)
@@ -49,17 +50,23 @@ def reference(called, truth, a, min_count=DEFAULT_MIN_COUNT):
     for b in range(truth.shape[1]):
         if b == a:
             continue
-        total, weight = 0.0, 0.0
+        total, weight, parts = 0.0, 0.0, []
         for t in (False, True):
             with_a, without_a = has_a & (truth[:, b] == t), ~has_a & (truth[:, b] == t)
+            part = {"true": bool(t), "with": int(with_a.sum()), "without": int(without_a.sum())}
+            parts.append(part)
             if with_a.sum() < min_count or without_a.sum() < min_count:
                 continue
             w = without_a.sum() / max(1, (~has_a).sum())
-            total += w * (called[with_a, b].mean() - called[without_a, b].mean())
+            part.update(called_with=float(called[with_a, b].mean()), called_without=float(called[without_a, b].mean()),
+                        weight=float(w))
+            total += w * (part["called_with"] - part["called_without"])
             weight += w
             used[b] += with_a.sum() + without_a.sum()
         if weight > 0:
             r[b] = total / weight
+        if strata is not None:
+            strata[b] = parts
     return r, used
 
 
@@ -141,11 +148,13 @@ def run(args):
         a = names.index(name)
         row = {"attribute": name, "with": int(truth[:, a].sum()), "without": int((~truth[:, a]).sum())}
         for kind, called in calls.items():
-            r, used = reference(called, truth, a, args.min_count)
+            parts = {}
+            r, used = reference(called, truth, a, args.min_count, parts)
             big, male = summary(r, names, a)
             row[kind] = {"largest": big, "Male": male,
                          "R": {n: (None if not np.isfinite(r[j]) else float(r[j])) for j, n in enumerate(names)},
-                         "faces_used": {n: int(used[j]) for j, n in enumerate(names)}}
+                         "faces_used": {n: int(used[j]) for j, n in enumerate(names)},
+                         "strata": {names[j]: p for j, p in parts.items()}}
         rows.append(row)
     how = f"ONNX network {os.path.basename(args.features)} (its logits)"
     table = markdown(rows, args.split, len(idx), how, args.min_count)

@@ -49,9 +49,14 @@ def test_the_weights_are_the_strata_shares_among_faces_without_a_and_thin_strata
     called = truth.copy()
     called[0, 1] = True
     called[8, 1] = False
-    r, used = real_side_effects.reference(called, truth, 0, min_count=2)
+    parts = {}
+    r, used = real_side_effects.reference(called, truth, 0, min_count=2, strata=parts)
     assert r[1] == pytest.approx(4 / 6 * (0.5 - 0.0) + 2 / 6 * (1.0 - 0.5))
     assert used[1] == 10
+    assert parts[1] == [{"true": False, "with": 2, "without": 4, "called_with": 0.5, "called_without": 0.0,
+                         "weight": pytest.approx(4 / 6)},
+                        {"true": True, "with": 2, "without": 2, "called_with": 1.0, "called_without": 0.5,
+                         "weight": pytest.approx(2 / 6)}]
     r, used = real_side_effects.reference(called, truth, 0, min_count=3)  # only the b-absent stratum has 3 a side
     assert np.isnan(r[1]) and used[1] == 0
     truth2 = np.vstack([truth, [[1, 0]]])
