@@ -153,6 +153,53 @@ def test_the_method_and_what_it_held_survive_save_and_load(codes, tmp_path):
             assert str(f["method"]) == method
 
 
+@pytest.mark.parametrize("method", vectors.METHODS)
+def test_hold_keeps_the_named_labels_readout_fixed_and_the_edit_its_own(codes, method):
+    z, y, d = codes
+    w, _ = vectors.readouts(z.astype(np.float64), y > 0)
+    free = vectors.directions(z, y, NAMES, "id", method=method)
+    held = vectors.directions(z, y, NAMES, "id", method=method, hold=["B"])
+    assert held.hold == ["B"] and free.hold == []
+    # A predicts B, so B's readout sees A's direction: every method's A moves it, until B is held
+    assert abs(w[1] @ free.vectors[0]) > 0.2 * abs(w[0] @ free.vectors[0])
+    assert abs(w[1] @ held.vectors[0]) < 1e-4 * abs(w[0] @ held.vectors[0])
+    assert cosine(held.vectors[0], d[0]) > 0.95  # still A's own direction
+    if method == "mean":  # mean's leak towards B is what the hold takes out
+        assert cosine(held.vectors[0], d[0]) > cosine(free.vectors[0], d[0]) + 0.05
+    np.testing.assert_allclose(held.vectors[1], free.vectors[1], rtol=1e-5, atol=1e-6)  # B is not held against B
+    # C is independent of B: holding B barely turns it
+    assert cosine(held.vectors[2], free.vectors[2]) > 0.98
+
+
+def test_hold_is_the_smallest_change_in_the_codes_spread_that_keeps_the_readout(rng):
+    z = rng.standard_normal((500, 5)) @ rng.standard_normal((5, 5))
+    y = np.where(rng.random((500, 3)) < 0.5, 1, -1)
+    y[:, 1] = np.where(z[:, 0] + 0.5 * rng.standard_normal(500) > 0, 1, -1)
+    free = vectors.directions(z, y, ["A", "B", "C"], "id", min_count=1, method="mean")
+    held = vectors.directions(z, y, ["A", "B", "C"], "id", min_count=1, method="mean", hold=["B"])
+    w, cov = vectors.readouts(z, y > 0)
+    change = held.vectors[0].astype(np.float64) - free.vectors[0]
+    # any other change u with w_B u = -w_B v costs at least as much in the metric cov^-1
+    inv = np.linalg.inv(cov)
+    for _ in range(20):
+        u = rng.standard_normal(5)
+        u -= (w[1] @ u + w[1] @ free.vectors[0]) / (w[1] @ w[1]) * w[1]  # on the constraint's plane
+        assert u @ inv @ u >= change @ inv @ change - 1e-9
+    assert w[1] @ held.vectors[0] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_hold_survives_save_and_load_and_an_unknown_name_is_refused(codes, tmp_path):
+    z, y, _ = codes
+    v = vectors.directions(z, y, NAMES, "x" * 64, method="joint", hold=["B", "D"])
+    vectors.save(tmp_path / "h.npz", v)
+    back = vectors.load(str(tmp_path / "h.npz"))
+    assert back.hold == ["B", "D"]
+    np.testing.assert_array_equal(back.vectors, v.vectors)
+    assert edit_rates.file_label(back) == "joint, B,D's readout kept"
+    with pytest.raises(UserError, match="--hold Beard"):
+        vectors.directions(z, y, NAMES, "id", method="joint", hold=["Beard"])
+
+
 def test_a_file_from_before_the_methods_loads_as_mean(tmp_path):
     path = tmp_path / "old.npz"
     np.savez(path, format=np.array(vectors.FORMAT), version=np.array(1), identity=np.array("i"),
@@ -213,6 +260,18 @@ def test_cli_method_writes_what_directions_gives_and_the_samplers_read_it(world,
     assert a.shape == b.shape and np.abs(a - b).max() > 0
 
 
+def test_cli_hold_writes_the_held_readouts_and_says_so(world, tmp_path, capsys):
+    out, plain = tmp_path / "held.npz", tmp_path / "plain.npz"
+    assert make(world, out, "--method", "mean", "--hold", "Male") == 0
+    assert "the linear readouts of Male kept fixed" in capsys.readouterr().out
+    assert make(world, plain, "--method", "mean") == 0
+    held, free = vectors.load(str(out)), vectors.load(str(plain))
+    assert held.hold == ["Male"] and free.hold == []
+    i, m = held.names.index("Smiling"), held.names.index("Male")
+    assert not np.allclose(held.vectors[i], free.vectors[i])
+    np.testing.assert_array_equal(held.vectors[m], free.vectors[m])  # Male is never held against itself
+
+
 @pytest.mark.parametrize("extra,words", [
     (["--method", "median"], "--method 'median': use mean, joint, matched"),
     (["--method", "joint", "--controls", "Mal"], "--controls Mal"),
@@ -220,6 +279,8 @@ def test_cli_method_writes_what_directions_gives_and_the_samplers_read_it(world,
     (["--method", "matched", "--controls", "all"], "--controls all"),
     (["--method", "matched", "--controls", "others"], "--controls others"),
     (["--method", "joint", "--ridge", "0"], "--ridge"),
+    (["--hold", "Beard"], "--hold Beard"),
+    (["--hold", ","], "name one or more labels"),
 ])
 def test_cli_bad_method_options_are_one_line_and_write_nothing(world, tmp_path, capsys, extra, words):
     out = tmp_path / "v.npz"

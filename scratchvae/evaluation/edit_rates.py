@@ -255,15 +255,17 @@ def picture_rows(vae, z, face_names, files, edit, strengths, batch_size):
 
 def file_label(v):
     """A vectors file's method, with the labels it held fixed when it names a few for every attribute
-    ("joint (Male,Young)"); every other label, or each attribute's own most correlated ones, add nothing."""
+    ("joint (Male,Young)"); every other label, or each attribute's own most correlated ones, add nothing;
+    and the labels whose readouts it keeps ("joint, Male's readout kept")."""
+    kept = f", {','.join(v.hold)}'s readout kept" if v.hold else ""
     sets = [set(c.split(",")) - {""} for c in v.controls]
     union = set().union(*sets) if sets else set()
     if v.method == "mean" or "all" in union or not union or len(union) > vectors.MAX_MATCHED:
-        return v.method
+        return v.method + kept
     if all(s == union - {name} for s, name in zip(sets, v.names)):
         order = next((c for c, s in zip(v.controls, sets) if s == union), ",".join(sorted(union)))
-        return f"{v.method} ({order})"
-    return v.method
+        return f"{v.method} ({order}){kept}"
+    return v.method + kept
 
 
 def file_labels(paths, found):

@@ -48,6 +48,9 @@ def build_parser():
                         f"attribute's own facets, the labels correlated with it at |phi| >= {vectors.FACET:g} "
                         "(joint); the N most correlated with each attribute (matched's default 2); or a comma list "
                         "such as Male,Young")
+    p.add_argument("--hold", metavar="NAMES",
+                   help="after any method, keep the linear readout of these labels from the code fixed along every "
+                        "direction (e.g. Male: a blond edit then feminises less; docs/ATTRIBUTES.md measures it)")
     p.add_argument("--min-count", type=int, default=vectors.DEFAULT_MIN_COUNT,
                    help=f"skip an attribute with fewer images on either side (default {vectors.DEFAULT_MIN_COUNT})")
     p.add_argument("--crop", choices=list(source.data.CROPS),
@@ -89,11 +92,13 @@ def describe(v):
     held = v.controls[0] if v.controls and len(set(v.controls)) == 1 else None
     what = ("every other label" if held == "all" else held.replace(",", ", ") if held
             else "the labels of the last column")
+    held_readouts = f"; the linear readouts of {', '.join(v.hold)} kept fixed" if v.hold else ""
     if v.method == "joint":
-        return f"method joint: each direction with {what} held fixed (ridge {v.ridge:g})"
+        return f"method joint: each direction with {what} held fixed (ridge {v.ridge:g}){held_readouts}"
     if v.method == "matched":
-        return f"method matched: mean differences within strata of {what}, weighted by n+ n- / (n+ + n-)"
-    return "method mean: mean code with the attribute minus mean code without it"
+        return (f"method matched: mean differences within strata of {what}, weighted by n+ n- / (n+ + n-)"
+                f"{held_readouts}")
+    return f"method mean: mean code with the attribute minus mean code without it{held_readouts}"
 
 
 def table(v):
@@ -118,6 +123,9 @@ def run(args):
     if not (np.isfinite(args.ridge) and args.ridge > 0):
         raise UserError(f"--ridge {args.ridge}: give a positive number")
     controls = parse_controls(args.controls, args.method)
+    hold = [n.strip() for n in (args.hold or "").split(",") if n.strip()]
+    if args.hold is not None and not hold:
+        raise UserError(f"--hold {args.hold!r}: name one or more labels, e.g. Male")
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "vectors.npz")
     if os.path.exists(out) and not args.force:
         raise UserError(f"{out} exists: pass --force to replace it, or choose another --out")
@@ -137,10 +145,13 @@ def run(args):
     unknown = [n for n in (controls if isinstance(controls, list) else []) if n not in found.attributes]
     if unknown:
         raise UserError(f"--controls {unknown[0]}: {found.path} has no such label")
+    unknown = [n for n in hold if n not in found.attributes]
+    if unknown:
+        raise UserError(f"--hold {unknown[0]}: {found.path} has no such label")
     reader = ImageReader(chosen.pixels)
     z = vectors.encode_all(vae, reader, chosen.idx, args.batch_size, args.quiet)
     result = vectors.directions(z, values, found.attributes, identity, args.min_count, args.method, args.ridge,
-                                controls)
+                                controls, hold)
     if not result.names:
         raise UserError(f"every attribute has fewer than {args.min_count} of the {len(z)} images on one side: "
                         f"use more images or a lower --min-count")

@@ -66,12 +66,15 @@ class Vectors:
     n_used: np.ndarray = None  # (K,) images the estimate rests on (matched: those in strata with both sides)
     controls: list = None  # (K,) labels held fixed, comma-joined ("Male,Young"); "all": every other; "" for mean
     ridge: float = 0.0  # the joint fit's ridge (0 for the other methods)
+    hold: list = None  # labels whose linear readout of the code every direction keeps fixed (hold_readouts)
 
     def __post_init__(self):
         if self.n_used is None:
             self.n_used = np.asarray(self.n_pos) + np.asarray(self.n_neg)
         if self.controls is None:
             self.controls = [""] * len(self.names)
+        if self.hold is None:
+            self.hold = []
 
     @property
     def z_dim(self):
@@ -101,11 +104,12 @@ def encode_all(vae, reader, idx, batch_size, quiet=True):
 
 
 def directions(z, values, attributes, identity, min_count=DEFAULT_MIN_COUNT, method="mean", ridge=DEFAULT_RIDGE,
-               controls=None):
+               controls=None, hold=()):
     """Vectors from codes z (N, z_dim) and labels values (N, A) of +1/-1 for attribute names, by
     `method`, holding fixed `controls` (joint and matched: "all", a count of most correlated labels, or
     a list of names; None: the method's default); attributes with fewer than min_count images on either
-    side get none."""
+    side get none. `hold`: label names whose linear readout of the code each direction then keeps
+    fixed (hold_readouts); an attribute is never held against itself."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
     z = np.asarray(z, np.float64)
@@ -127,6 +131,12 @@ def directions(z, values, attributes, identity, min_count=DEFAULT_MIN_COUNT, met
             found = n_used > 0  # no stratum shows the attribute on both sides: no matched estimate
             keep, vec, n_used = [a for a, f in zip(keep, found) if f], vec[found], n_used[found]
             held = [h for h, f in zip(held, found) if f]
+    hold = list(hold or [])
+    unknown = [n for n in hold if n not in attributes]
+    if unknown:
+        raise UserError(f"--hold {unknown[0]}: not a label of this file (e.g. Male)")
+    if hold and len(keep):
+        vec = hold_readouts(z, pos, vec, keep, [attributes.index(n) for n in hold])
     every = len(attributes) - 1
     names_held = ["all" if method == "joint" and len(h) == every else ",".join(attributes[b] for b in h) for h in held]
     lengths = np.linalg.norm(vec, axis=1, keepdims=True)
@@ -135,7 +145,7 @@ def directions(z, values, attributes, identity, min_count=DEFAULT_MIN_COUNT, met
     return Vectors([attributes[a] for a in keep], vec.astype(np.float32), unit.astype(np.float32),
                    n_pos[keep].astype(np.int64), n_neg[keep].astype(np.int64), spread, identity,
                    [attributes[a] for a in range(len(attributes)) if a not in keep], int(min_count), method,
-                   n_used, names_held, float(ridge) if method == "joint" else 0.0)
+                   n_used, names_held, float(ridge) if method == "joint" else 0.0, hold)
 
 
 def correlations(pos):
@@ -187,6 +197,34 @@ def joint_fit(z, pos, keep, held, ridge):
     return vec
 
 
+READOUT_RIDGE = 1e-3  # hold_readouts: the readouts' ridge, a share of the codes' mean variance
+
+
+def readouts(z, pos):
+    """(A, z_dim): each label's least-squares linear readout of the centred code (labels +-1), ridge
+    READOUT_RIDGE times the codes' mean variance; and the codes' covariance (z_dim, z_dim)."""
+    y = np.where(pos, 1.0, -1.0)
+    zc, yc = z - z.mean(axis=0), y - y.mean(axis=0)
+    cov = zc.T @ zc / len(z)
+    lam = READOUT_RIDGE * np.trace(cov) / len(cov)
+    return np.linalg.solve(cov + lam * np.eye(len(cov)), zc.T @ yc / len(z)).T, cov
+
+
+def hold_readouts(z, pos, vec, keep, hold):
+    """Each row of vec (the direction of attribute keep[row]) moved as little as it can be, measured in
+    the codes' own spread (the Mahalanobis norm of the change), so that the linear readouts of the
+    labels in `hold` do not change along it: v - S C^T (C S C^T)^-1 C v, with S the codes' covariance
+    and C the held labels' readouts. A label that a readout can tell from the codes (Male) then stays
+    as it was to that readout however the direction was made; the attribute itself is never held."""
+    w, cov = readouts(z, pos)
+    out = np.array(vec, np.float64)
+    for row, a in enumerate(keep):
+        c = w[[b for b in hold if b != a]]
+        if len(c):
+            out[row] -= cov @ c.T @ np.linalg.solve(c @ cov @ c.T, c @ out[row])
+    return out
+
+
 def matched_differences(z, pos, keep, held):
     """Per kept attribute a: mean differences with and without a inside each stratum of its held labels
     (2 labels: 4 strata), averaged with weights n+ n- / (n+ + n-), one over the variance factor of a
@@ -218,7 +256,8 @@ def save(path, v):
              vectors=v.vectors, unit=v.unit, n_pos=v.n_pos, n_neg=v.n_neg, spread=v.spread,
              skipped=np.array(v.skipped, dtype=str).reshape(-1), min_count=np.array(v.min_count, np.int64),
              method=np.array(v.method), n_used=np.asarray(v.n_used, np.int64),
-             controls=np.array(v.controls, dtype=str).reshape(-1), ridge=np.array(v.ridge, np.float64))
+             controls=np.array(v.controls, dtype=str).reshape(-1), ridge=np.array(v.ridge, np.float64),
+             hold=np.array(v.hold, dtype=str).reshape(-1))
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     atomic.write_bytes(path, buf.getvalue())
@@ -235,11 +274,12 @@ def load(path, identity=None, z_dim=None):
         raise UserError(f"{path} is not a readable vectors file ({type(e).__name__}); remake it") from None
     if str(raw.get("format", "")) != FORMAT or int(raw.get("version", -1)) != VERSION:
         raise UserError(f"{path} is not a scratchvae attribute-vectors file (version {VERSION})")
-    try:  # a file from before the methods has no method, n_used, controls or ridge: it is a mean file
+    try:  # a file from before the methods has no method, n_used, controls, ridge or hold: a mean file
         v = Vectors(raw["names"].tolist(), raw["vectors"].astype(np.float32), raw["unit"].astype(np.float32),
                     raw["n_pos"], raw["n_neg"], raw["spread"], str(raw["identity"]), raw["skipped"].tolist(),
                     int(raw["min_count"]), str(raw.get("method", "mean")), raw.get("n_used"),
-                    raw["controls"].tolist() if "controls" in raw else None, float(raw.get("ridge", 0.0)))
+                    raw["controls"].tolist() if "controls" in raw else None, float(raw.get("ridge", 0.0)),
+                    raw["hold"].tolist() if "hold" in raw else None)
     except (KeyError, ValueError, TypeError) as e:
         raise UserError(f"{path} is a damaged vectors file ({e}); remake it") from None
     if (v.vectors.ndim != 2 or v.vectors.shape != v.unit.shape or len(v.names) != len(v.vectors)
