@@ -188,6 +188,15 @@ def test_hold_is_the_smallest_change_in_the_codes_spread_that_keeps_the_readout(
     assert w[1] @ held.vectors[0] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_holding_a_label_nobody_has_changes_nothing(codes):
+    z, y, _ = codes
+    y = np.hstack([y, -np.ones((len(y), 1), y.dtype)])  # E: constant, its readout is zero
+    names = NAMES + ["E"]
+    free = vectors.directions(z, y, names, "id", method="joint")
+    held = vectors.directions(z, y, names, "id", method="joint", hold=["E"])
+    np.testing.assert_allclose(held.vectors, free.vectors, rtol=1e-5, atol=1e-6)
+
+
 def test_hold_survives_save_and_load_and_an_unknown_name_is_refused(codes, tmp_path):
     z, y, _ = codes
     v = vectors.directions(z, y, NAMES, "x" * 64, method="joint", hold=["B", "D"])

@@ -221,7 +221,8 @@ def hold_readouts(z, pos, vec, keep, hold):
     for row, a in enumerate(keep):
         c = w[[b for b in hold if b != a]]
         if len(c):
-            out[row] -= cov @ c.T @ np.linalg.solve(c @ cov @ c.T, c @ out[row])
+            # pinv: a held label constant in these codes has a zero readout and holds nothing
+            out[row] -= cov @ c.T @ (np.linalg.pinv(c @ cov @ c.T, rcond=1e-10, hermitian=True) @ (c @ out[row]))
     return out
 
 
