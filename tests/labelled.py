@@ -18,3 +18,15 @@ def labelled_faces(folder, n, names, seed):
     lines = [str(n), " ".join(names)] + [f"{f} " + " ".join(f"{v:2d}" for v in row) for f, row in zip(files, values)]
     (folder / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
     return files, values
+
+
+def labelled_run(tmp, names, n=48, seed=3):
+    """A labelled face set in tmp/faces and a tiny untrained 16-px model saved as tmp/checkpoint.npz with
+    the run settings training records, so that a command can rebuild its split (a quarter held out).
+    (faces folder, checkpoint path)."""
+    from scratchvae.model import VAE, VAEConfig
+    faces, ckpt = tmp / "faces", tmp / "checkpoint.npz"
+    labelled_faces(faces, n, names, seed=seed)
+    run = {"data": str(faces), "limit": None, "crop": "center", "batch_size": 8, "seed": 0, "val_fraction": 0.25}
+    VAE(VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4), seed=0).save(ckpt, meta={"train": run, "images": n})
+    return faces, ckpt

@@ -16,9 +16,9 @@ from scratchvae import images
 from scratchvae import sample as py_sample
 from scratchvae.evaluation import edit_rates
 from scratchvae.latent import attributes, vectors
-from scratchvae.model import VAE, VAEConfig
+from scratchvae.model import VAEConfig
 from scratchvae.run.errors import UserError
-from tests.labelled import labelled_faces
+from tests.labelled import labelled_run
 
 EXPORT = Path(__file__).resolve().parents[1] / "export"
 NAMES = ["A", "B", "C", "D"]
@@ -228,12 +228,7 @@ FACE_NAMES = ["Smiling", "Eyeglasses", "Male", "Bald"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("methods")
-    faces = tmp / "faces"
-    labelled_faces(faces, 48, FACE_NAMES, seed=3)
-    ckpt = tmp / "checkpoint.npz"
-    # as training records it, so that edit_rates can rebuild the held-out split (12 of the 48 faces)
-    run = {"data": str(faces), "limit": None, "crop": "center", "batch_size": 8, "seed": 0, "val_fraction": 0.25}
-    VAE(SMALL, seed=0).save(ckpt, meta={"train": run, "images": 48})
+    faces, ckpt = labelled_run(tmp, FACE_NAMES)  # edit_rates rebuilds its held-out split: 12 of the 48 faces
     return {"tmp": tmp, "faces": str(faces), "ckpt": str(ckpt), "cache": str(tmp / "cache")}
 
 

@@ -14,8 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from scratchvae.evaluation import edit_rates
 from scratchvae.latent import vectors
 from scratchvae.latent.attributes import load_model
-from scratchvae.model import VAE, VAEConfig
-from tests.labelled import labelled_faces
+from tests.labelled import labelled_run
 
 BENCH = Path(__file__).resolve().parents[1] / "benches" / "real_side_effects.py"
 _spec = importlib.util.spec_from_file_location("real_side_effects", BENCH)
@@ -91,11 +90,7 @@ def judge_network(path, size=16):
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real_side_effects")
-    faces = tmp / "faces"
-    labelled_faces(faces, 48, NAMES, seed=3)
-    ckpt = tmp / "checkpoint.npz"
-    run = {"data": str(faces), "limit": None, "crop": "center", "batch_size": 8, "seed": 0, "val_fraction": 0.25}
-    VAE(VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4), seed=0).save(ckpt, meta={"train": run, "images": 48})
+    _, ckpt = labelled_run(tmp, NAMES)
     return {"ckpt": str(ckpt), "judge": judge_network(tmp / "judge.onnx"), "cache": str(tmp / "cache")}
 
 

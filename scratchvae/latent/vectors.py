@@ -112,6 +112,10 @@ def directions(z, values, attributes, identity, min_count=DEFAULT_MIN_COUNT, met
     fixed (hold_readouts); an attribute is never held against itself."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+    hold = list(hold or [])
+    unknown = [n for n in hold if n not in attributes]
+    if unknown:
+        raise UserError(f"--hold {unknown[0]}: not a label of this file (e.g. Male)")
     z = np.asarray(z, np.float64)
     pos = np.asarray(values) > 0
     n_pos = pos.sum(axis=0)
@@ -131,10 +135,6 @@ def directions(z, values, attributes, identity, min_count=DEFAULT_MIN_COUNT, met
             found = n_used > 0  # no stratum shows the attribute on both sides: no matched estimate
             keep, vec, n_used = [a for a, f in zip(keep, found) if f], vec[found], n_used[found]
             held = [h for h, f in zip(held, found) if f]
-    hold = list(hold or [])
-    unknown = [n for n in hold if n not in attributes]
-    if unknown:
-        raise UserError(f"--hold {unknown[0]}: not a label of this file (e.g. Male)")
     if hold and len(keep):
         vec = hold_readouts(z, pos, vec, keep, [attributes.index(n) for n in hold])
     every = len(attributes) - 1
