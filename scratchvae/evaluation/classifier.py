@@ -136,6 +136,31 @@ def train(clf, read, idx, y, epochs, batch_size=64, lr=1e-3, seed=0, flip=True, 
             log(epoch + 1, total / max(steps, 1))
 
 
+def load_or_train(path, image_size, names, read, idx, y, epochs=8, batch_size=64, seed=0, log=None):
+    """(classifier, how): the classifier saved at `path` when there is one, else one trained on the
+    images read(idx) with 0/1 labels y (columns in `names`' order) and, with a path, saved there.
+    One UserError when the saved one classifies other names or another image size."""
+    from scratchvae.run.errors import UserError
+    if path:
+        try:
+            clf, _ = Classifier.load(path)
+        except checkpoint.CheckpointError as e:
+            if "no checkpoint at" not in str(e):
+                raise UserError(str(e)) from None
+        else:
+            if clf.attributes != list(names) or clf.image_size != image_size:
+                raise UserError(f"{path} classifies {len(clf.attributes)} labels ({', '.join(clf.attributes[:4])}"
+                                f"{', ...' if len(clf.attributes) > 4 else ''}) at {clf.image_size} px, not "
+                                f"{len(names)} ({', '.join(list(names)[:4])}{', ...' if len(names) > 4 else ''}) "
+                                f"at {image_size} px: give another classifier path to train a new one")
+            return clf, "loaded"
+    clf = Classifier(image_size, names, seed=seed)
+    train(clf, read, idx, y, epochs, batch_size, seed=seed, log=log)
+    if path:
+        clf.save(path, meta={"trained_on": f"{len(idx)} training images", "epochs": epochs})
+    return clf, f"trained on {len(idx)} images, {epochs} epochs"
+
+
 def accuracy(p, y):
     """Per attribute: accuracy at p > 0.5, the share of the commoner class (what always guessing it
     scores), and the rates of positives and negatives found."""

@@ -19,7 +19,7 @@ from scratchvae.data.prefetch import ImageReader
 from scratchvae.evaluation import classifier, source
 from scratchvae.kernels import threads
 from scratchvae.latent import labels, vectors
-from scratchvae.run import atomic, checkpoint
+from scratchvae.run import atomic
 from scratchvae.run.errors import UserError, run_command
 
 DEFAULT_NAMES = "Smiling,Eyeglasses,Blond_Hair,Male"
@@ -79,28 +79,14 @@ def columns(values, attributes, names):
 
 
 def get_classifier(args, vae, names, meta):
-    size = vae.config.image_size
-    if args.classifier:
-        try:
-            clf, _ = classifier.Classifier.load(args.classifier)
-            if clf.attributes != names or clf.image_size != size:
-                raise UserError(f"{args.classifier} classifies {clf.attributes} at {clf.image_size} px, not {names} "
-                                f"at {size} px: give another --classifier path to train a new one")
-            return clf, "loaded"
-        except checkpoint.CheckpointError as e:
-            if "no checkpoint at" not in str(e):
-                raise UserError(str(e)) from None
-    reader, idx, values, attributes, _ = labelled(meta, vae, args, "train")
-    y = columns(values, attributes, names)
-    clf = classifier.Classifier(size, names, seed=args.seed)
-
     def log(epoch, loss):
         if not args.quiet:
             print(f"classifier epoch {epoch}/{args.epochs}: logistic loss {loss:.4f}", file=sys.stderr, flush=True)
-    classifier.train(clf, reader.read, idx, y, args.epochs, args.batch_size, seed=args.seed, log=log)
-    if args.classifier:
-        clf.save(args.classifier, meta={"trained_on": f"{len(idx)} training images", "epochs": args.epochs})
-    return clf, f"trained on {len(idx)} images, {args.epochs} epochs"
+    if args.classifier and os.path.exists(args.classifier):
+        return classifier.load_or_train(args.classifier, vae.config.image_size, names, None, None, None)
+    reader, idx, values, attributes, _ = labelled(meta, vae, args, "train")
+    return classifier.load_or_train(args.classifier, vae.config.image_size, names, reader.read, idx,
+                                    columns(values, attributes, names), args.epochs, args.batch_size, args.seed, log)
 
 
 class LogitsJudge:
