@@ -456,6 +456,9 @@ def test_file_labels_name_the_method_and_a_short_list_of_controls():
     assert edit_rates.file_labels(["m.npz", "j.npz", "jmy.npz", "x.npz"], files) == \
         ["mean", "joint", "joint (Male,Young)", "matched"]
     assert edit_rates.file_labels(["a/one.npz", "b/two.npz"], [files[0], files[0]]) == ["mean: one", "mean: two"]
+    calibrated = v("joint", ["all"] * 3)
+    calibrated.calibrated, calibrated.hold = ["A"], ["Male"]
+    assert edit_rates.file_label(calibrated) == "joint, Male's readout kept, calibrated"
 
 
 def test_edit_rates_cli_measures_every_file_on_the_same_faces_and_draws_them(world, tmp_path, capsys):

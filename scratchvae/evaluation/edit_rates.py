@@ -242,8 +242,9 @@ def picture_rows(vae, z, face_names, files, edit, strengths, batch_size):
 def file_label(v):
     """A vectors file's method, with the labels it held fixed when it names a few for every attribute
     ("joint (Male,Young)"); every other label, or each attribute's own most correlated ones, add nothing;
-    and the labels whose readouts it keeps ("joint, Male's readout kept")."""
-    kept = f", {','.join(v.hold)}'s readout kept" if v.hold else ""
+    and the labels whose readouts it keeps ("joint, Male's readout kept"), and whether directions were
+    calibrated on decoded faces ("joint, calibrated")."""
+    kept = (f", {','.join(v.hold)}'s readout kept" if v.hold else "") + (", calibrated" if v.calibrated else "")
     sets = [set(c.split(",")) - {""} for c in v.controls]
     union = set().union(*sets) if sets else set()
     if v.method == "mean" or "all" in union or not union or len(union) > vectors.MAX_MATCHED:

@@ -15,10 +15,11 @@ import numpy as np
 from scratchvae.data.prefetch import ImageReader
 from scratchvae.evaluation import source
 from scratchvae.kernels import threads
-from scratchvae.latent import labels, vectors
+from scratchvae.latent import calibrate, labels, vectors
 from scratchvae.run.errors import UserError, run_command
 
 SPLIT_CHOICES = ("train", "held-out", "all")
+CLASSIFIER_FILE = "labels-classifier.npz"
 
 
 def build_parser():
@@ -51,6 +52,17 @@ def build_parser():
     p.add_argument("--hold", metavar="NAMES",
                    help="after any method, keep the linear readout of these labels from the code fixed along every "
                         "direction (e.g. Male: a blond edit then feminises less; docs/ATTRIBUTES.md measures it)")
+    p.add_argument("--calibrate", metavar="NAMES",
+                   help="then correct these attributes' directions (a comma list, or all) on decoded training faces: "
+                        "add the other directions that keep a classifier's calls of every other label where they "
+                        "were (docs/ATTRIBUTES.md)")
+    p.add_argument("--classifier", metavar="PATH",
+                   help="--calibrate: a classifier of every label to judge the decoded faces, loaded when PATH "
+                        "exists, else trained on the split's images and saved there (default: "
+                        f"{CLASSIFIER_FILE} beside the checkpoint)")
+    p.add_argument("--calibrate-faces", type=int, default=calibrate.DEFAULT_FACES, metavar="N",
+                   help=f"--calibrate: training faces per side, without and with the attribute (default "
+                        f"{calibrate.DEFAULT_FACES})")
     p.add_argument("--min-count", type=int, default=vectors.DEFAULT_MIN_COUNT,
                    help=f"skip an attribute with fewer images on either side (default {vectors.DEFAULT_MIN_COUNT})")
     p.add_argument("--crop", choices=list(source.data.CROPS),
@@ -93,6 +105,8 @@ def describe(v):
     what = ("every other label" if held == "all" else held.replace(",", ", ") if held
             else "the labels of the last column")
     held_readouts = f"; the linear readouts of {', '.join(v.hold)} kept fixed" if v.hold else ""
+    if v.calibrated:
+        held_readouts += f"; {', '.join(v.calibrated)} calibrated on decoded faces ({v.calibration})"
     if v.method == "joint":
         return f"method joint: each direction with {what} held fixed (ridge {v.ridge:g}){held_readouts}"
     if v.method == "matched":
@@ -115,11 +129,75 @@ def table(v):
     return "\n".join(lines)
 
 
+def calibration_names(text, attributes, where):
+    """--calibrate as a list of label names: [] when not given, every label for "all"; one line for a
+    name the label file lacks or an empty list."""
+    if text is None:
+        return []
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["all"]:
+        return list(attributes)
+    if not names:
+        raise UserError(f"--calibrate {text!r}: name one or more labels, e.g. Smiling,Eyeglasses, or all")
+    unknown = [n for n in names if n not in attributes]
+    if unknown:
+        raise UserError(f"--calibrate {unknown[0][:40]}: {where} has no such label")
+    return list(dict.fromkeys(names))
+
+
+def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, args):
+    """v with the directions of `wanted` (those that have one) corrected by calibrate.calibrate on decoded
+    codes of the split's faces, judged by a classifier of every label (--classifier, loaded or trained);
+    each correction is built from the other directions as made, so the order does not matter."""
+    from tqdm import tqdm
+
+    from scratchvae.evaluation import classifier
+    missing = [n for n in wanted if n not in v.names]
+    if missing and wanted != list(attributes):
+        raise UserError(f"--calibrate {missing[0]}: it has no direction (fewer than {v.min_count} images on one "
+                        f"side): lower --min-count or calibrate others")
+    wanted = [n for n in wanted if n in v.names]
+    path = args.classifier or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), CLASSIFIER_FILE)
+    pos = np.asarray(values) > 0
+
+    def log(epoch, loss):
+        if not args.quiet:
+            print(f"classifier epoch {epoch}/8: logistic loss {loss:.4f}", file=sys.stderr, flush=True)
+    clf, how = classifier.load_or_train(path, vae.config.image_size, attributes, reader.read, idx,
+                                        pos.astype(np.float32), batch_size=args.batch_size, log=log)
+    print(f"classifier of {len(attributes)} labels {how} ({path})")
+    basis = v.vectors.astype(np.float64)
+    calls = calibrate.DEFAULT_STEPS * len(basis) + 2  # judge calls per side and attribute
+    bar = tqdm(total=len(wanted) * 2 * calls, desc="calibrating", unit="call", disable=args.quiet, leave=False,
+               dynamic_ncols=True)
+
+    def judge(codes):
+        x = np.concatenate([np.asarray(vae.decode(codes[i:i + args.batch_size]))
+                            for i in range(0, len(codes), args.batch_size)])
+        bar.update(1)
+        return clf.probabilities(x)
+    vec, male = basis.copy(), attributes.index("Male") if "Male" in attributes else None
+    for name in wanted:
+        row, a = v.names.index(name), attributes.index(name)
+        without, with_ = calibrate.pick_faces(pos, a, args.calibrate_faces)
+        probe = calibrate.Probe(judge, [(z[without], 1.0), (z[with_], -1.0)])
+        others = [i for i in range(len(basis)) if i != row]
+        vec[row], history = calibrate.calibrate(basis[row], basis[others], probe, a, calibrate.exclusive(pos, a))
+        bar.clear()
+        print(calibrate.summary(name, history, attributes, a, male))
+    bar.close()
+    how = (f"classifier {os.path.basename(path)} ({len(attributes)} labels), strength {calibrate.STRENGTH:g}, "
+           f"{args.calibrate_faces} faces per side, {calibrate.DEFAULT_STEPS} steps")
+    return vectors.with_directions(v, vec, z, wanted, how)
+
+
 def run(args):
     if args.method not in vectors.METHODS:
         raise UserError(f"--method {args.method[:40]!r}: use {', '.join(vectors.METHODS)}")
-    if args.batch_size < 1 or args.min_count < 1:
-        raise UserError("--batch-size and --min-count must be at least 1")
+    if args.batch_size < 1 or args.min_count < 1 or args.calibrate_faces < 1:
+        raise UserError("--batch-size, --min-count and --calibrate-faces must be at least 1")
+    if args.calibrate is None and args.classifier is not None:
+        raise UserError("--classifier judges the faces --calibrate edits: give --calibrate NAMES as well")
     if not (np.isfinite(args.ridge) and args.ridge > 0):
         raise UserError(f"--ridge {args.ridge}: give a positive number")
     controls = parse_controls(args.controls, args.method)
@@ -148,6 +226,7 @@ def run(args):
     unknown = [n for n in hold if n not in found.attributes]
     if unknown:
         raise UserError(f"--hold {unknown[0]}: {found.path} has no such label")
+    wanted = calibration_names(args.calibrate, found.attributes, found.path)
     reader = ImageReader(chosen.pixels)
     z = vectors.encode_all(vae, reader, chosen.idx, args.batch_size, args.quiet)
     result = vectors.directions(z, values, found.attributes, identity, args.min_count, args.method, args.ridge,
@@ -155,6 +234,8 @@ def run(args):
     if not result.names:
         raise UserError(f"every attribute has fewer than {args.min_count} of the {len(z)} images on one side: "
                         f"use more images or a lower --min-count")
+    if wanted:
+        result = calibrate_directions(result, wanted, vae, z, values, found.attributes, reader, chosen.idx, args)
     try:
         vectors.save(out, result)
     except OSError as e:

@@ -10,7 +10,7 @@ sorted param/ and state/ tensors (`checkpoint_identity`).
 import hashlib
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -67,6 +67,8 @@ class Vectors:
     controls: list = None  # (K,) labels held fixed, comma-joined ("Male,Young"); "all": every other; "" for mean
     ridge: float = 0.0  # the joint fit's ridge (0 for the other methods)
     hold: list = None  # labels whose linear readout of the code every direction keeps fixed (hold_readouts)
+    calibrated: list = None  # attributes whose direction was corrected on decoded faces (latent/calibrate.py)
+    calibration: str = ""  # how: the classifier, strength, faces and steps
 
     def __post_init__(self):
         if self.n_used is None:
@@ -75,6 +77,8 @@ class Vectors:
             self.controls = [""] * len(self.names)
         if self.hold is None:
             self.hold = []
+        if self.calibrated is None:
+            self.calibrated = []
 
     @property
     def z_dim(self):
@@ -139,13 +143,29 @@ def directions(z, values, attributes, identity, min_count=DEFAULT_MIN_COUNT, met
         vec = hold_readouts(z, pos, vec, keep, [attributes.index(n) for n in hold])
     every = len(attributes) - 1
     names_held = ["all" if method == "joint" and len(h) == every else ",".join(attributes[b] for b in h) for h in held]
-    lengths = np.linalg.norm(vec, axis=1, keepdims=True)
-    unit = np.divide(vec, lengths, out=np.zeros_like(vec), where=lengths > 0)
-    spread = np.std(z @ unit.T, axis=0) if len(keep) else np.zeros(0)
-    return Vectors([attributes[a] for a in keep], vec.astype(np.float32), unit.astype(np.float32),
+    unit, spread = unit_and_spread(vec, z)
+    return Vectors([attributes[a] for a in keep], vec.astype(np.float32), unit,
                    n_pos[keep].astype(np.int64), n_neg[keep].astype(np.int64), spread, identity,
                    [attributes[a] for a in range(len(attributes)) if a not in keep], int(min_count), method,
                    n_used, names_held, float(ridge) if method == "joint" else 0.0, hold)
+
+
+def unit_and_spread(vec, z):
+    """Each row of vec over its length (float32; a zero row stays zero) and the standard deviation of
+    the codes z along it."""
+    vec = np.asarray(vec, np.float64)
+    lengths = np.linalg.norm(vec, axis=1, keepdims=True)
+    unit = np.divide(vec, lengths, out=np.zeros_like(vec), where=lengths > 0)
+    spread = np.std(np.asarray(z, np.float64) @ unit.T, axis=0) if len(vec) else np.zeros(0)
+    return unit.astype(np.float32), spread
+
+
+def with_directions(v, vec, z, calibrated, calibration):
+    """A copy of v whose directions are vec (same rows), unit and spread measured again on codes z,
+    recording which attributes were calibrated and how."""
+    unit, spread = unit_and_spread(vec, z)
+    return replace(v, vectors=np.asarray(vec, np.float32), unit=unit, spread=spread, calibrated=list(calibrated),
+                   calibration=str(calibration))
 
 
 def correlations(pos):
@@ -258,7 +278,8 @@ def save(path, v):
              skipped=np.array(v.skipped, dtype=str).reshape(-1), min_count=np.array(v.min_count, np.int64),
              method=np.array(v.method), n_used=np.asarray(v.n_used, np.int64),
              controls=np.array(v.controls, dtype=str).reshape(-1), ridge=np.array(v.ridge, np.float64),
-             hold=np.array(v.hold, dtype=str).reshape(-1))
+             hold=np.array(v.hold, dtype=str).reshape(-1),
+             calibrated=np.array(v.calibrated, dtype=str).reshape(-1), calibration=np.array(v.calibration))
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     atomic.write_bytes(path, buf.getvalue())
@@ -275,16 +296,18 @@ def load(path, identity=None, z_dim=None):
         raise UserError(f"{path} is not a readable vectors file ({type(e).__name__}); remake it") from None
     if str(raw.get("format", "")) != FORMAT or int(raw.get("version", -1)) != VERSION:
         raise UserError(f"{path} is not a scratchvae attribute-vectors file (version {VERSION})")
-    try:  # a file from before the methods has no method, n_used, controls, ridge or hold: a mean file
+    try:  # a file from before the methods has no method, n_used, controls, ridge, hold or calibration: a mean file
         v = Vectors(raw["names"].tolist(), raw["vectors"].astype(np.float32), raw["unit"].astype(np.float32),
                     raw["n_pos"], raw["n_neg"], raw["spread"], str(raw["identity"]), raw["skipped"].tolist(),
                     int(raw["min_count"]), str(raw.get("method", "mean")), raw.get("n_used"),
                     raw["controls"].tolist() if "controls" in raw else None, float(raw.get("ridge", 0.0)),
-                    raw["hold"].tolist() if "hold" in raw else None)
+                    raw["hold"].tolist() if "hold" in raw else None,
+                    raw["calibrated"].tolist() if "calibrated" in raw else None, str(raw.get("calibration", "")))
     except (KeyError, ValueError, TypeError) as e:
         raise UserError(f"{path} is a damaged vectors file ({e}); remake it") from None
     if (v.vectors.ndim != 2 or v.vectors.shape != v.unit.shape or len(v.names) != len(v.vectors)
-            or np.shape(v.n_used) != (len(v.names),) or len(v.controls) != len(v.names)):
+            or np.shape(v.n_used) != (len(v.names),) or len(v.controls) != len(v.names)
+            or not set(v.calibrated) <= set(v.names)):
         raise UserError(f"{path} is a damaged vectors file (inconsistent shapes); remake it")
     if z_dim is not None and v.z_dim != z_dim:
         raise UserError(f"{path} holds {v.z_dim}-dimensional vectors but the model's z has {z_dim}: "

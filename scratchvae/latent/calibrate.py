@@ -1,0 +1,132 @@
+"""Attribute directions corrected on decoded faces (python -m scratchvae.attributes --calibrate).
+
+A direction made from the codes (vectors.METHODS) holds the other labels fixed in the codes, yet
+the decoder and the eye may still see them move: blond hair decoded on a man can read as less
+male, glasses as less made-up. calibrate() measures that where it shows, on decoded faces. It edits
+codes of faces without the attribute by +s v and codes of faces with it by -s v, asks a classifier
+for every label's probability on the decodes, and adds to v the combination of the other labels'
+directions that, to first order, takes every other label's mean change back to zero while keeping
+the attribute's own change: a weighted least-squares step on a Jacobian found by finite
+differences, repeated a few times, each step at most a share of v's length.
+
+Labels that the label file almost never shows together with the attribute are left free (exclusive):
+black hair cannot stay on a face made blond, so holding it would only undo the edit.
+"""
+
+import numpy as np
+
+STRENGTH = 2.0  # s: the edit measured, as edit_rates measures it
+DEFAULT_FACES = 200  # codes per side (without the attribute, with it)
+DEFAULT_STEPS = 4
+KEEP = 20.0  # weight of the attribute's own change against each other label's
+RIDGE = 0.01  # on the step's coefficients, a share of the weighted Jacobian's mean squared column norm
+DELTA = 0.5  # finite-difference step along each other direction, in lengths of that direction
+MAX_STEP = 0.5  # a step moves v by at most this share of its length
+EXCLUSIVE = 0.01  # a label seen with the attribute at most this share of what independence would give
+
+
+def exclusive(pos, a, share=EXCLUSIVE):
+    """(A,) bool: labels b that the 0/1 labels pos (N, A) show together with label a in at most `share`
+    of the images independence would put there (n_ab <= share * n_a n_b / N); never a itself."""
+    pos = np.asarray(pos, bool)
+    n = pos.sum(axis=0).astype(np.float64)
+    together = (pos[:, [a]] & pos).sum(axis=0)
+    out = (together <= share * n[a] * n / len(pos)) & (n > 0)
+    out[a] = False
+    return out
+
+
+def pick_faces(pos, a, count, seed=0):
+    """Two sorted index arrays: up to `count` images without label a and up to `count` with it, drawn
+    without replacement from a generator seeded by `seed` and a."""
+    rng = np.random.default_rng([seed, a])
+    sides = []
+    for side in (False, True):
+        rows = np.flatnonzero(np.asarray(pos, bool)[:, a] == side)
+        sides.append(np.sort(rng.choice(rows, min(count, len(rows)), replace=False)))
+    return sides
+
+
+class Probe:
+    """The mean change of every label's probability when codes are edited along a direction.
+
+    judge(codes (n, z_dim) float32) -> (n, A) probabilities of the decoded codes. groups: (codes,
+    sign) pairs, each edited by sign * strength * v. effects(v) is the (len(groups) * A,) vector of
+    mean probabilities after the edit minus before, group after group."""
+
+    def __init__(self, judge, groups, strength=STRENGTH):
+        self.judge, self.strength, self.calls = judge, float(strength), 0
+        self.groups = [(np.asarray(codes, np.float64), float(sign)) for codes, sign in groups]
+        self.before = [self._mean(codes) for codes, _ in self.groups]
+
+    def _mean(self, codes):
+        self.calls += 1
+        return np.asarray(self.judge(codes.astype(np.float32)), np.float64).mean(axis=0)
+
+    def effects(self, v):
+        v = np.asarray(v, np.float64)
+        return np.concatenate([self._mean(codes + sign * self.strength * v) - before
+                               for (codes, sign), before in zip(self.groups, self.before)])
+
+
+def calibrate(v, basis, probe, own, free=None, steps=DEFAULT_STEPS, keep=KEEP, ridge=RIDGE, delta=DELTA,
+              max_step=MAX_STEP, log=None):
+    """v (z_dim,) plus the combination of basis rows (other labels' directions, (B, z_dim)) that brings
+    probe.effects of every label but `own` (a label index) and the `free` ones (A,) bool towards zero,
+    while the own label's change stays what it is (weight `keep`). Each step: the Jacobian of the
+    effects along each basis row by forward differences of `delta` times that row, then
+    c = argmin |W (f + J c - t)|^2 + r |c|^2 with t zero but for the own label's current change and r
+    `ridge` times the mean of diag(J^T W J), so the step does not depend on the judge's scale;
+    the move basis^T c shortened to at most max_step |v|. Returns (v, [effects before, after each step]);
+    log(step, effects) after each step."""
+    v, basis = np.array(v, np.float64), np.asarray(basis, np.float64)
+    f = probe.effects(v)
+    labels = len(f) // len(probe.groups)
+    weight = np.ones(labels)
+    if free is not None:
+        weight[np.asarray(free, bool)] = 0.0
+    weight[own] = keep
+    weight = np.tile(weight, len(probe.groups))
+    is_own = np.zeros(labels, bool)
+    is_own[own] = True
+    is_own = np.tile(is_own, len(probe.groups))
+    history = [f]
+    for step in range(steps):
+        jac = np.stack([(probe.effects(v + delta * u) - f) / delta for u in basis], axis=1)
+        root = np.sqrt(weight)
+        a, b = root[:, None] * jac, -root * np.where(is_own, 0.0, f)
+        gram = a.T @ a
+        c = np.linalg.solve(gram + ridge * max(np.trace(gram) / len(basis), 1e-300) * np.eye(len(basis)), a.T @ b)
+        move = basis.T @ c
+        size = np.linalg.norm(move)
+        if size > max_step * np.linalg.norm(v):
+            move *= max_step * np.linalg.norm(v) / size
+        v = v + move
+        f = probe.effects(v)
+        history.append(f)
+        if log is not None:
+            log(step + 1, f)
+    return v, history
+
+
+def largest_other(f, own, labels):
+    """(index, change) of the label other than `own` whose mean change is largest in size, in the
+    first `labels` entries of effects f (the first group's)."""
+    side = np.array(f[:labels], np.float64)
+    side[own] = 0.0
+    b = int(np.argmax(np.abs(side)))
+    return b, side[b]
+
+
+def summary(name, history, attributes, own, male=None):
+    """One line: the first group's (+s v on faces without the attribute) own change, largest other
+    change and Male's, before calibration -> after, as mean probabilities."""
+    labels = len(attributes)
+    first, last = history[0], history[-1]
+    parts = [f"{name}: own {first[own]:+.2f} -> {last[own]:+.2f}"]
+    for label, f in (("largest other before", first), ("after", last)):
+        b, change = largest_other(f, own, labels)
+        parts.append(f"{label} {attributes[b]} {change:+.2f}")
+    if male is not None and male != own:
+        parts.append(f"Male {first[male]:+.2f} -> {last[male]:+.2f}")
+    return ", ".join(parts) + " (mean probability change at +s v on faces without it)"
