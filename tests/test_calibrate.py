@@ -62,6 +62,29 @@ def test_a_free_label_is_not_held_and_each_step_is_capped(groups):
     assert np.linalg.norm(capped - eye[0]) == pytest.approx(0.1)
 
 
+def test_a_length_weight_keeps_the_direction_short_in_the_codes_metric(groups):
+    """Moving along e1 is costly in the metric (the codes barely spread that way): with a length weight
+    the correction takes less of e1 and leaves more of the side effect; without one it is as before."""
+    eye = np.eye(6)
+    probe = calibrate.Probe(judge_with_leak(0.5), groups, strength=1.0)
+    metric = np.diag([1.0, 100.0, 1.0, 1.0, 1.0, 1.0])
+    free, h_free = calibrate.calibrate(eye[0], eye[1:4], probe, own=0, steps=6, max_step=1.0, metric=metric,
+                                       length=0.0)
+    short, h_short = calibrate.calibrate(eye[0], eye[1:4], probe, own=0, steps=6, max_step=1.0, metric=metric,
+                                         length=1.0)
+    plain, _ = calibrate.calibrate(eye[0], eye[1:4], probe, own=0, steps=6, max_step=1.0)
+    np.testing.assert_allclose(free, plain, atol=1e-12)
+    assert abs(short[1]) < 0.8 * abs(free[1]) and abs(h_short[-1][1]) > abs(h_free[-1][1]) + 0.02
+    assert short @ metric @ short < free @ metric @ free
+
+
+def test_the_code_metric_is_the_inverse_covariance():
+    rng = np.random.default_rng(2)
+    z = rng.standard_normal((5000, 3)) * [1.0, 2.0, 0.5]
+    np.testing.assert_allclose(calibrate.code_metric(z), np.linalg.inv(np.cov(z, rowvar=False)), rtol=1e-4)
+    assert np.isfinite(calibrate.code_metric(np.zeros((10, 3)))).all()  # no spread: costly, not singular
+
+
 def test_probe_counts_its_judge_calls_and_a_zero_edit_changes_nothing(groups):
     probe = calibrate.Probe(judge_with_leak(0.5), groups)
     assert probe.calls == 2
@@ -121,9 +144,12 @@ def one_line(capsys):
     return err
 
 
+SMALL = ["--calibrate-faces", "6", "--batch-size", "8"]
+
+
 def test_cli_calibrates_the_named_direction_only_and_records_how(world, tmp_path, capsys):
     clf_path, out, plain = tmp_path / "clf.npz", tmp_path / "cal.npz", tmp_path / "plain.npz"
-    assert make(world, out, "--calibrate", "Smiling", "--classifier", str(clf_path), "--calibrate-faces", "6", "--batch-size", "8") == 0
+    assert make(world, out, "--calibrate", "Smiling", *SMALL, "--classifier", str(clf_path)) == 0
     text = capsys.readouterr().out
     assert "classifier of 4 labels trained" in text and "Smiling: own" in text
     assert "Smiling calibrated on decoded faces" in text
@@ -138,7 +164,7 @@ def test_cli_calibrates_the_named_direction_only_and_records_how(world, tmp_path
     clf, _ = classifier.Classifier.load(str(clf_path))
     assert clf.attributes == NAMES
     again = tmp_path / "again.npz"  # the saved classifier is loaded, and the same faces give the same file
-    assert make(world, again, "--calibrate", "Smiling", "--classifier", str(clf_path), "--calibrate-faces", "6", "--batch-size", "8") == 0
+    assert make(world, again, "--calibrate", "Smiling", *SMALL, "--classifier", str(clf_path)) == 0
     assert "classifier of 4 labels loaded" in capsys.readouterr().out
     np.testing.assert_array_equal(vectors.load(str(again)).vectors, got.vectors)
 
@@ -149,6 +175,7 @@ def test_cli_calibrates_the_named_direction_only_and_records_how(world, tmp_path
     (["--calibrate", "Bald"], "--calibrate Bald: it has no direction"),
     (["--classifier", "c.npz"], "give --calibrate NAMES as well"),
     (["--calibrate", "Smiling", "--calibrate-faces", "0"], "must be at least 1"),
+    (["--calibrate", "Smiling", "--calibrate-length", "-1"], "--calibrate-length -1.0"),
 ])
 def test_cli_bad_calibration_options_are_one_line_and_write_nothing(world, tmp_path, capsys, extra, words):
     out = tmp_path / "v.npz"

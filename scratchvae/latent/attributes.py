@@ -63,6 +63,9 @@ def build_parser():
     p.add_argument("--calibrate-faces", type=int, default=calibrate.DEFAULT_FACES, metavar="N",
                    help=f"--calibrate: training faces per side, without and with the attribute (default "
                         f"{calibrate.DEFAULT_FACES})")
+    p.add_argument("--calibrate-length", type=float, default=calibrate.LENGTH, metavar="W",
+                   help=f"--calibrate: how much a longer direction (in the codes' own spread) costs against the side "
+                        f"effects; 0 lets it grow freely (default {calibrate.LENGTH:g})")
     p.add_argument("--min-count", type=int, default=vectors.DEFAULT_MIN_COUNT,
                    help=f"skip an attribute with fewer images on either side (default {vectors.DEFAULT_MIN_COUNT})")
     p.add_argument("--crop", choices=list(source.data.CROPS),
@@ -177,17 +180,20 @@ def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, arg
         bar.update(1)
         return clf.probabilities(x)
     vec, male = basis.copy(), attributes.index("Male") if "Male" in attributes else None
+    metric = calibrate.code_metric(z)
     for name in wanted:
         row, a = v.names.index(name), attributes.index(name)
         without, with_ = calibrate.pick_faces(pos, a, args.calibrate_faces)
         probe = calibrate.Probe(judge, [(z[without], 1.0), (z[with_], -1.0)])
         others = [i for i in range(len(basis)) if i != row]
-        vec[row], history = calibrate.calibrate(basis[row], basis[others], probe, a, calibrate.exclusive(pos, a))
+        vec[row], history = calibrate.calibrate(basis[row], basis[others], probe, a, calibrate.exclusive(pos, a),
+                                                metric=metric, length=args.calibrate_length)
         bar.clear()
         print(calibrate.summary(name, history, attributes, a, male))
     bar.close()
     how = (f"classifier {os.path.basename(path)} ({len(attributes)} labels), strength {calibrate.STRENGTH:g}, "
-           f"{args.calibrate_faces} faces per side, {calibrate.DEFAULT_STEPS} steps")
+           f"{args.calibrate_faces} faces per side, {calibrate.DEFAULT_STEPS} steps, "
+           f"length weight {args.calibrate_length:g}")
     return vectors.with_directions(v, vec, z, wanted, how)
 
 
@@ -196,6 +202,8 @@ def run(args):
         raise UserError(f"--method {args.method[:40]!r}: use {', '.join(vectors.METHODS)}")
     if args.batch_size < 1 or args.min_count < 1 or args.calibrate_faces < 1:
         raise UserError("--batch-size, --min-count and --calibrate-faces must be at least 1")
+    if not (np.isfinite(args.calibrate_length) and args.calibrate_length >= 0):
+        raise UserError(f"--calibrate-length {args.calibrate_length}: give 0 or a positive number")
     if args.calibrate is None and args.classifier is not None:
         raise UserError("--classifier judges the faces --calibrate edits: give --calibrate NAMES as well")
     if not (np.isfinite(args.ridge) and args.ridge > 0):

@@ -22,6 +22,7 @@ KEEP = 20.0  # weight of the attribute's own change against each other label's
 RIDGE = 0.01  # on the step's coefficients, a share of the weighted Jacobian's mean squared column norm
 DELTA = 0.5  # finite-difference step along each other direction, in lengths of that direction
 MAX_STEP = 0.5  # a step moves v by at most this share of its length
+LENGTH = 0.1  # weight of v's length in the codes' own metric (|v|_S^2 = v^T S^-1 v), against the side effects
 EXCLUSIVE = 0.01  # a label seen with the attribute at most this share of what independence would give
 
 
@@ -34,6 +35,14 @@ def exclusive(pos, a, share=EXCLUSIVE):
     out = (together <= share * n[a] * n / len(pos)) & (n > 0)
     out[a] = False
     return out
+
+
+def code_metric(z):
+    """The inverse of the codes' covariance (z_dim, z_dim), a 1e-6 share of their mean variance added to
+    its diagonal so that a direction no code moves along is costly rather than singular."""
+    z = np.asarray(z, np.float64)
+    cov = np.cov(z, rowvar=False).reshape(z.shape[1], z.shape[1])
+    return np.linalg.inv(cov + max(1e-6 * np.trace(cov) / len(cov), 1e-12) * np.eye(len(cov)))
 
 
 def pick_faces(pos, a, count, seed=0):
@@ -70,7 +79,7 @@ class Probe:
 
 
 def calibrate(v, basis, probe, own, free=None, steps=DEFAULT_STEPS, keep=KEEP, ridge=RIDGE, delta=DELTA,
-              max_step=MAX_STEP, log=None):
+              max_step=MAX_STEP, metric=None, length=LENGTH, log=None):
     """v (z_dim,) plus the combination of basis rows (other labels' directions, (B, z_dim)) that brings
     probe.effects of every label but `own` (a label index) and the `free` ones (A,) bool towards zero,
     while the own label's change stays what it is (weight `keep`). Each step: the Jacobian of the
@@ -95,8 +104,14 @@ def calibrate(v, basis, probe, own, free=None, steps=DEFAULT_STEPS, keep=KEEP, r
         jac = np.stack([(probe.effects(v + delta * u) - f) / delta for u in basis], axis=1)
         root = np.sqrt(weight)
         a, b = root[:, None] * jac, -root * np.where(is_own, 0.0, f)
-        gram = a.T @ a
-        c = np.linalg.solve(gram + ridge * max(np.trace(gram) / len(basis), 1e-300) * np.eye(len(basis)), a.T @ b)
+        gram, rhs = a.T @ a, a.T @ b
+        scale = max(np.trace(gram) / len(basis), 1e-300)
+        lhs = gram + ridge * scale * np.eye(len(basis))
+        if metric is not None and length > 0:  # + length * |v + basis^T c|_S^2, in the same scale
+            m = basis @ metric @ basis.T
+            lam = length * scale * len(basis) / max(np.trace(m), 1e-300)
+            lhs, rhs = lhs + lam * m, rhs - lam * basis @ (metric @ v)
+        c = np.linalg.solve(lhs, rhs)
         move = basis.T @ c
         size = np.linalg.norm(move)
         if size > max_step * np.linalg.norm(v):
