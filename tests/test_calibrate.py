@@ -152,7 +152,7 @@ def test_cli_calibrates_the_named_direction_only_and_records_how(world, tmp_path
     assert make(world, out, "--calibrate", "Smiling", *SMALL, "--classifier", str(clf_path)) == 0
     text = capsys.readouterr().out
     assert "classifier of 4 labels trained" in text and "Smiling: own" in text
-    assert "Smiling calibrated on decoded faces" in text
+    assert "Smiling calibrated on decoded faces" in text and "calibrated 1 direction in" in text
     assert make(world, plain) == 0
     got, ref = vectors.load(str(out)), vectors.load(str(plain))
     assert got.calibrated == ["Smiling"] and ref.calibrated == [] and "6 faces per side" in got.calibration

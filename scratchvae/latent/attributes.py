@@ -9,6 +9,7 @@ direction moves a face relative to the codes' spread.
 import argparse
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -179,6 +180,7 @@ def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, arg
                             for i in range(0, len(codes), args.batch_size)])
         bar.update(1)
         return clf.probabilities(x)
+    start = time.perf_counter()
     vec, male = basis.copy(), attributes.index("Male") if "Male" in attributes else None
     metric = calibrate.code_metric(z)
     for name in wanted:
@@ -186,11 +188,16 @@ def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, arg
         without, with_ = calibrate.pick_faces(pos, a, args.calibrate_faces)
         probe = calibrate.Probe(judge, [(z[without], 1.0), (z[with_], -1.0)])
         others = [i for i in range(len(basis)) if i != row]
-        vec[row], history = calibrate.calibrate(basis[row], basis[others], probe, a, calibrate.exclusive(pos, a),
-                                                metric=metric, length=args.calibrate_length)
+        free = calibrate.exclusive(pos, a)
+        vec[row], history = calibrate.calibrate(basis[row], basis[others], probe, a, free, metric=metric,
+                                                length=args.calibrate_length)
         bar.clear()
         print(calibrate.summary(name, history, attributes, a, male))
+        if free.any():
+            print(f"  left free (almost never labelled together with {name}): "
+                  f"{', '.join(attributes[b] for b in np.flatnonzero(free))}")
     bar.close()
+    print(f"calibrated {len(wanted)} direction{'s' if len(wanted) != 1 else ''} in {time.perf_counter() - start:.0f} s")
     how = (f"classifier {os.path.basename(path)} ({len(attributes)} labels), strength {calibrate.STRENGTH:g}, "
            f"{args.calibrate_faces} faces per side, {calibrate.DEFAULT_STEPS} steps, "
            f"length weight {args.calibrate_length:g}")
