@@ -20,7 +20,8 @@ from scratchvae.latent import calibrate, labels, vectors
 from scratchvae.run.errors import UserError, run_command
 
 SPLIT_CHOICES = ("train", "held-out", "all")
-CLASSIFIER_FILE = "labels-classifier.npz"
+CLASSIFIER_FILE = "labels-classifier.npz"  # --calibrate's classifier of every label, beside the checkpoint
+CLASSIFIER_EPOCHS = 8
 
 
 def build_parser():
@@ -166,9 +167,10 @@ def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, arg
 
     def log(epoch, loss):
         if not args.quiet:
-            print(f"classifier epoch {epoch}/8: logistic loss {loss:.4f}", file=sys.stderr, flush=True)
+            print(f"classifier epoch {epoch}/{CLASSIFIER_EPOCHS}: logistic loss {loss:.4f}", file=sys.stderr,
+                  flush=True)
     clf, how = classifier.load_or_train(path, vae.config.image_size, attributes, reader.read, idx,
-                                        pos.astype(np.float32), batch_size=args.batch_size, log=log)
+                                        pos.astype(np.float32), CLASSIFIER_EPOCHS, args.batch_size, log=log)
     print(f"classifier of {len(attributes)} labels {how} ({path})")
     basis = v.vectors.astype(np.float64)
     calls = calibrate.DEFAULT_STEPS * len(basis) + 2  # judge calls per side and attribute

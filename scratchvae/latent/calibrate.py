@@ -85,9 +85,11 @@ def calibrate(v, basis, probe, own, free=None, steps=DEFAULT_STEPS, keep=KEEP, r
     while the own label's change stays what it is (weight `keep`). Each step: the Jacobian of the
     effects along each basis row by forward differences of `delta` times that row, then
     c = argmin |W (f + J c - t)|^2 + r |c|^2 with t zero but for the own label's current change and r
-    `ridge` times the mean of diag(J^T W J), so the step does not depend on the judge's scale;
-    the move basis^T c shortened to at most max_step |v|. Returns (v, [effects before, after each step]);
-    log(step, effects) after each step."""
+    `ridge` times the mean of diag(J^T W J), so the step does not depend on the judge's scale; with a
+    `metric` (code_metric: the codes' inverse covariance S^-1) and length > 0, plus lam |v + basis^T c|_S^2,
+    lam scaled so that lam basis S^-1 basis^T has `length` times the trace of J^T W J; the move basis^T c
+    shortened to at most max_step |v|. Returns (v, [effects before, after each step]); log(step, effects)
+    after each step."""
     v, basis = np.array(v, np.float64), np.asarray(basis, np.float64)
     f = probe.effects(v)
     labels = len(f) // len(probe.groups)
