@@ -57,7 +57,8 @@ def build_parser():
     p.add_argument("--calibrate", metavar="NAMES",
                    help="then correct these attributes' directions (a comma list, or all) on decoded training faces: "
                         "add the other directions that keep a classifier's calls of every other label where they "
-                        "were; each costs about 8 decodes of --calibrate-faces faces per direction made: minutes (docs/ATTRIBUTES.md)")
+                        "were; each costs about 8 decodes of --calibrate-faces faces per direction made: minutes "
+                        "(docs/ATTRIBUTES.md)")
     p.add_argument("--classifier", metavar="PATH",
                    help="--calibrate: a classifier of every label to judge the decoded faces, loaded when PATH "
                         "exists, else trained on the split's images and saved there (default: "
