@@ -30,3 +30,24 @@ def labelled_run(tmp, names, n=48, seed=3):
     run = {"data": str(faces), "limit": None, "crop": "center", "batch_size": 8, "seed": 0, "val_fraction": 0.25}
     VAE(VAEConfig(image_size=16, filters=8, blocks=2, z_dim=4), seed=0).save(ckpt, meta={"train": run, "images": n})
     return faces, ckpt
+
+
+def labelled_world(tmp, names):
+    """labelled_run in tmp as the dict the attribute CLI tests pass around: tmp, faces, ckpt and an
+    image cache folder of their own."""
+    faces, ckpt = labelled_run(tmp, names)
+    return {"tmp": tmp, "faces": str(faces), "ckpt": str(ckpt), "cache": str(tmp / "cache")}
+
+
+def make_vectors(world, out, *extra):
+    """python -m scratchvae.attributes on a labelled_world, writing `out`; its exit status."""
+    from scratchvae.latent import attributes
+    return attributes.main([world["ckpt"], "--data", world["faces"], "--out", str(out), "--min-count", "3",
+                            "--cache-dir", world["cache"], "--quiet", *extra])
+
+
+def one_line(capsys):
+    """The captured error output, notes left out, asserted to be one `error:` line without a traceback."""
+    err = "".join(line for line in capsys.readouterr().err.splitlines(True) if not line.startswith("note:"))
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err

@@ -15,10 +15,10 @@ from PIL import Image
 from scratchvae import images
 from scratchvae import sample as py_sample
 from scratchvae.evaluation import edit_rates
-from scratchvae.latent import attributes, vectors
+from scratchvae.latent import vectors
 from scratchvae.model import VAEConfig
 from scratchvae.run.errors import UserError
-from tests.labelled import labelled_run
+from tests.labelled import labelled_world, make_vectors, one_line
 
 EXPORT = Path(__file__).resolve().parents[1] / "export"
 NAMES = ["A", "B", "C", "D"]
@@ -227,20 +227,11 @@ FACE_NAMES = ["Smiling", "Eyeglasses", "Male", "Bald"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("methods")
-    faces, ckpt = labelled_run(tmp, FACE_NAMES)  # edit_rates rebuilds its held-out split: 12 of the 48 faces
-    return {"tmp": tmp, "faces": str(faces), "ckpt": str(ckpt), "cache": str(tmp / "cache")}
+    # edit_rates rebuilds its held-out split: 12 of the 48 faces
+    return labelled_world(tmp_path_factory.mktemp("methods"), FACE_NAMES)
 
 
-def make(world, out, *extra):
-    return attributes.main([world["ckpt"], "--data", world["faces"], "--out", str(out), "--min-count", "3",
-                            "--cache-dir", world["cache"], "--quiet", *extra])
-
-
-def one_line(capsys):
-    err = "".join(line for line in capsys.readouterr().err.splitlines(True) if not line.startswith("note:"))
-    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
+make = make_vectors
 
 
 @pytest.mark.parametrize("method", ["joint", "matched"])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from scratchvae.evaluation import classifier
-from scratchvae.latent import attributes, calibrate, vectors
-from tests.labelled import labelled_run
+from scratchvae.latent import calibrate, vectors
+from tests.labelled import labelled_world, make_vectors, one_line
 
 
 def sigmoid(x):
@@ -128,20 +128,10 @@ NAMES = ["Smiling", "Eyeglasses", "Male", "Bald"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("calibrate")
-    faces, ckpt = labelled_run(tmp, NAMES)
-    return {"tmp": tmp, "faces": str(faces), "ckpt": str(ckpt), "cache": str(tmp / "cache")}
+    return labelled_world(tmp_path_factory.mktemp("calibrate"), NAMES)
 
 
-def make(world, out, *extra):
-    return attributes.main([world["ckpt"], "--data", world["faces"], "--out", str(out), "--min-count", "3",
-                            "--cache-dir", world["cache"], "--quiet", *extra])
-
-
-def one_line(capsys):
-    err = "".join(line for line in capsys.readouterr().err.splitlines(True) if not line.startswith("note:"))
-    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
+make = make_vectors
 
 
 SMALL = ["--calibrate-faces", "6", "--batch-size", "8"]
