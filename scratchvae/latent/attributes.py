@@ -158,6 +158,7 @@ def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, arg
     from tqdm import tqdm
 
     from scratchvae.evaluation import classifier
+    from scratchvae.evaluation.edit_rates import decode_all
     missing = [n for n in wanted if n not in v.names]
     if missing and wanted != list(attributes):
         raise UserError(f"--calibrate {missing[0]}: it has no direction (fewer than {v.min_count} images on one "
@@ -179,10 +180,8 @@ def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, arg
                dynamic_ncols=True)
 
     def judge(codes):
-        x = np.concatenate([np.asarray(vae.decode(codes[i:i + args.batch_size]))
-                            for i in range(0, len(codes), args.batch_size)])
         bar.update(1)
-        return clf.probabilities(x)
+        return clf.probabilities(decode_all(vae, codes, args.batch_size))
     start = time.perf_counter()
     vec, male = basis.copy(), attributes.index("Male") if "Male" in attributes else None
     metric = calibrate.code_metric(z)

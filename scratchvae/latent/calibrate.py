@@ -92,25 +92,23 @@ def calibrate(v, basis, probe, own, free=None, steps=DEFAULT_STEPS, keep=KEEP, r
     after each step."""
     v, basis = np.array(v, np.float64), np.asarray(basis, np.float64)
     f = probe.effects(v)
-    labels = len(f) // len(probe.groups)
+    groups = len(probe.groups)
+    labels = len(f) // groups
     weight = np.ones(labels)
     if free is not None:
         weight[np.asarray(free, bool)] = 0.0
     weight[own] = keep
-    weight = np.tile(weight, len(probe.groups))
-    is_own = np.zeros(labels, bool)
-    is_own[own] = True
-    is_own = np.tile(is_own, len(probe.groups))
+    root, is_own = np.sqrt(np.tile(weight, groups)), np.tile(np.arange(labels) == own, groups)
+    penalised = metric is not None and length > 0
+    m = basis @ metric @ basis.T if penalised else None
     history = [f]
     for step in range(steps):
         jac = np.stack([(probe.effects(v + delta * u) - f) / delta for u in basis], axis=1)
-        root = np.sqrt(weight)
         a, b = root[:, None] * jac, -root * np.where(is_own, 0.0, f)
         gram, rhs = a.T @ a, a.T @ b
         scale = max(np.trace(gram) / len(basis), 1e-300)
         lhs = gram + ridge * scale * np.eye(len(basis))
-        if metric is not None and length > 0:  # + length * |v + basis^T c|_S^2, in the same scale
-            m = basis @ metric @ basis.T
+        if penalised:  # + lam |v + basis^T c|_S^2, in the data term's scale
             lam = length * scale * len(basis) / max(np.trace(m), 1e-300)
             lhs, rhs = lhs + lam * m, rhs - lam * basis @ (metric @ v)
         c = np.linalg.solve(lhs, rhs)
