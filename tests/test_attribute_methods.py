@@ -268,7 +268,7 @@ def test_cli_hold_writes_the_held_readouts_and_says_so(world, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra,words", [
-    (["--method", "median"], "--method 'median': use mean, joint, matched"),
+    (["--method", "median"], "--method 'median': use calibrated, mean, joint, matched"),
     (["--method", "joint", "--controls", "Mal"], "--controls Mal"),
     (["--method", "mean", "--controls", "Male"], "mean method holds no labels fixed"),
     (["--method", "matched", "--controls", "all"], "--controls all"),

@@ -121,7 +121,9 @@ def test_cli_prints_a_ranked_table_and_the_skipped(world, capsys):
     assert attributes.main([world["ckpt"], "--data", str(world["faces"]), "--out", str(out), "--min-count", "5",
                             "--cache-dir", str(world["tmp"] / "cache"), "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert vectors.load(str(out)).method == "joint"  # the default: the fewest side effects measured
+    got = vectors.load(str(out))  # the default: joint, every direction calibrated, the fewest side effects measured
+    assert got.method == "joint" and got.calibrated == got.names == NAMES[:3]
+    assert "every direction calibrated on decoded faces" in text and "calibrated 3 directions in" in text
     ratio = vectors.load(str(out)).ratio()
     ranked = [line.split()[1] for line in text.splitlines() if line[:4].strip().isdigit()]
     assert ranked == [NAMES[i] for i in np.argsort(-ratio)]

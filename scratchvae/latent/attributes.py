@@ -22,6 +22,7 @@ from scratchvae.run.errors import UserError, run_command
 SPLIT_CHOICES = ("train", "held-out", "all")
 CLASSIFIER_FILE = "labels-classifier.npz"  # --calibrate's classifier of every label, beside the checkpoint
 CLASSIFIER_EPOCHS = 8
+METHODS = ("calibrated",) + vectors.METHODS  # calibrated: joint, then every direction calibrated on decoded faces
 
 
 def build_parser():
@@ -39,11 +40,13 @@ def build_parser():
                    help="train: the run's training images (default on its own data); held-out: its held-out "
                         "images; all: every image (default on other data)")
     p.add_argument("--limit", type=int, help="encode at most the first N images of the split")
-    p.add_argument("--method", default="joint", metavar="|".join(vectors.METHODS),
-                   help="joint (default): one ridge regression of the codes on all labels, each direction with the "
-                        "other labels held fixed, the fewest side effects measured (docs/ATTRIBUTES.md); mean: mean "
-                        "code with the attribute minus without, which carries the labels' correlations; matched: "
-                        "mean differences inside strata of the labels most correlated with the attribute")
+    p.add_argument("--method", default="calibrated", metavar="|".join(METHODS),
+                   help="calibrated (default): joint, then every direction corrected on decoded faces as "
+                        "--calibrate all does, the fewest side effects measured (docs/ATTRIBUTES.md; minutes); "
+                        "joint: one ridge regression of the codes on all labels, each direction with the other "
+                        "labels held fixed (seconds); mean: mean code with the attribute minus without, which carries "
+                        "the labels' correlations; matched: mean differences inside strata of the labels most "
+                        "correlated with the attribute")
     p.add_argument("--ridge", type=float, default=vectors.DEFAULT_RIDGE,
                    help=f"joint: the ridge on the label coefficients, labels coded +-1 (default {vectors.DEFAULT_RIDGE:g})")
     p.add_argument("--controls", metavar="all|others|N|NAMES",
@@ -57,17 +60,17 @@ def build_parser():
     p.add_argument("--calibrate", metavar="NAMES",
                    help="then correct these attributes' directions (a comma list, or all) on decoded training faces: "
                         "add the other directions that keep a classifier's calls of every other label where they "
-                        "were; each costs about 8 decodes of --calibrate-faces faces per direction made: minutes "
-                        "(docs/ATTRIBUTES.md)")
+                        "were (--method calibrated: all, unless named here); about 20 s per direction on two "
+                        "cores (docs/ATTRIBUTES.md)")
     p.add_argument("--classifier", metavar="PATH",
-                   help="--calibrate: a classifier of every label to judge the decoded faces, loaded when PATH "
+                   help="calibration: a classifier of every label to judge the decoded faces, loaded when PATH "
                         "exists, else trained on the split's images and saved there (default: "
                         f"{CLASSIFIER_FILE} beside the checkpoint)")
     p.add_argument("--calibrate-faces", type=int, default=calibrate.DEFAULT_FACES, metavar="N",
-                   help=f"--calibrate: training faces per side, without and with the attribute (default "
-                        f"{calibrate.DEFAULT_FACES})")
+                   help=f"calibration: training faces per side, without and with the attribute (default "
+                        f"{calibrate.DEFAULT_FACES}; {calibrate.SLOPE_FACES} of them give the first slopes)")
     p.add_argument("--calibrate-length", type=float, default=calibrate.LENGTH, metavar="W",
-                   help=f"--calibrate: how much a longer direction (in the codes' own spread) costs against the side "
+                   help=f"calibration: how much a longer direction (in the codes' own spread) costs against the side "
                         f"effects; 0 lets it grow freely (default {calibrate.LENGTH:g})")
     p.add_argument("--min-count", type=int, default=vectors.DEFAULT_MIN_COUNT,
                    help=f"skip an attribute with fewer images on either side (default {vectors.DEFAULT_MIN_COUNT})")
@@ -112,7 +115,8 @@ def describe(v):
             else "the labels of the last column")
     held_readouts = f"; the linear readouts of {', '.join(v.hold)} kept fixed" if v.hold else ""
     if v.calibrated:
-        held_readouts += f"; {', '.join(v.calibrated)} calibrated on decoded faces ({v.calibration})"
+        which = "every direction" if sorted(v.calibrated) == sorted(v.names) else ", ".join(v.calibrated)
+        held_readouts += f"; {which} calibrated on decoded faces ({v.calibration})"
     if v.method == "joint":
         return f"method joint: each direction with {what} held fixed (ridge {v.ridge:g}){held_readouts}"
     if v.method == "matched":
@@ -175,24 +179,28 @@ def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, arg
                                         pos.astype(np.float32), CLASSIFIER_EPOCHS, args.batch_size, log=log)
     print(f"classifier of {len(attributes)} labels {how} ({path})")
     basis = v.vectors.astype(np.float64)
-    calls = calibrate.DEFAULT_STEPS * len(basis) + 2  # judge calls per side and attribute
-    bar = tqdm(total=len(wanted) * 2 * calls, desc="calibrating", unit="call", disable=args.quiet, leave=False,
-               dynamic_ncols=True)
+    picks = {name: calibrate.pick_faces(pos, attributes.index(name), args.calibrate_faces) for name in wanted}
+    steps = calibrate.DEFAULT_STEPS
+    decodes = sum((len(w) + len(p)) * (2 + steps) + (len(calibrate.slope_faces(w)) + len(calibrate.slope_faces(p)))
+                  * (1 + len(basis)) for w, p in picks.values())  # before, at v, each step; slopes: at v, each row
+    bar = tqdm(total=decodes, desc="calibrating", unit="face", disable=args.quiet, leave=False, dynamic_ncols=True)
 
     def judge(codes):
-        bar.update(1)
+        bar.update(len(codes))
         return clf.probabilities(decode_all(vae, codes, args.batch_size))
     start = time.perf_counter()
     vec, male = basis.copy(), attributes.index("Male") if "Male" in attributes else None
     metric = calibrate.code_metric(z)
     for name in wanted:
         row, a = v.names.index(name), attributes.index(name)
-        without, with_ = calibrate.pick_faces(pos, a, args.calibrate_faces)
+        without, with_ = picks[name]
         probe = calibrate.Probe(judge, [(z[without], 1.0), (z[with_], -1.0)])
+        slopes = calibrate.Probe(judge, [(z[calibrate.slope_faces(without)], 1.0),
+                                         (z[calibrate.slope_faces(with_)], -1.0)])
         others = [i for i in range(len(basis)) if i != row]
         free = calibrate.exclusive(pos, a)
-        vec[row], history = calibrate.calibrate(basis[row], basis[others], probe, a, free, metric=metric,
-                                                length=args.calibrate_length)
+        vec[row], history = calibrate.calibrate(basis[row], basis[others], probe, a, free, steps=steps,
+                                                metric=metric, length=args.calibrate_length, slopes=slopes)
         bar.clear()
         print(calibrate.summary(name, history, attributes, a, male))
         if free.any():
@@ -201,23 +209,26 @@ def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, arg
     bar.close()
     print(f"calibrated {len(wanted)} direction{'s' if len(wanted) != 1 else ''} in {time.perf_counter() - start:.0f} s")
     how = (f"classifier {os.path.basename(path)} ({len(attributes)} labels), strength {calibrate.STRENGTH:g}, "
-           f"{args.calibrate_faces} faces per side, {calibrate.DEFAULT_STEPS} steps, "
+           f"{args.calibrate_faces} faces per side, slopes from {calibrate.SLOPE_FACES}, {steps} steps, "
            f"length weight {args.calibrate_length:g}")
     return vectors.with_directions(v, vec, z, wanted, how)
 
 
 def run(args):
-    if args.method not in vectors.METHODS:
-        raise UserError(f"--method {args.method[:40]!r}: use {', '.join(vectors.METHODS)}")
+    if args.method not in METHODS:
+        raise UserError(f"--method {args.method[:40]!r}: use {', '.join(METHODS)}")
+    calibrating = args.method == "calibrated" or args.calibrate is not None
+    method = "joint" if args.method == "calibrated" else args.method
     if args.batch_size < 1 or args.min_count < 1 or args.calibrate_faces < 1:
         raise UserError("--batch-size, --min-count and --calibrate-faces must be at least 1")
     if not (np.isfinite(args.calibrate_length) and args.calibrate_length >= 0):
         raise UserError(f"--calibrate-length {args.calibrate_length}: give 0 or a positive number")
-    if args.calibrate is None and args.classifier is not None:
-        raise UserError("--classifier judges the faces --calibrate edits: give --calibrate NAMES as well")
+    if not calibrating and args.classifier is not None:
+        raise UserError(f"--classifier judges the faces calibration edits: --method {args.method} calibrates "
+                        f"nothing; give --calibrate NAMES as well")
     if not (np.isfinite(args.ridge) and args.ridge > 0):
         raise UserError(f"--ridge {args.ridge}: give a positive number")
-    controls = parse_controls(args.controls, args.method)
+    controls = parse_controls(args.controls, method)
     hold = [n.strip() for n in (args.hold or "").split(",") if n.strip()]
     if args.hold is not None and not hold:
         raise UserError(f"--hold {args.hold!r}: name one or more labels, e.g. Male")
@@ -243,10 +254,10 @@ def run(args):
     unknown = [n for n in hold if n not in found.attributes]
     if unknown:
         raise UserError(f"--hold {unknown[0]}: {found.path} has no such label")
-    wanted = calibration_names(args.calibrate, found.attributes, found.path)
+    wanted = calibration_names(args.calibrate or ("all" if calibrating else None), found.attributes, found.path)
     reader = ImageReader(chosen.pixels)
     z = vectors.encode_all(vae, reader, chosen.idx, args.batch_size, args.quiet)
-    result = vectors.directions(z, values, found.attributes, identity, args.min_count, args.method, args.ridge,
+    result = vectors.directions(z, values, found.attributes, identity, args.min_count, method, args.ridge,
                                 controls, hold)
     if not result.names:
         raise UserError(f"every attribute has fewer than {args.min_count} of the {len(z)} images on one side: "
@@ -261,7 +272,7 @@ def run(args):
     print(describe(result))
     print(table(result))
     if result.skipped:
-        why = " or no stratum with both" if args.method == "matched" else ""
+        why = " or no stratum with both" if method == "matched" else ""
         print(f"skipped (fewer than {args.min_count} images on one side{why}): {', '.join(result.skipped)}")
     print(f"wrote {out} ({len(result.names)} attributes, checkpoint identity {identity[:12]}…)")
     return 0

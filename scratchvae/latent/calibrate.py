@@ -1,4 +1,4 @@
-"""Attribute directions corrected on decoded faces (python -m scratchvae.attributes --calibrate).
+"""Attribute directions corrected on decoded faces (python -m scratchvae.attributes, its default method).
 
 A direction made from the codes (vectors.METHODS) holds the other labels fixed in the codes, yet
 the decoder and the eye may still see them move: blond hair decoded on a man can read as less
@@ -6,8 +6,9 @@ male, glasses as less made-up. calibrate() measures that where it shows, on deco
 codes of faces without the attribute by +s v and codes of faces with it by -s v, asks a classifier
 for every label's probability on the decodes, and adds to v the combination of the other labels'
 directions that, to first order, takes every other label's mean change back to zero while keeping
-the attribute's own change: a weighted least-squares step on a Jacobian found by finite
-differences, repeated a few times, each step at most a share of v's length.
+the attribute's own change: a weighted least-squares step on a Jacobian found once by finite
+differences on a few of the faces and refined after each step by Broyden's rank-one update, a few
+steps, each at most a share of v's length.
 
 Labels that the label file almost never shows together with the attribute are left free (exclusive):
 black hair cannot stay on a face made blond, so holding it would only undo the edit.
@@ -17,8 +18,9 @@ import numpy as np
 
 STRENGTH = 2.0  # s: the edit measured, as edit_rates measures it
 DEFAULT_FACES = 200  # codes per side (without the attribute, with it)
+SLOPE_FACES = 64  # of those, per side, the ones the Jacobian's finite differences decode
 DEFAULT_STEPS = 4
-KEEP = 20.0  # weight of the attribute's own change against each other label's
+KEEP = 3.0  # weight of the attribute's own change (kept at what it was) against each other label's
 RIDGE = 0.01  # on the step's coefficients, a share of the weighted Jacobian's mean squared column norm
 DELTA = 0.5  # finite-difference step along each other direction, in lengths of that direction
 MAX_STEP = 0.5  # a step moves v by at most this share of its length
@@ -78,16 +80,33 @@ class Probe:
                                for (codes, sign), before in zip(self.groups, self.before)])
 
 
+def slope_faces(faces, count=SLOPE_FACES):
+    """Up to `count` of the index array `faces`, spread evenly over it."""
+    faces = np.asarray(faces)
+    return faces[np.unique(np.linspace(0, len(faces) - 1, min(count, len(faces))).round().astype(int))]
+
+
+def jacobian(probe, v, basis, delta=DELTA, f=None):
+    """(len(effects), B): the forward differences of probe.effects from v (f: the effects at v, when
+    known) along each basis row, a step of `delta` times that row, divided by delta."""
+    f = probe.effects(v) if f is None else f
+    return np.stack([(probe.effects(v + delta * u) - f) / delta for u in basis], axis=1)
+
+
 def calibrate(v, basis, probe, own, free=None, steps=DEFAULT_STEPS, keep=KEEP, ridge=RIDGE, delta=DELTA,
-              max_step=MAX_STEP, metric=None, length=LENGTH, log=None):
+              max_step=MAX_STEP, metric=None, length=LENGTH, slopes=None, log=None):
     """v (z_dim,) plus the combination of basis rows (other labels' directions, (B, z_dim)) that brings
     probe.effects of every label but `own` (a label index) and the `free` ones (A,) bool towards zero,
-    while the own label's change stays what it is (weight `keep`). Each step: the Jacobian of the
-    effects along each basis row by forward differences of `delta` times that row, then
-    c = argmin |W (f + J c - t)|^2 + r |c|^2 with t zero but for the own label's current change and r
-    `ridge` times the mean of diag(J^T W J), so the step does not depend on the judge's scale; with a
-    `metric` (code_metric: the codes' inverse covariance S^-1) and length > 0, plus lam |v + basis^T c|_S^2,
-    lam scaled so that lam basis S^-1 basis^T has `length` times the trace of J^T W J; the move basis^T c
+    while the own label's change stays what it was before calibration (weight `keep`; a fixed aim, so
+    the edit does not weaken step by step as the slopes' errors add up).
+
+    The Jacobian J of the effects along each basis row comes once from jacobian() on `slopes` (a Probe
+    of fewer faces, the same groups' signs; default `probe` itself); after each step c, Broyden's update
+    J += (df - J c) c^T / c^T c makes it agree with the change df the step made. Each step:
+    c = argmin |W (f + J c - t)|^2 + r |c|^2, t zero but for the own label's first change and r `ridge`
+    times the mean of diag(J^T W J), so the step does not depend on the judge's scale; with a `metric`
+    (code_metric: the codes' inverse covariance S^-1) and length > 0, plus lam |v + basis^T c|_S^2, lam
+    scaled so that lam basis S^-1 basis^T has `length` times the trace of J^T W J; the move basis^T c
     shortened to at most max_step |v|. Returns (v, [effects before, after each step]); log(step, effects)
     after each step."""
     v, basis = np.array(v, np.float64), np.asarray(basis, np.float64)
@@ -98,13 +117,14 @@ def calibrate(v, basis, probe, own, free=None, steps=DEFAULT_STEPS, keep=KEEP, r
     if free is not None:
         weight[np.asarray(free, bool)] = 0.0
     weight[own] = keep
-    root, is_own = np.sqrt(np.tile(weight, groups)), np.tile(np.arange(labels) == own, groups)
+    is_own = np.tile(np.arange(labels) == own, groups)
+    root, goal = np.sqrt(np.tile(weight, groups)), np.where(is_own, f, 0.0)  # own: its change before, no drift
     penalised = metric is not None and length > 0
     m = basis @ metric @ basis.T if penalised else None
     history = [f]
+    jac = jacobian(probe, v, basis, delta, f) if slopes is None else jacobian(slopes, v, basis, delta)
     for step in range(steps):
-        jac = np.stack([(probe.effects(v + delta * u) - f) / delta for u in basis], axis=1)
-        a, b = root[:, None] * jac, -root * np.where(is_own, 0.0, f)
+        a, b = root[:, None] * jac, -root * (f - goal)
         gram, rhs = a.T @ a, a.T @ b
         scale = max(np.trace(gram) / len(basis), 1e-300)
         lhs = gram + ridge * scale * np.eye(len(basis))
@@ -112,12 +132,14 @@ def calibrate(v, basis, probe, own, free=None, steps=DEFAULT_STEPS, keep=KEEP, r
             lam = length * scale * len(basis) / max(np.trace(m), 1e-300)
             lhs, rhs = lhs + lam * m, rhs - lam * basis @ (metric @ v)
         c = np.linalg.solve(lhs, rhs)
-        move = basis.T @ c
-        size = np.linalg.norm(move)
+        size = np.linalg.norm(basis.T @ c)
         if size > max_step * np.linalg.norm(v):
-            move *= max_step * np.linalg.norm(v) / size
-        v = v + move
-        f = probe.effects(v)
+            c *= max_step * np.linalg.norm(v) / size
+        v = v + basis.T @ c
+        moved = probe.effects(v)
+        if c @ c > 0:
+            jac += np.outer(moved - f - jac @ c, c) / (c @ c)
+        f = moved
         history.append(f)
         if log is not None:
             log(step + 1, f)
