@@ -60,7 +60,7 @@ def build_parser():
     p.add_argument("--calibrate", metavar="NAMES",
                    help="then correct these attributes' directions (a comma list, or all) on decoded training faces: "
                         "add the other directions that keep a classifier's calls of every other label where they "
-                        "were (--method calibrated: all, unless named here); about 20 s per direction on two "
+                        "were (--method calibrated: all, unless named here); about 25 s per direction on two "
                         "cores (docs/ATTRIBUTES.md)")
     p.add_argument("--classifier", metavar="PATH",
                    help="calibration: a classifier of every label to judge the decoded faces, loaded when PATH "
