@@ -120,6 +120,13 @@ def test_broydens_update_corrects_slopes_that_are_wrong():
     assert history[0][1] > 0.15 and history[1][1] < -0.1 and abs(history[-1][1]) < 0.01
 
 
+def test_with_no_other_direction_the_direction_is_left_as_it_is(groups):
+    probe = calibrate.Probe(judge_with_leak(0.5), groups)
+    v, history = calibrate.calibrate(np.eye(6)[0], np.zeros((0, 6)), probe, own=0)
+    np.testing.assert_array_equal(v, np.eye(6)[0])
+    assert len(history) == 1 and probe.calls == 4
+
+
 def test_slope_faces_are_spread_over_the_draw():
     faces = np.arange(100, 300, 2)
     few = calibrate.slope_faces(faces, 10)

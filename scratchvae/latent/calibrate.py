@@ -122,6 +122,8 @@ def calibrate(v, basis, probe, own, free=None, steps=DEFAULT_STEPS, keep=KEEP, r
     penalised = metric is not None and length > 0
     m = basis @ metric @ basis.T if penalised else None
     history = [f]
+    if len(basis) == 0:  # no other direction to correct with
+        return v, history
     jac = jacobian(probe, v, basis, delta, f) if slopes is None else jacobian(slopes, v, basis, delta)
     for step in range(steps):
         a, b = root[:, None] * jac, -root * (f - goal)
