@@ -103,6 +103,9 @@ def test_slopes_from_fewer_faces_are_found_once_and_the_steps_look_at_every_face
     eye, steps = np.eye(6), 6
     v, history = calibrate.calibrate(eye[0], eye[1:4], probe, own=0, steps=steps, max_step=1.0, slopes=slopes)
     assert slopes.calls == 2 + 2 * (1 + 3) and probe.calls == 2 + 2 * (1 + steps)
+    faces = sum(len(codes) for codes, _ in groups) * probe.calls // 2 + sum(len(c) for c, _ in few) * slopes.calls // 2
+    assert faces == calibrate.decodes(600, 40, 3, steps)  # what the progress bar counts
+    assert calibrate.decodes(600, 40, 0, steps) == 2 * 600 + 40  # no other direction: before and at v only
     assert abs(history[0][1]) > 0.15 and abs(history[-1][1]) < 0.01
     assert v[1] == pytest.approx(-0.5, abs=0.05)
 
@@ -112,9 +115,9 @@ def test_broydens_update_corrects_slopes_that_are_wrong():
     should and turns the leak round; with the updated Jacobian the next steps take it off all the same."""
     rng = np.random.default_rng(4)
     faces = [(rng.standard_normal((300, 6)) * 0.5, 1.0), (rng.standard_normal((300, 6)) * 0.5, -1.0)]
-    real, soft = judge_with_leak(0.5), judge_with_leak(0.5)
-    probe = calibrate.Probe(real, faces, strength=1.0)
-    slopes = calibrate.Probe(lambda codes: soft(codes / 2.0), faces, strength=1.0)
+    leaky = judge_with_leak(0.5)
+    probe = calibrate.Probe(leaky, faces, strength=1.0)
+    slopes = calibrate.Probe(lambda codes: leaky(codes / 2.0), faces, strength=1.0)
     eye = np.eye(6)
     _, history = calibrate.calibrate(eye[0], eye[1:4], probe, own=0, steps=8, max_step=1.0, slopes=slopes)
     assert history[0][1] > 0.15 and history[1][1] < -0.1 and abs(history[-1][1]) < 0.01

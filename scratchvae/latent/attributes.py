@@ -179,11 +179,14 @@ def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, arg
                                         pos.astype(np.float32), CLASSIFIER_EPOCHS, args.batch_size, log=log)
     print(f"classifier of {len(attributes)} labels {how} ({path})")
     basis = v.vectors.astype(np.float64)
-    picks = {name: calibrate.pick_faces(pos, attributes.index(name), args.calibrate_faces) for name in wanted}
+    picks = {}  # per name: the faces without and with it, and the few of each the slopes decode
+    for name in wanted:
+        sides = calibrate.pick_faces(pos, attributes.index(name), args.calibrate_faces)
+        picks[name] = sides, [calibrate.slope_faces(side) for side in sides]
     steps = calibrate.DEFAULT_STEPS
-    decodes = sum((len(w) + len(p)) * (2 + steps) + (len(calibrate.slope_faces(w)) + len(calibrate.slope_faces(p)))
-                  * (1 + len(basis)) for w, p in picks.values())  # before, at v, each step; slopes: at v, each row
-    bar = tqdm(total=decodes, desc="calibrating", unit="face", disable=args.quiet, leave=False, dynamic_ncols=True)
+    total = sum(calibrate.decodes(sum(map(len, sides)), sum(map(len, few)), len(basis) - 1, steps)
+                for sides, few in picks.values())
+    bar = tqdm(total=total, desc="calibrating", unit="face", disable=args.quiet, leave=False, dynamic_ncols=True)
 
     def judge(codes):
         bar.update(len(codes))
@@ -193,10 +196,9 @@ def calibrate_directions(v, wanted, vae, z, values, attributes, reader, idx, arg
     metric = calibrate.code_metric(z)
     for name in wanted:
         row, a = v.names.index(name), attributes.index(name)
-        without, with_ = picks[name]
+        (without, with_), (few_without, few_with) = picks[name]
         probe = calibrate.Probe(judge, [(z[without], 1.0), (z[with_], -1.0)])
-        slopes = calibrate.Probe(judge, [(z[calibrate.slope_faces(without)], 1.0),
-                                         (z[calibrate.slope_faces(with_)], -1.0)])
+        slopes = calibrate.Probe(judge, [(z[few_without], 1.0), (z[few_with], -1.0)])
         others = [i for i in range(len(basis)) if i != row]
         free = calibrate.exclusive(pos, a)
         vec[row], history = calibrate.calibrate(basis[row], basis[others], probe, a, free, steps=steps,

@@ -93,6 +93,14 @@ def jacobian(probe, v, basis, delta=DELTA, f=None):
     return np.stack([(probe.effects(v + delta * u) - f) / delta for u in basis], axis=1)
 
 
+def decodes(faces, slope_faces, others, steps=DEFAULT_STEPS):
+    """Faces decoded for one direction with `others` basis rows, the two Probes made included: `faces`
+    and `slope_faces`, the probe's and the slopes probe's faces over all groups, each decoded before
+    the edit and at v, the probe's again after each step and the slopes probe's along each other
+    direction (with none, calibrate() stops at v)."""
+    return faces * (2 + steps) + slope_faces * (2 + others) if others else faces * 2 + slope_faces
+
+
 def calibrate(v, basis, probe, own, free=None, steps=DEFAULT_STEPS, keep=KEEP, ridge=RIDGE, delta=DELTA,
               max_step=MAX_STEP, metric=None, length=LENGTH, slopes=None, log=None):
     """v (z_dim,) plus the combination of basis rows (other labels' directions, (B, z_dim)) that brings
